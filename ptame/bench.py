@@ -1,0 +1,85 @@
+"""Benchmark: cost of explaining the top-1 class with P-TAME, as a ratio to a bare forward pass.
+
+    python -m ptame.bench [--backbones vgg16 resnet50 vit_b_16] [--repeats 20]
+
+For each random-initialised backbone (ResNet-18 auxiliary, batch 1, 224x224, CPU unless
+--device says otherwise), measured in the same run: the median time of a bare backbone forward,
+and of a backbone forward followed by ``explain`` for its top-1 class.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from ptame.backbones import create_backbone
+from ptame.explainer import PTAME
+
+TARGETS = {"vgg16": 1.15, "resnet50": 1.5, "vit_b_16": 1.15}
+
+
+def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``function()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def explain_overhead(name: str, repeats: int, device: torch.device) -> tuple[float, float]:
+    """(bare forward seconds, forward + explain top-1 seconds) for one backbone."""
+    backbone = create_backbone(name, pretrained=False).to(device)
+    explainer = PTAME(num_classes=len(backbone.class_names), pretrained_auxiliary=False).to(device).eval()
+    pixels = torch.rand(1, 3, 224, 224, device=device)
+
+    def forward() -> torch.Tensor:
+        return backbone.logits(pixels)
+
+    def forward_and_explain() -> torch.Tensor:
+        top1 = backbone.logits(pixels).argmax(dim=1)
+        return explainer.explain(pixels, top1)
+
+    def synced(function: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            function()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    with torch.inference_mode():
+        # Interleave the two measurements so that machine noise hits both alike.
+        bare, explained = [], []
+        for _ in range(3):
+            bare.append(median_seconds(synced(forward), repeats))
+            explained.append(median_seconds(synced(forward_and_explain), repeats))
+    return min(bare), min(explained)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=list(TARGETS))
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch 1, 224x224, ResNet-18 auxiliary")
+    print(f"{'backbone':<10} {'forward ms':>11} {'+explain ms':>12} {'ratio':>7} {'target':>7}")
+    for name in args.backbones:
+        bare, explained = explain_overhead(name, args.repeats, device)
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("ok" if explained / bare <= target else "MISSED")
+        print(
+            f"{name:<10} {bare * 1e3:>11.1f} {explained * 1e3:>12.1f} {explained / bare:>7.3f} "
+            f"{target if target is not None else '':>7} {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()

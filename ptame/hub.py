@@ -1,0 +1,85 @@
+"""Finding checkpoint files: a local folder or a Hugging Face Hub repo (cached, offline-aware)."""
+
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+HUB_TIMEOUT_S = 10.0  # per request to the Hub; an unreachable Hub fails after this, no hang
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be found, read, or does not match the model asked for."""
+
+
+def resolve_file(
+    source: str | Path,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Local path of ``filename`` in a checkpoint folder or Hub repo.
+
+    Args:
+        source: a local folder, or a Hub repo id ("org/name"). A path that exists on disk, or
+            that starts with ".", "/" or "~", is a folder; anything else is a repo id.
+        filename: the file inside it, e.g. "config.json".
+        revision: branch, tag or commit of a Hub repo (pin a commit for reproducibility).
+        cache_dir, force_download, token, local_files_only: as in ``hf_hub_download``. With
+            ``HF_HUB_OFFLINE=1`` only the local Hugging Face cache is read.
+
+    Returns:
+        Path to an existing file.
+
+    Raises:
+        CheckpointError: with what is missing and where it was looked for.
+    """
+    text = str(source)
+    folder = Path(text).expanduser()
+    if folder.exists() or text.startswith((".", "/", "~")):
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint folder {folder} does not exist")
+        path = folder / filename
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint folder {folder} has no {filename}")
+        return path
+    where = f"Hub repo {text}" + (f" at revision {revision}" if revision else "")
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id=text,
+                filename=filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                token=token,
+                local_files_only=local_files_only,
+                etag_timeout=HUB_TIMEOUT_S,
+            )
+        )
+    except HFValidationError as error:
+        raise CheckpointError(f"{text!r} is neither an existing folder nor a valid Hub repo id: {error}") from error
+    except LocalEntryNotFoundError as error:
+        raise CheckpointError(
+            f"{filename} of {where} is not in the local Hugging Face cache and the Hub cannot be "
+            f"reached (offline mode, no network, or a timeout): {error}"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise CheckpointError(f"{where} does not exist or is private (pass a token)") from error
+    except RevisionNotFoundError as error:
+        raise CheckpointError(f"{where}: no such revision") from error
+    except EntryNotFoundError as error:
+        raise CheckpointError(f"{where} has no file {filename}") from error
+    except HfHubHTTPError as error:
+        raise CheckpointError(f"downloading {filename} from {where} failed: {error}") from error

@@ -1,0 +1,281 @@
+"""Training a P-TAME explainer against a black-box classifier (method doc, "Training step").
+
+Labels are never used: the classifier's own prediction is the target. The loop runs on one
+device, or on several processes that together train on one global batch: wrap the explainer in
+DistributedDataParallel and give each process its share of every batch.
+"""
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ptame.explainer import PTAME
+from ptame.loss import LossWeights, ptame_loss
+from ptame.perturb import masked_logits, normalize
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+TargetGatherer = Callable[[torch.Tensor], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings. Defaults follow the paper's recipe (AdamW with amsgrad, OneCycle
+    stepped per batch with max_lr = lr, bf16 autocast on CUDA).
+
+    lr: peak learning rate. weight_decay: AdamW's. loss: loss coefficients.
+    amp: bf16 autocast on CUDA (ignored on CPU). compile: torch.compile the classifier and the
+    auxiliary network. log_every: steps between progress-bar updates and divergence checks
+    (each one syncs with the device). channels_last: run the classifier and feed the images in
+    channels-last memory layout (same function; faster convolutions with bf16 on CUDA).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    loss: LossWeights = field(default_factory=LossWeights)
+    amp: bool = True
+    compile: bool = False
+    log_every: int = 10
+    channels_last: bool = False
+
+
+def unwrap(explainer: PTAME | DistributedDataParallel) -> PTAME:
+    """The PTAME itself, whether or not it is wrapped in DistributedDataParallel."""
+    return explainer.module if isinstance(explainer, DistributedDataParallel) else explainer
+
+
+def make_optimizer(explainer: PTAME | DistributedDataParallel, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with amsgrad over the head's parameters (the auxiliary network is frozen)."""
+    return torch.optim.AdamW(
+        unwrap(explainer).head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, amsgrad=True
+    )
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """OneCycle schedule with max_lr = lr over ``total_steps`` optimiser steps (stepped per batch)."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=max(total_steps, 1))
+
+
+def all_gather_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Every process's targets, concatenated in rank order.
+
+    Args:
+        targets: (b,) int64, this process's share of the batch; the same b on every process.
+
+    Returns:
+        (world_size * b,) int64, the global batch's targets. Needs torch.distributed initialised.
+    """
+    parts = [torch.empty_like(targets) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, targets)
+    return torch.cat(parts)
+
+
+def training_step_loss(
+    classifier: Classifier,
+    explainer: nn.Module,
+    pixels: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    weights: LossWeights,
+    gather_targets: TargetGatherer | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one batch, differentiable w.r.t. the explainer's head.
+
+    1. targets = argmax of the classifier on the clean images;
+    2. sigmoid maps of the batch's target classes only (the fuser's other rows are not needed);
+    3. each image masked in pixel space by its own target's map, re-normalised, classified;
+    4. loss over the (b, B, h, w) maps ``maps[:, batch_targets]``.
+
+    Args:
+        classifier: normalised (b, 3, H, W) -> (b, K) logits; frozen, never looked inside.
+        explainer: a PTAME (or a DistributedDataParallel wrapping one): (pixels, classes) ->
+            (b, k, h, w) raw maps.
+        pixels: (b, 3, H, W) in [0, 1].
+        mean, std: the classifier's input normalisation.
+        weights: loss coefficients.
+        gather_targets: maps this process's (b,) targets to the global batch's (B,) targets
+            (``all_gather_targets`` when several processes share a batch); None: B = b. Each
+            image gets the maps of all B targets, so the mean of the processes' losses (what
+            DistributedDataParallel's gradient averaging optimises) is the global batch's loss.
+
+    Returns:
+        (loss, terms): scalar loss; detached unweighted terms ``ce``, ``area``, ``smooth``.
+    """
+    with torch.no_grad():
+        targets = classifier(normalize(pixels, mean, std)).argmax(dim=1)
+    batch_targets = targets if gather_targets is None else gather_targets(targets)
+    unique, inverse = torch.unique(batch_targets, return_inverse=True)
+    unique_maps = torch.sigmoid(explainer(pixels, unique))
+    target_maps = unique_maps[:, inverse]
+    own_maps = unique_maps[torch.arange(pixels.shape[0], device=pixels.device), torch.searchsorted(unique, targets)]
+    logits = masked_logits(classifier, pixels, own_maps, mean, std)
+    return ptame_loss(logits, targets, target_maps, weights)
+
+
+def _images(batch: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return batch if isinstance(batch, torch.Tensor) else batch[0]
+
+
+def _interval_means(sums: dict[str, torch.Tensor], steps: int, distributed: bool) -> dict[str, float]:
+    """Mean loss terms over the logged interval (and over the processes); syncs with the device."""
+    keys = sorted(sums)
+    values = torch.stack([sums[key] for key in keys]) / steps
+    if distributed:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(keys, values.tolist()))
+
+
+def train_explainer(
+    classifier: Classifier,
+    explainer: PTAME | DistributedDataParallel,
+    batches: Iterable[torch.Tensor | Sequence[torch.Tensor]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    settings: TrainSettings = TrainSettings(),
+    *,
+    total_steps: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    start_step: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train the explainer's head for one pass over ``batches`` (or until step ``total_steps``).
+
+    Args:
+        classifier: the black box, normalised (b, 3, H, W) -> (b, K) logits. If it is an
+            nn.Module it is put in eval mode, frozen and moved to ``device``.
+        explainer: the PTAME to train (its head; the auxiliary network stays frozen). Wrapped
+            in DistributedDataParallel, each process trains on its (b, ...) share of a global
+            batch of B = world_size * b images, and the result is that of training on the
+            global batches (with SyncBatchNorm in the head; plain BatchNorm normalises each
+            share by its own statistics).
+        batches: pixel-space images (b, 3, H, W) in [0, 1], or (images, labels) tuples whose
+            labels are ignored.
+        mean, std: the classifier's input normalisation.
+        settings: optimiser, schedule, loss and speed settings.
+        total_steps: the step number to stop after; default ``start_step + len(batches)``.
+            Also the schedule's length when no ``scheduler`` is given.
+        device: where to train; bf16 autocast when it is CUDA and ``settings.amp``.
+        progress: show a progress bar with the loss terms and images/s.
+        on_step: called every ``settings.log_every`` steps (and after the last) with
+            (step, record), the record as returned.
+        start_step: steps already done (a resumed run): ``batches`` yields the remaining ones,
+            and step numbers, progress and schedule continue from there.
+        optimizer, scheduler: the optimiser and schedule to step (restored ones when resuming;
+            required when ``start_step`` > 0); default ``make_optimizer`` / ``make_scheduler``.
+        after_step: called with the step number after every optimiser step (e.g. to write
+            checkpoints).
+
+    Returns:
+        One record per logged interval: step, loss, ce, area, smooth (means over the interval
+        and the processes), lr (of the interval's last step), images_per_s (all processes).
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+        ValueError: ``start_step`` > 0 without the restored optimizer and scheduler, or
+            ``total_steps`` < ``start_step``.
+    """
+    if start_step > 0 and (optimizer is None or scheduler is None):
+        raise ValueError("a resumed run (start_step > 0) needs its restored optimizer and scheduler")
+    device = torch.device(device)
+    if total_steps is None:
+        total_steps = start_step + len(batches)  # type: ignore[arg-type]
+    if total_steps < start_step:
+        raise ValueError(f"total_steps ({total_steps}) is before start_step ({start_step})")
+    model = unwrap(explainer)
+    distributed = isinstance(explainer, DistributedDataParallel)
+    world_size = dist.get_world_size() if distributed else 1
+    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+    if isinstance(classifier, nn.Module):
+        classifier.requires_grad_(False).eval().to(device, memory_format=memory_format)
+    explainer.to(device).train()
+    forward_classifier = torch.compile(classifier) if settings.compile else classifier
+    if settings.compile:
+        model.auxiliary = torch.compile(model.auxiliary)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, settings)
+    scheduler = scheduler if scheduler is not None else make_scheduler(optimizer, settings, total_steps)
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda"
+    )
+
+    history: list[dict[str, float]] = []
+    sums: dict[str, torch.Tensor] = {}
+    interval_steps = interval_images = 0
+    interval_start = time.perf_counter()
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=total_steps, initial=start_step, desc="training P-TAME", unit="batch", disable=not progress)
+
+    def log(step: int) -> None:
+        nonlocal sums, interval_steps, interval_images, interval_start
+        record = _interval_means(sums, interval_steps, distributed)
+        if not math.isfinite(record["loss"]):
+            raise TrainingDiverged(
+                f"the loss became {record['loss']} by step {step}: lower the learning rate "
+                f"(now {settings.lr}) or check the input images for NaN/inf values"
+            )
+        record.update(step=step, lr=lr, images_per_s=interval_images / (time.perf_counter() - interval_start))
+        history.append(record)
+        bar.set_postfix(
+            {
+                **{key: f"{record[key]:.4f}" for key in ("loss", "ce", "area", "smooth")},
+                "img/s": f"{record['images_per_s']:.0f}",
+            }
+        )
+        if on_step is not None:
+            on_step(step, record)
+        sums, interval_steps, interval_images = {}, 0, 0
+        interval_start = time.perf_counter()
+
+    step = start_step
+    try:
+        for step, batch in enumerate(itertools.islice(batches, total_steps - start_step), start=start_step + 1):
+            pixels = _images(batch).to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            with autocast:
+                loss, terms = training_step_loss(
+                    forward_classifier,
+                    explainer,
+                    pixels,
+                    mean,
+                    std,
+                    settings.loss,
+                    all_gather_targets if distributed else None,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            for key, value in {"loss": loss.detach(), **terms}.items():
+                sums[key] = sums.get(key, 0) + value.float()
+            interval_steps += 1
+            interval_images += pixels.shape[0] * world_size
+            bar.update(1)
+            if step % settings.log_every == 0 or step == total_steps:
+                log(step)
+            if after_step is not None:
+                after_step(step)
+        if interval_steps > 0:
+            log(step)
+    finally:
+        bar.close()
+        if settings.compile:
+            model.auxiliary = model.auxiliary._orig_mod
+    explainer.eval()
+    return history

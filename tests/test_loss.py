@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+
+from ptame.loss import LossWeights, area_loss, ptame_loss, smoothness_loss
+
+
+def test_area_loss_by_hand() -> None:
+    maps = torch.tensor([0.0, 1.0, 0.25, 0.5])
+    expected = sum((v + 0.0005) ** 0.3 for v in (0.0, 1.0, 0.25, 0.5)) / 4
+    assert area_loss(maps, 0.3).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_smoothness_loss_by_hand() -> None:
+    # One 2x2 map [[a, b], [c, d]] in a batch of 1, q = 2, border 0.3.
+    a, b, c, d = 0.1, 0.5, 0.3, 0.9
+    maps = torch.tensor([[[[a, b], [c, d]]]])
+    vertical = (c - a) ** 2 + (d - b) ** 2
+    horizontal = (b - a) ** 2 + (d - c) ** 2
+    edges = (a**2 + b**2) + (c**2 + d**2) + (a**2 + c**2) + (b**2 + d**2)
+    expected = (vertical + horizontal + 0.3 * edges) / (2 * 1)
+    assert smoothness_loss(maps, 2.0, 0.3).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_smoothness_divides_by_batch_size() -> None:
+    maps = torch.rand(1, 3, 5, 5)
+    single = smoothness_loss(maps, 2.0, 0.3)
+    doubled = smoothness_loss(torch.cat([maps, maps]), 2.0, 0.3)
+    assert doubled.item() == pytest.approx(single.item(), rel=1e-6)
+
+
+def test_ptame_loss_combines_terms_with_weights() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    targets = torch.tensor([0, 1])
+    maps = torch.full((2, 2, 3, 3), 0.5)
+    weights = LossWeights(ce=1.5, area=2.0, smooth=0.01, area_power=0.3, smooth_power=2.0, border=0.3)
+    loss, terms = ptame_loss(logits, targets, maps, weights)
+
+    ce = (math.log(1 + math.exp(-2.0)) + math.log(1 + math.exp(-1.0))) / 2
+    area = 0.5005**0.3
+    # A constant map has no gradient; its edges: 4 sides x 3 pixels x 0.25, per map, 4 maps.
+    smooth = 0.3 * (4 * 3 * 0.25) * 4 / (2.0 * 2)
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["area"].item() == pytest.approx(area, rel=1e-6)
+    assert terms["smooth"].item() == pytest.approx(smooth, rel=1e-6)
+    assert loss.item() == pytest.approx(1.5 * ce + 2.0 * area + 0.01 * smooth, rel=1e-5)

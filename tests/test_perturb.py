@@ -1,0 +1,37 @@
+import torch
+
+from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, mask_pixels, masked_logits, normalize
+
+
+def test_normalize_channelwise() -> None:
+    pixels = torch.rand(2, 3, 4, 4)
+    out = normalize(pixels, IMAGENET_MEAN, IMAGENET_STD)
+    for channel in range(3):
+        expected = (pixels[:, channel] - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+        assert torch.allclose(out[:, channel], expected)
+
+
+def test_masking_happens_in_pixel_space() -> None:
+    """A zero map gives black pixels, which normalise to -mean/std (not to zero)."""
+    seen = []
+
+    def classifier(images: torch.Tensor) -> torch.Tensor:
+        seen.append(images)
+        return images.mean(dim=(2, 3))
+
+    pixels = torch.rand(1, 3, 8, 8)
+    maps = torch.zeros(1, 2, 2)
+    maps[0, 0, 0] = 1.0  # keep the top-left corner
+    masked_logits(classifier, pixels, maps, IMAGENET_MEAN, IMAGENET_STD)
+    (received,) = seen
+    black = normalize(torch.zeros(1, 3, 1, 1), IMAGENET_MEAN, IMAGENET_STD)
+    assert torch.allclose(received[0, :, 7, 7], black.flatten())
+    assert torch.allclose(received, normalize(mask_pixels(pixels, maps), IMAGENET_MEAN, IMAGENET_STD))
+
+
+def test_mask_pixels_resizes_the_map_bilinearly() -> None:
+    pixels = torch.ones(1, 3, 4, 4)
+    maps = torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])
+    out = mask_pixels(pixels, maps)
+    assert out.shape == (1, 3, 4, 4)
+    assert torch.allclose(out[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))

@@ -1,0 +1,147 @@
+import pytest
+import timm
+import torch
+
+from ptame import PTAME, LossWeights, TrainingDiverged, TrainSettings, train_explainer
+from ptame.perturb import normalize
+from ptame.training import make_optimizer, make_scheduler, training_step_loss
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+class AllClassesExplainer(torch.nn.Module):
+    """Computes all K maps, then selects the requested ones: the reference design."""
+
+    def __init__(self, explainer: PTAME) -> None:
+        super().__init__()
+        self.explainer = explainer
+
+    def forward(self, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.explainer(pixels)[:, classes]
+
+
+def blob_images(count: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Dark images, each with one bright square at a random place."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 3, size, size, generator=generator) * 0.2
+    for image in images:
+        top, left = torch.randint(0, size - 16, (2,), generator=generator).tolist()
+        image[:, top : top + 16, left : left + 16] = torch.rand(3, 1, 1, generator=generator) * 0.5 + 0.5
+    return images
+
+
+@pytest.fixture
+def classifier() -> torch.nn.Module:
+    torch.manual_seed(3)
+    return timm.create_model("resnet10t", num_classes=10).eval().requires_grad_(False)
+
+
+def test_subset_loss_and_gradients_equal_all_classes(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    explainer.train()
+    pixels = blob_images(6)
+    weights = LossWeights()
+
+    loss, _ = training_step_loss(classifier, explainer, pixels, MEAN, STD, weights)
+    loss.backward()
+    subset_grads = [p.grad.clone() for p in explainer.head.parameters()]
+    explainer.head.zero_grad()
+
+    reference, _ = training_step_loss(classifier, AllClassesExplainer(explainer), pixels, MEAN, STD, weights)
+    reference.backward()
+    full_grads = [p.grad.clone() for p in explainer.head.parameters()]
+
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    for got, want in zip(subset_grads, full_grads):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_the_head_through_the_masked_image(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    explainer.train()
+    only_ce = LossWeights(ce=1.0, area=0.0, smooth=0.0)
+    loss, _ = training_step_loss(classifier, explainer, blob_images(4), MEAN, STD, only_ce)
+    loss.backward()
+    assert explainer.head.fuser.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in classifier.parameters())
+
+
+def test_a_few_steps_lower_the_loss(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    batch = blob_images(8)
+    settings = TrainSettings(lr=1e-2, log_every=5)
+    history = train_explainer(classifier, explainer, [batch] * 30, MEAN, STD, settings, progress=False)
+    assert [record["step"] for record in history] == [5, 10, 15, 20, 25, 30]
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert not explainer.training
+
+
+def test_labels_in_batches_are_ignored(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    batch = blob_images(4)
+    history = train_explainer(
+        classifier,
+        explainer,
+        [(batch, torch.tensor([9, 9, 9, 9]))] * 2,
+        MEAN,
+        STD,
+        TrainSettings(log_every=1),
+        progress=False,
+    )
+    assert len(history) == 2
+
+
+def test_nan_loss_stops_with_a_clear_error(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    broken = blob_images(4)
+    broken[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="NaN/inf"):
+        train_explainer(classifier, explainer, [broken] * 3, MEAN, STD, TrainSettings(log_every=1), progress=False)
+
+
+def test_resuming_with_the_same_optimizer_and_schedule_matches_an_uninterrupted_run(
+    classifier: torch.nn.Module, explainer: PTAME
+) -> None:
+    batches = [blob_images(4, seed=seed) for seed in range(4)]
+    settings = TrainSettings(lr=1e-2, log_every=1)
+    initial = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    train_explainer(classifier, explainer, batches, MEAN, STD, settings, progress=False)
+    uninterrupted = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+
+    explainer.head.load_state_dict(initial)
+    optimizer = make_optimizer(explainer, settings)
+    scheduler = make_scheduler(optimizer, settings, total_steps=4)
+    steps_seen = []
+    options = dict(progress=False, optimizer=optimizer, scheduler=scheduler, after_step=steps_seen.append)
+    first = train_explainer(classifier, explainer, batches[:2], MEAN, STD, settings, total_steps=2, **options)
+    second = train_explainer(classifier, explainer, batches[2:], MEAN, STD, settings, start_step=2, **options)
+    assert steps_seen == [1, 2, 3, 4]
+    assert [record["step"] for record in first + second] == [1, 2, 3, 4]
+    assert all(record["images_per_s"] > 0 and record["lr"] > 0 for record in first + second)
+    for key, value in explainer.head.state_dict().items():
+        assert torch.equal(value, uninterrupted[key]), key
+
+
+def test_a_resumed_run_needs_its_optimizer_and_schedule(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    with pytest.raises(ValueError, match="restored optimizer and scheduler"):
+        train_explainer(classifier, explainer, [blob_images(2)], MEAN, STD, start_step=3, progress=False)
+
+
+def test_processes_sharing_a_batch_optimise_the_global_batch_loss(
+    classifier: torch.nn.Module, explainer: PTAME
+) -> None:
+    """What DistributedDataParallel does with two processes, in one: each process computes the
+    loss of its half with all the batch's targets; the mean of the halves' losses and gradients
+    is the whole batch's. (BatchNorm in eval mode: SyncBatchNorm's role is not tested here.)"""
+    pixels = blob_images(6, seed=4)
+    weights = LossWeights(ce=1.0, area=2.0, smooth=0.5)
+    with torch.no_grad():
+        targets = classifier(normalize(pixels, MEAN, STD)).argmax(dim=1)
+    parameters = list(explainer.head.parameters())
+
+    loss, _ = training_step_loss(classifier, explainer, pixels, MEAN, STD, weights)
+    whole = torch.autograd.grad(loss, parameters)
+    halves = []
+    for half in (pixels[:3], pixels[3:]):
+        half_loss, _ = training_step_loss(classifier, explainer, half, MEAN, STD, weights, lambda _: targets)
+        halves.append((half_loss, torch.autograd.grad(half_loss, parameters)))
+
+    assert (halves[0][0] + halves[1][0]).item() / 2 == pytest.approx(loss.item(), rel=1e-5)
+    for index, want in enumerate(whole):
+        got = (halves[0][1][index] + halves[1][1][index]) / 2
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
