@@ -1,0 +1,196 @@
+import argparse
+import json
+import os
+import socket
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import ptame.training
+from ptame import PTAME
+from train import imagenet
+from train.checkpointing import read_checkpoint_info
+from train.runs import CHECKPOINT_NAME
+
+# Tiny, random-initialised timm networks and 32x32 crops: a run of a few steps takes seconds.
+TINY_RUN = [
+    "--backbone", "test_resnet", "--auxiliary", "test_resnet", "--no-pretrained",
+    "--resize", "40", "--crop", "32", "--batch-size", "4", "--steps", "4",
+    "--workers", "0", "--log-every", "2", "--checkpoint-every", "2", "--no-progress",
+]  # fmt: skip
+
+
+def make_image_tree(root: Path, classes: int = 3, per_class: int = 6) -> Path:
+    """ImageNet's layout in miniature: root/train/CLASS/*.jpg|png, noise images of varied sizes."""
+    generator = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / "train" / f"n{label:08d}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = generator.integers(0, 256, (36 + index, 44, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"image{index}.{'png' if index % 2 else 'jpg'}")
+    return root
+
+
+def run_command(module: ModuleType, argv: list[str]) -> None:
+    """``python -m train NAME argv`` for one command module."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    module.run(parser.parse_args(argv))
+
+
+def train_tiny(data: Path, out: Path, *extra: str) -> None:
+    run_command(imagenet, [*TINY_RUN, "--data", str(data), "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_tree(tmp_path_factory.mktemp("imagenet"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "uninterrupted"
+    train_tiny(data, out)
+    return out
+
+
+def head_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "explainer" / "model.safetensors"))
+
+
+def assert_same_weights(run: Path, reference: Path) -> None:
+    got, want = head_weights(run), head_weights(reference)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+    got_state, want_state = load_file(str(run / CHECKPOINT_NAME)), load_file(str(reference / CHECKPOINT_NAME))
+    for key in want_state:
+        if key.startswith("optimizer."):
+            assert torch.equal(got_state[key], want_state[key]), key
+
+
+def test_a_full_run_writes_explainer_log_checkpoint_and_config(finished_run: Path) -> None:
+    records = [json.loads(line) for line in (finished_run / "log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [2, 4]
+    for record in records:
+        assert {"loss", "ce", "area", "smooth", "lr", "images_per_s", "elapsed_s"} <= record.keys()
+        assert record["images_per_s"] > 0
+
+    config = json.loads((finished_run / "run.json").read_text())
+    assert config["backbone"] == "test_resnet" and config["num_images"] == 18 and config["total_steps"] == 4
+    assert config["recipe"]["batch_size"] == 4 and config["recipe"]["seed"] == 12345
+    assert config["transform"] == {"resize": 40, "crop": 32, "interpolation": "bilinear"}
+    assert read_checkpoint_info(finished_run / CHECKPOINT_NAME).step == 4
+    manifest = tomllib.loads((finished_run / "manifest.toml").read_text())
+    assert manifest["models"] == [
+        {
+            "key": "uninterrupted",
+            "display_name": f"test_resnet ({finished_run})",
+            "classifier": "test_resnet",
+            "explainer": "explainer",
+        }
+    ]
+
+    explainer = PTAME.from_pretrained(finished_run / "explainer")
+    assert explainer.num_classes == 1000 and explainer.auxiliary_name == "test_resnet"
+    trained = load_file(str(finished_run / CHECKPOINT_NAME))
+    for key, value in explainer.head.state_dict().items():
+        assert torch.equal(value, trained[f"head.{key}"])
+    untrained = PTAME(num_classes=1000, auxiliary="test_resnet", pretrained_auxiliary=False)
+    assert not torch.equal(untrained.head.fuser.weight, explainer.head.fuser.weight)
+
+
+def test_stopping_and_resuming_gives_the_uninterrupted_result(data: Path, finished_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stopped"
+    train_tiny(data, out, "--stop-after", "1")
+    assert read_checkpoint_info(out / CHECKPOINT_NAME).step == 1
+    assert not (out / "explainer").exists()
+    train_tiny(data, out, "--resume", "--checkpoint-every", "3")
+    assert_same_weights(out, finished_run)
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 4]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(
+    data: Path, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    step_loss = ptame.training.training_step_loss
+
+    def crash_at_third_step(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return step_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ptame.training, "training_step_loss", crash_at_third_step)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(data, out)
+    monkeypatch.setattr(ptame.training, "training_step_loss", step_loss)
+    assert read_checkpoint_info(out / CHECKPOINT_NAME).step == 2
+    assert not list(out.glob(".*.tmp"))
+
+    train_tiny(data, out, "--resume")
+    assert_same_weights(out, finished_run)
+
+
+def test_an_existing_run_is_not_overwritten_and_resumes_only_itself(
+    data: Path, finished_run: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match="--resume"):
+        train_tiny(data, finished_run)
+    with pytest.raises(SystemExit, match="no training checkpoint"):
+        train_tiny(data, tmp_path / "nothing", "--resume")
+    with pytest.raises(SystemExit, match="no image files"):
+        train_tiny(tmp_path, tmp_path / "no-images")
+    out = tmp_path / "other"
+    train_tiny(data, out, "--stop-after", "1")
+    with pytest.raises(SystemExit, match="different run.*recipe"):
+        train_tiny(data, out, "--resume", "--lr", "0.5")
+
+
+def test_recipe_flags_override_the_paper_recipe() -> None:
+    parser = argparse.ArgumentParser()
+    imagenet.add_arguments(parser)
+    args = parser.parse_args(
+        ["--backbone", "resnet50", "--data", "d", "--out", "o", "--area", "0.5", "--batch-size", "64", "--no-amp"]
+    )
+    recipe = imagenet.resolve_recipe(args)
+    assert recipe.loss.area == 0.5 and recipe.loss.ce == 0.161429
+    assert recipe.batch_size == 64 and recipe.amp is False
+    assert recipe.weight_decay == 0.000242666 and recipe.crop == 224
+
+
+def _train_as_rank(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """One torchrun-like process: the environment torchrun sets, then the command."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    run_command(imagenet, argv)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_share_each_batch_and_a_single_process_can_resume(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "two-processes"
+    argv = [*TINY_RUN, "--data", str(data), "--out", str(out), "--stop-after", "2", "--device", "cpu"]
+    torch.multiprocessing.spawn(_train_as_rank, args=(2, free_port(), argv), nprocs=2, join=True)
+    assert read_checkpoint_info(out / CHECKPOINT_NAME).step == 2
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [2]
+
+    train_tiny(data, out, "--resume")
+    assert read_checkpoint_info(out / CHECKPOINT_NAME).step == 4
+    assert PTAME.from_pretrained(out / "explainer").num_classes == 1000

@@ -1,0 +1,1 @@
+"""Reproducing, evaluating and publishing P-TAME explainers: ``python -m train COMMAND``."""

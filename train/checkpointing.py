@@ -1,0 +1,150 @@
+"""Training checkpoints: one safetensors file holding everything a run needs to go on.
+
+Tensors: the head's weights (``head.*``), the optimiser's state (``optimizer.<param>.<name>``)
+and the random number generators' states (``rng.*``). The safetensors metadata holds, as JSON,
+the step, the optimiser's parameter groups, the schedule's state and the run's description.
+Nothing is pickled. Files are written to a temporary file, then renamed over the old one, so a
+run killed while writing leaves the previous checkpoint intact.
+"""
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from ptame.explainer import PTAME
+from ptame.hub import CheckpointError
+
+FORMAT = "ptame-training-v1"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint says about its run: the steps done and the run's description."""
+
+    step: int
+    run: dict[str, object]
+
+
+def save_checkpoint(
+    path: Path,
+    explainer: PTAME,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    run: dict[str, object],
+) -> None:
+    """Write a training checkpoint atomically.
+
+    Args:
+        path: the file to write (``CHECKPOINT_NAME`` in the run's folder).
+        explainer: the PTAME being trained (not a DistributedDataParallel wrapper).
+        optimizer, scheduler: their states after ``step`` steps.
+        step: optimiser steps done.
+        run: JSON-ready description of the run (recipe, data, total steps), checked on resume.
+    """
+    tensors = {f"head.{key}": value.detach().cpu().contiguous() for key, value in explainer.head.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for name, value in values.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"optimizer state {name} of parameter {index} is not a tensor: {value!r}")
+            tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    state = {
+        "step": step,
+        "run": run,
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "scheduler": scheduler.state_dict(),
+    }
+    write_atomically(path, save(tensors, metadata={"format": FORMAT, "state": json.dumps(state)}))
+
+
+def _read_state(path: Path) -> dict[str, object]:
+    if not path.is_file():
+        raise CheckpointError(f"no training checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            metadata = file.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (truncated or corrupted?): {error}"
+        ) from error
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a P-TAME training checkpoint (format {metadata.get('format')!r})")
+    return json.loads(metadata["state"])
+
+
+def read_checkpoint_info(path: Path) -> CheckpointInfo:
+    """The step and run description of a checkpoint, without loading its tensors.
+
+    Raises:
+        CheckpointError: missing, unreadable, or not a training checkpoint.
+    """
+    state = _read_state(Path(path))
+    return CheckpointInfo(step=int(state["step"]), run=state["run"])
+
+
+def load_checkpoint(
+    path: Path,
+    explainer: PTAME,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> CheckpointInfo:
+    """Restore the head, optimiser, schedule and random number generators from a checkpoint.
+
+    The optimizer and scheduler must be built as for the original run (``make_optimizer``,
+    ``make_scheduler`` with the same total steps) before their states are loaded.
+
+    Returns:
+        The checkpoint's step and run description.
+
+    Raises:
+        CheckpointError: unreadable file, or state that does not fit the explainer/optimiser.
+    """
+    state = _read_state(Path(path))
+    tensors = load_file(str(path))
+    head = {key.removeprefix("head."): value for key, value in tensors.items() if key.startswith("head.")}
+    optimizer_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[name] = value
+    groups = [
+        {key: tuple(value) if key == "betas" else value for key, value in group.items()}
+        for group in state["optimizer_param_groups"]
+    ]
+    try:
+        explainer.head.load_state_dict(head, strict=True)
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(f"{path} does not fit this explainer or optimiser: {error}") from error
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return CheckpointInfo(step=int(state["step"]), run=state["run"])

@@ -1,0 +1,351 @@
+"""Evaluate P-TAME and the baselines: every method x every metric on a dataset, as CSV and Markdown.
+
+    python -m train evaluate --checkpoint checkpoints/shapes --data shapes --images 500 --out checkpoints/shapes
+    python -m train evaluate --model resnet50 --data folder --images-root IMAGENET/val --subset test --out DIR
+
+The classifier and its P-TAME explainer come from a manifest entry (``--model KEY``) or a folder with
+classifier/ and explainer/ (``--checkpoint``). Images: the shapes world's test split (with
+ground-truth masks, so the pointing games are scored too) or a folder of images (``--subset test``:
+the fixed 2000-image test subset of ImageNet val, see train/data.py; ``all``: every image). Every
+map explains the classifier's own prediction (the protocol of the P-TAME paper). Writes
+OUT/evaluation.csv (every figure) and OUT/evaluation.md (the table), and prints the table.
+"""
+
+import argparse
+import csv
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ptame.baselines import BASELINES
+from ptame.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
+from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
+from ptame.shapes import SPLIT_SEEDS, ShapesDataset
+from train.data import ImageFiles, evaluation_subset, image_files
+
+METHODS = ("ptame", *BASELINES)
+METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
+AD_IC_FRACTIONS = (1.0, 0.5, 0.15)
+ROAD_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
+DISPLAY_NAMES = {
+    "ptame": "P-TAME",
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "rise": "RISE",
+}
+
+# Markdown columns: (CSV column, header, decimals); arrows say which direction is better.
+MARKDOWN_COLUMNS = (
+    ("seconds_per_image", "s / image", 3),
+    ("ad_100", "AD 100% ↓", 2),
+    ("ic_100", "IC 100% ↑", 2),
+    ("ad_50", "AD 50% ↓", 2),
+    ("ic_50", "IC 50% ↑", 2),
+    ("ad_15", "AD 15% ↓", 2),
+    ("ic_15", "IC 15% ↑", 2),
+    ("road_morf_auc", "ROAD MoRF ↓", 3),
+    ("road_lerf_auc", "ROAD LeRF ↑", 3),
+    ("deletion_auc", "Deletion ↓", 3),
+    ("insertion_auc", "Insertion ↑", 3),
+    ("pointing_game", "Pointing ↑", 2),
+    ("energy_pointing_game", "Energy PG ↑", 3),
+)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What to compute: methods, metrics and their parameters."""
+
+    methods: tuple[str, ...] = METHODS
+    metrics: tuple[str, ...] = METRICS
+    rise_masks: int = 4000
+    deletion_steps: int = 50
+    road_imputation: str = "linear"
+    seed: int = 0
+
+
+@dataclass
+class MethodTotals:
+    """Per-image results of one method, gathered batch by batch."""
+
+    seconds: float = 0.0
+    images: int = 0
+    values: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, name: str, per_image: torch.Tensor) -> None:
+        """Append a (B,) tensor of per-image values of one figure."""
+        self.values.setdefault(name, []).append(per_image.detach().float().cpu())
+
+    def means(self) -> dict[str, float]:
+        """Each figure averaged over the images (ROAD: the AUCs of the mean curves)."""
+        row = {"images": float(self.images), "seconds_per_image": self.seconds / max(self.images, 1)}
+        for name, parts in self.values.items():
+            row[name] = torch.cat(parts).mean().item()
+        return row
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall time measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def method_maps(
+    method: str, model: LoadedModel, pixels: torch.Tensor, classes: torch.Tensor, settings: EvaluationSettings
+) -> torch.Tensor:
+    """(B, H, W) maps in [0, 1] of one method for a batch."""
+    if method == "ptame":
+        with torch.inference_mode():
+            return model.explainer.explain(pixels, classes)
+    if method == "rise":
+        return BASELINES["rise"](model.backbone, pixels, classes, num_masks=settings.rise_masks, seed=settings.seed)
+    return BASELINES[method](model.backbone, pixels, classes)
+
+
+def score_batch(
+    totals: MethodTotals,
+    model: LoadedModel,
+    pixels: torch.Tensor,
+    maps: torch.Tensor,
+    classes: torch.Tensor,
+    masks: torch.Tensor | None,
+    settings: EvaluationSettings,
+) -> None:
+    """Every chosen metric of one method's maps for a batch, added to ``totals``."""
+    backbone = model.backbone
+    if "ad_ic" in settings.metrics:
+        for name, values in ad_ic(backbone, pixels, maps, classes, AD_IC_FRACTIONS).items():
+            totals.add(name, values * (100.0 if name.startswith("ic_") else 1.0))
+    if "road" in settings.metrics:
+        curves = road(backbone, pixels, maps, classes, ROAD_FRACTIONS, settings.road_imputation, settings.seed)
+        for order, outcomes in (("morf", curves.most_relevant_first), ("lerf", curves.least_relevant_first)):
+            totals.add(f"road_{order}_auc", road_auc(ROAD_FRACTIONS, outcomes))
+            for index, fraction in enumerate(ROAD_FRACTIONS):
+                totals.add(f"road_{order}_{round(fraction * 100)}", outcomes[:, index])
+    if "deletion_insertion" in settings.metrics:
+        curves = deletion_insertion(backbone, pixels, maps, classes, steps=settings.deletion_steps)
+        totals.add("deletion_auc", curves.deletion_auc)
+        totals.add("insertion_auc", curves.insertion_auc)
+    if "pointing" in settings.metrics and masks is not None:
+        totals.add("pointing_game", pointing_game(maps, masks).float() * 100)
+        totals.add("energy_pointing_game", energy_pointing_game(maps, masks))
+
+
+def evaluate(
+    model: LoadedModel,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    settings: EvaluationSettings,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, float | str]], float | None]:
+    """Run every method and metric over batches of images.
+
+    Args:
+        model: the classifier and its explainer, on ``device``.
+        batches: (pixels (B, 3, H, W) in [0, 1], labels (B,) int64 or None, masks (B, H, W) bool or
+            None); masks enable the pointing games, labels the classifier's accuracy.
+        settings: methods, metrics and their parameters.
+        device: where to compute.
+        progress: called with the number of images of each finished batch.
+
+    Returns:
+        (rows, accuracy): one row per method (figures averaged over the images; AD, IC and the
+        pointing game in percent), and the classifier's top-1 accuracy in percent (None without labels).
+    """
+    unknown = sorted(set(settings.methods) - set(METHODS)) + sorted(set(settings.metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown methods or metrics {unknown}; methods: {METHODS}, metrics: {METRICS}")
+    totals = {method: MethodTotals() for method in settings.methods}
+    correct, labelled = 0, 0
+    for pixels, labels, masks in batches:
+        pixels = pixels.to(device)
+        masks = masks.to(device) if masks is not None else None
+        with torch.inference_mode():
+            classes = model.backbone.logits(pixels).argmax(dim=1)
+        if labels is not None:
+            correct += int((classes.cpu() == labels).sum())
+            labelled += labels.numel()
+        for method in settings.methods:
+            synchronize(device)
+            start = time.perf_counter()
+            maps = method_maps(method, model, pixels, classes, settings)
+            synchronize(device)
+            totals[method].seconds += time.perf_counter() - start
+            totals[method].images += pixels.shape[0]
+            score_batch(totals[method], model, pixels, maps, classes, masks, settings)
+        if progress is not None:
+            progress(pixels.shape[0])
+    rows = [{"method": method, **totals[method].means()} for method in settings.methods]
+    return rows, (100.0 * correct / labelled if labelled else None)
+
+
+def shapes_batches(
+    split: str, count: int, size: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first ``count`` images of a shapes split, with labels and ground-truth masks."""
+    yield from DataLoader(ShapesDataset(split, count, size), batch_size=batch_size)
+
+
+def folder_batches(paths: Sequence[Path], model: LoadedModel, batch_size: int) -> Iterator[tuple]:
+    """Images from files through the classifier's preprocessing; no labels, no masks."""
+    for pixels in DataLoader(ImageFiles(paths, model.backbone.preprocessing.transform()), batch_size=batch_size):
+        yield pixels, None, None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a text file through a temporary file in the same folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def csv_text(rows: list[dict[str, float | str]]) -> str:
+    """The rows as CSV, one column per figure (union over rows, in first-seen order)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: (f"{value:.6g}" if isinstance(value, float) else value) for key, value in row.items()})
+    return buffer.getvalue()
+
+
+def markdown_text(rows: list[dict[str, float | str]], description: list[str]) -> str:
+    """A Markdown section: the setup as a list, then a table of the main figures (only columns present)."""
+    columns = [column for column in MARKDOWN_COLUMNS if any(column[0] in row for row in rows)]
+    lines = ["## Evaluation", "", *[f"- {line}" for line in description], ""]
+    lines.append("| Method | " + " | ".join(header for _, header, _ in columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for row in rows:
+        cells = [f"{row[key]:.{decimals}f}" if key in row else "" for key, _, decimals in columns]
+        lines.append(f"| {DISPLAY_NAMES.get(row['method'], row['method'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def setup_description(settings: EvaluationSettings, accuracy: float | None, with_masks: bool) -> list[str]:
+    """Lines that say how the figures of a table were measured (only for what was computed)."""
+    lines = [
+        "Every map explains the classifier's prediction"
+        + (f" (top-1 accuracy {accuracy:.1f}%)." if accuracy is not None else "."),
+        "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+    ]
+    if "ad_ic" in settings.metrics:
+        lines.append("AD / IC: the top 100/50/15% of the map kept with its soft values; in percent.")
+    if "road" in settings.metrics:
+        removed = ", ".join(f"{round(100 * fraction)}%" for fraction in ROAD_FRACTIONS)
+        lines.append(
+            f"ROAD: area under the accuracy curve at {removed} of the pixels removed ({settings.road_imputation} "
+            "imputation), end points (0%, 1) and (100%, 0)."
+        )
+    if "deletion_insertion" in settings.metrics:
+        lines.append(
+            f"Deletion / insertion: areas under the class-probability curves ({settings.deletion_steps} steps; "
+            "deleted pixels black, inserted onto the blurred image)."
+        )
+    if "pointing" in settings.metrics and with_masks:
+        lines.append(
+            "Pointing game: maximum of the map on the object, in percent; energy-based pointing game (Energy PG): "
+            "share of the map's mass on the object."
+        )
+    if "rise" in settings.methods:
+        lines.append(f"RISE: {settings.rise_masks} masks, 7x7 grid, p = 0.5.")
+    return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m train evaluate``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="key of a manifest entry (see --manifest)")
+    source.add_argument("--checkpoint", type=Path, help="folder with classifier/ and explainer/")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="manifest of --model")
+    parser.add_argument("--data", choices=("shapes", "folder"), required=True)
+    parser.add_argument("--split", choices=tuple(SPLIT_SEEDS), default="test", help="--data shapes: the split")
+    parser.add_argument("--images-root", type=Path, help="--data folder: a folder of images (e.g. ImageNet val)")
+    parser.add_argument(
+        "--subset",
+        choices=("test", "validation", "all"),
+        default="test",
+        help="--data folder: the fixed 2000-image test / validation subset, or every image",
+    )
+    parser.add_argument("--images", type=int, default=500, help="number of images evaluated (default: 500)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    parser.add_argument("--rise-masks", type=int, default=4000, help="RISE masks per image (default: 4000)")
+    parser.add_argument("--deletion-steps", type=int, default=50, help="steps of the deletion/insertion curves")
+    parser.add_argument("--road-imputation", choices=("linear", "telea"), default="linear")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    parser.add_argument("--seed", type=int, default=0, help="seed of RISE's masks and ROAD's noise")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a CPU shared with other work)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="writes OUT/evaluation.csv and OUT/evaluation.md")
+
+
+def _entry(args: argparse.Namespace) -> ModelEntry:
+    if args.checkpoint is not None:
+        return ModelEntry.from_folder(args.checkpoint)
+    entries = {entry.key: entry for entry in load_manifest(args.manifest)}
+    if args.model not in entries:
+        raise SystemExit(f"no model {args.model!r} in {args.manifest}; known: {sorted(entries)}")
+    return entries[args.model]
+
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate, print the table, write OUT/evaluation.csv and OUT/evaluation.md."""
+    if args.images < 1 or args.batch_size < 1 or args.rise_masks < 1 or args.deletion_steps < 1:
+        raise SystemExit("--images, --batch-size, --rise-masks and --deletion-steps must be >= 1")
+    if args.data == "folder" and args.images_root is None:
+        raise SystemExit("--data folder needs --images-root")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    entry = _entry(args)
+    model = load_model(entry, args.device)
+    settings = EvaluationSettings(
+        methods=tuple(dict.fromkeys(args.methods)),
+        metrics=tuple(dict.fromkeys(args.metrics)),
+        rise_masks=args.rise_masks,
+        deletion_steps=args.deletion_steps,
+        road_imputation=args.road_imputation,
+        seed=args.seed,
+    )
+    if args.data == "shapes":
+        count = args.images
+        batches = shapes_batches(args.split, count, model.backbone.preprocessing.crop, args.batch_size)
+        data = f"shapes world, split {args.split}, first {count} images at {model.backbone.preprocessing.crop} px"
+    else:
+        if args.subset == "all":
+            paths = image_files(args.images_root)[: args.images]
+        else:
+            paths = evaluation_subset(args.images_root, args.subset)[: args.images]
+        count = len(paths)
+        batches = folder_batches(paths, model, args.batch_size)
+        data = f"{count} images of {args.images_root} ({args.subset} subset)"
+    with tqdm(total=count, desc="evaluate", unit="image") as bar:
+        rows, accuracy = evaluate(model, batches, settings, device, progress=bar.update)
+    description = setup_description(settings, accuracy, with_masks=args.data == "shapes")
+    description.insert(0, f"Classifier `{entry.classifier}`, explainer `{entry.explainer}`; {data}; device {device}.")
+    markdown = markdown_text(rows, description)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.out / "evaluation.csv", csv_text(rows))
+    write_atomically(args.out / "evaluation.md", markdown)
+    print(markdown)
+    print(f"wrote {args.out / 'evaluation.csv'} and {args.out / 'evaluation.md'}")

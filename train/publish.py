@@ -1,0 +1,268 @@
+"""Publish a trained explainer to the Hugging Face Hub, with its model card and manifest entry.
+
+    python -m train publish runs/resnet50 --repo-id ORG/ptame-resnet50 [--dry-run]
+
+Writes RUN/publish/ (config.json, model.safetensors, README.md: the model card with the
+classifier and its exact weights, the auxiliary network, the recipe, RUN/evaluation.md if
+present, the license and a usage snippet), pushes it with huggingface_hub (token: --token, or
+HF_TOKEN / the stored login), and prints the [[models]] table to add to
+checkpoints/manifest.toml, pinned to the pushed commit. --dry-run writes the folder only.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx2
+from huggingface_hub import HfApi, get_session
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from safetensors import SafetensorError, safe_open
+
+from ptame.explainer import CONFIG_NAME, WEIGHTS_NAME
+from train.imagenet import LOSS_FLAGS, RECIPE_FLAGS
+from train.runs import DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
+
+CARD_NAME = "README.md"
+PUBLISH_FOLDER = "publish"
+HUB_TIMEOUT_S = 60.0
+CITATION = """\
+@article{ntrougkas2025ptame,
+  title   = {P-TAME: Explain Any Image Classifier with Trained Perturbations},
+  author  = {Ntrougkas, Mariano V. and Mezaris, Vasileios and Patras, Ioannis},
+  journal = {IEEE Open Journal of Signal Processing},
+  year    = {2025},
+  doi     = {10.1109/OJSP.2025.3568756},
+  note    = {arXiv:2501.17813}
+}"""
+
+
+class PublishError(RuntimeError):
+    """The run cannot be published (not finished, unreadable files, Hub refused or unreachable)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("run_dir", type=Path, help="a finished run folder of python -m train imagenet")
+    parser.add_argument("--repo-id", required=True, help="Hub model repo, ORG/NAME")
+    parser.add_argument("--dry-run", action="store_true", help="write the folder, push nothing")
+    parser.add_argument("--folder", type=Path, help=f"where to write the repo's files (default RUN/{PUBLISH_FOLDER})")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the stored login)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--license", default="apache-2.0", help="license of the head's weights (model card)")
+    parser.add_argument("--key", help="manifest key (default: the run folder's name)")
+    parser.add_argument("--display-name", help="name in the app's model selector")
+    parser.add_argument("--timeout", type=float, default=HUB_TIMEOUT_S, help="seconds per Hub request")
+
+
+def read_run(run_dir: Path) -> dict[str, object]:
+    """The run's configuration (run.json), after checking that its explainer files are readable.
+
+    Raises:
+        PublishError: not a finished run, or unreadable files.
+    """
+    config_path = run_dir / RUN_NAME
+    explainer = run_dir / EXPLAINER_FOLDER
+    if not config_path.is_file() or not (explainer / WEIGHTS_NAME).is_file() or not (explainer / CONFIG_NAME).is_file():
+        raise PublishError(
+            f"{run_dir} is not a finished training run: it needs {RUN_NAME} and {EXPLAINER_FOLDER}/ "
+            f"({CONFIG_NAME}, {WEIGHTS_NAME}); train it to the end (or --resume it) first"
+        )
+    try:
+        with safe_open(str(explainer / WEIGHTS_NAME), framework="pt"):
+            pass
+        json.loads((explainer / CONFIG_NAME).read_text(encoding="utf-8"))
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise PublishError(f"cannot read the run in {run_dir}: {error}") from error
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "\n".join(["| setting | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
+
+
+def reproduce_command(run: dict[str, object]) -> str:
+    """The command line that trains this run again (recipe flags as given; data and output generic)."""
+    arguments = run["arguments"]
+    words = ["python -m train imagenet", f"--backbone {run['backbone']}", "--data DIR", "--out runs/NAME"]
+    if not run["pretrained"]:
+        words.append("--no-pretrained")
+    for name in (*RECIPE_FLAGS, *LOSS_FLAGS, "feature_levels", "steps"):
+        value = arguments.get(name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            words.append(f"{flag} {' '.join(map(str, value))}")
+        elif value is not None:
+            words.append(f"{flag} {value}")
+    return " ".join(words)
+
+
+def model_card(run: dict[str, object], repo_id: str, license_name: str, evaluation: str | None) -> str:
+    """The model card (README.md with Hub metadata) of a finished run."""
+    recipe = run["recipe"]
+    loss = recipe["loss"]
+    backbone = run["backbone"]
+    name = DISPLAY_NAMES.get(backbone, backbone)
+    weights = recipe["classifier_weights"] if run["pretrained"] else "RANDOM initialisation (a test run)"
+    if run["pretrained"] and run.get("timm_weights"):
+        weights += f" (timm `{run['timm_weights']}`)"
+    warning = "" if run["pretrained"] else "\n**Trained against randomly initialised networks: a test artefact.**\n"
+    recipe_rows = [
+        ("optimiser", f"AdamW (amsgrad), lr {recipe['lr']}, weight decay {recipe['weight_decay']}"),
+        ("schedule", "OneCycle stepped per batch, max_lr = lr"),
+        ("loss", ", ".join(f"{key} {value}" for key, value in loss.items())),
+        ("global batch", recipe["batch_size"]),
+        ("steps", f"{run['total_steps']} ({recipe['epochs']} epoch(s) of {run['num_images']} images)"),
+        ("train transform", f"Resize {run['transform']['resize']}, RandomCrop {run['transform']['crop']}, flip"),
+        ("precision", "bf16 autocast" if recipe["amp"] else "fp32"),
+        ("seed", recipe["seed"]),
+        ("processes", run.get("world_size", 1)),
+        ("source", recipe["source"]),
+        ("versions", ", ".join(f"{key} {value}" for key, value in run.get("versions", {}).items())),
+    ]
+    usage = f"""\
+    ```python
+    import torch
+    from PIL import Image
+
+    from ptame import PTAME, create_backbone
+
+    backbone = create_backbone({backbone!r})  # the classifier this explainer was trained for
+    explainer = PTAME.from_pretrained({repo_id!r})  # pin revision=COMMIT for reproducibility
+    pixels = backbone.preprocessing.transform()(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        top1 = backbone.logits(pixels).argmax(dim=1)
+        saliency = explainer.explain(pixels, top1)  # (1, H, W) in [0, 1]
+    ```"""
+    return f"""---
+library_name: ptame
+license: {license_name}
+tags:
+- explainability
+- saliency
+- p-tame
+- image-classification
+---
+
+# P-TAME explainer for {name}
+
+A [P-TAME](https://arxiv.org/abs/2501.17813) attention head that explains the classifier below:
+one forward pass gives a saliency map for every class. The classifier is a black box: only its
+logits were used in training, and no labels.
+{warning}
+- **Classifier**: `{backbone}` (`ptame.create_backbone({backbone!r})`), weights: {weights}.
+  The explainer is trained for exactly these weights; do not use it with others.
+- **Auxiliary network**: `{recipe["auxiliary"]}`, feature levels {recipe["feature_levels"]} (frozen,
+  named in config.json, loaded by timm; not stored here).
+- **Files**: `config.json` (class count, auxiliary network, class names), `model.safetensors`
+  (the head's weights).
+
+## Usage
+
+{textwrap.dedent(usage)}
+
+## Training
+
+{_table(recipe_rows)}
+
+Reproduce with `{reproduce_command(run)}`.
+
+## Evaluation
+
+{evaluation.strip() if evaluation else "Not evaluated yet (`python -m train evaluate` writes evaluation.md)."}
+
+## License
+
+The head's weights: {license_name}. The classifier's and auxiliary network's weights keep their
+own licenses; ImageNet's terms of access apply to anything trained on it.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+
+
+def write_folder(run_dir: Path, folder: Path, card: str) -> None:
+    """Write the repo's files to ``folder`` through a temporary folder (never half-written)."""
+    temporary = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        shutil.copyfile(run_dir / EXPLAINER_FOLDER / name, temporary / name)
+    (temporary / CARD_NAME).write_text(card, encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    temporary.replace(folder)
+
+
+def push(folder: Path, repo_id: str, token: str | None, private: bool, timeout: float) -> str:
+    """Create the repo if needed and upload the folder as one commit.
+
+    Returns:
+        The commit's hash (pin it in the manifest).
+
+    Raises:
+        PublishError: refused (token, permissions) or unreachable Hub.
+    """
+    get_session().timeout = timeout  # huggingface_hub's shared HTTP session waits forever by default
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id, repo_type="model", folder_path=folder, commit_message="Upload P-TAME explainer"
+        )
+    except HfHubHTTPError as error:
+        raise PublishError(f"the Hub refused the upload to {repo_id} (token and permissions?): {error}") from error
+    except (httpx2.HTTPError, OSError) as error:
+        raise PublishError(
+            f"cannot reach the Hub to push {repo_id} (network down, HF_HUB_OFFLINE set, or no answer within "
+            f"{timeout:.0f} s): {error}"
+        ) from error
+    return commit.oid
+
+
+def run(args: argparse.Namespace) -> None:
+    """Write the folder, push it unless --dry-run, print the manifest entry."""
+    try:
+        publish(args)
+    except PublishError as error:
+        raise SystemExit(f"publish: {error}") from error
+
+
+def publish(args: argparse.Namespace) -> None:
+    """The command's work; PublishError on failure."""
+    run_dir: Path = args.run_dir
+    try:
+        validate_repo_id(args.repo_id)
+    except HFValidationError as error:
+        raise PublishError(f"--repo-id {args.repo_id!r} is not a valid Hub repo id (ORG/NAME): {error}") from error
+    run_config = read_run(run_dir)
+    if not run_config["pretrained"] and not args.dry_run:
+        raise PublishError(f"{run_dir} was trained against random weights (--no-pretrained): not pushing it")
+    evaluation_path = run_dir / EVALUATION_NAME
+    evaluation = evaluation_path.read_text(encoding="utf-8") if evaluation_path.is_file() else None
+    folder = args.folder or run_dir / PUBLISH_FOLDER
+    write_folder(run_dir, folder, model_card(run_config, args.repo_id, args.license, evaluation))
+    print(f"wrote {folder}", file=sys.stderr)
+    revision = None
+    if not args.dry_run:
+        revision = push(folder, args.repo_id, args.token, args.private, args.timeout)
+        print(f"pushed {folder} to https://huggingface.co/{args.repo_id} at commit {revision}", file=sys.stderr)
+    backbone = run_config["backbone"]
+    print("# add to checkpoints/manifest.toml:", file=sys.stderr)
+    print(
+        manifest_entry(
+            key=args.key or run_dir.resolve().name,
+            display_name=args.display_name or DISPLAY_NAMES.get(backbone, backbone),
+            classifier=backbone,
+            explainer=args.repo_id,
+            revision=revision,
+        )
+    )

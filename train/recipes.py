@@ -1,0 +1,98 @@
+"""Training recipes: the paper's hyper-parameters per classifier, and the default for any other.
+
+A recipe is data. The three paper recipes are Table "Recipe of the paper" of
+``shared/docs/ptame-method.md`` (Ntrougkas, Mezaris, Patras, IEEE OJSP 2025, arXiv 2501.17813):
+one epoch of ImageNet train, global batch 32, AdamW with amsgrad, OneCycle stepped per batch
+with max_lr = lr, bf16 autocast, seed 12345, train transform Resize 256 / RandomCrop 224 /
+horizontal flip, ResNet-18 (torchvision IMAGENET1K_V1) auxiliary network, layers 1-4.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ptame.loss import LossWeights
+from ptame.training import TrainSettings
+
+PAPER = "Ntrougkas, Mezaris, Patras: P-TAME, IEEE OJSP 2025 (arXiv 2501.17813)"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a training run, besides the data.
+
+    lr: OneCycle's max_lr. weight_decay: AdamW's. loss: the loss coefficients.
+    batch_size: the global batch (split across processes). epochs: passes over the data.
+    resize, crop: train transform (shorter side resized to ``resize``, random ``crop`` square,
+    horizontal flip); None: the classifier's own evaluation resize / crop.
+    seed: data order, augmentation and head initialisation. amp: bf16 autocast on CUDA.
+    auxiliary, feature_levels: the auxiliary network (a timm name) and its feature levels.
+    classifier_weights: the exact classifier weights the explainer is trained for (model card).
+    source: where the values come from.
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    loss: LossWeights = field(default_factory=LossWeights)
+    batch_size: int = 32
+    epochs: int = 1
+    resize: int | None = 256
+    crop: int | None = 224
+    seed: int = 12345
+    amp: bool = True
+    auxiliary: str = "resnet18.tv_in1k"
+    feature_levels: tuple[int, ...] = (1, 2, 3, 4)
+    classifier_weights: str = "the timm model's default pretrained weights"
+    source: str = "ptame's defaults: the paper's schedule with the method's default loss coefficients"
+
+    def settings(self, *, compile: bool = False, log_every: int = 10, channels_last: bool = True) -> TrainSettings:
+        """The optimisation settings of ``ptame.training`` for this recipe."""
+        return TrainSettings(
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            loss=self.loss,
+            amp=self.amp,
+            compile=compile,
+            log_every=log_every,
+            channels_last=channels_last,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """The recipe as plain JSON-ready values."""
+        values = dataclasses.asdict(self)
+        values["feature_levels"] = list(self.feature_levels)
+        return values
+
+
+PAPER_RECIPES: dict[str, Recipe] = {
+    "vgg16": Recipe(
+        lr=1e-4,
+        weight_decay=0.13324,
+        loss=LossWeights(ce=0.07278, area=0.977712, smooth=0.0001),
+        classifier_weights="torchvision VGG16_Weights.IMAGENET1K_V1 (timm vgg16.tv_in1k)",
+        source=PAPER,
+    ),
+    "resnet50": Recipe(
+        lr=1e-4,
+        weight_decay=0.000242666,
+        loss=LossWeights(ce=0.161429, area=0.838571, smooth=0.0),
+        classifier_weights="torchvision ResNet50_Weights.IMAGENET1K_V1 (timm resnet50.tv_in1k)",
+        source=PAPER,
+    ),
+    "vit_b_16": Recipe(
+        lr=1e-4,
+        weight_decay=0.000133090,
+        loss=LossWeights(ce=0.131292, area=0.838571, smooth=0.0, border=0.0, area_power=0.5),
+        classifier_weights="torchvision ViT_B_16_Weights.IMAGENET1K_V1",
+        source=PAPER,
+    ),
+}
+
+# Any other classifier: the paper's schedule and data pipeline with the method's default loss
+# coefficients (ce 1.5, area 2, smooth 0.01, p 0.3, q 2, border 0.3) and the classifier's own
+# input size.
+DEFAULT_RECIPE = Recipe(resize=None, crop=None)
+
+
+def recipe_for(backbone: str) -> Recipe:
+    """The paper's recipe for "vgg16", "resnet50" and "vit_b_16"; ``DEFAULT_RECIPE`` otherwise."""
+    return PAPER_RECIPES.get(backbone, DEFAULT_RECIPE)

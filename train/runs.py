@@ -1,0 +1,35 @@
+"""The files of a training run's folder, and the manifest entry that points the app at a run."""
+
+import json
+
+CHECKPOINT_NAME = "checkpoint.safetensors"  # head, optimiser, schedule, step, RNG (train/checkpointing.py)
+LOG_NAME = "log.jsonl"  # one record per logged interval
+RUN_NAME = "run.json"  # the finished run's full configuration
+EXPLAINER_FOLDER = "explainer"  # PTAME.save_pretrained of the finished run
+MANIFEST_NAME = "manifest.toml"  # a one-entry manifest of the finished run (for python -m train evaluate)
+EVALUATION_NAME = "evaluation.md"  # written by python -m train evaluate --out RUN
+DISPLAY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "vit_b_16": "ViT-B/16"}
+
+
+def manifest_entry(key: str, display_name: str, classifier: str, explainer: str, revision: str | None = None) -> str:
+    """A [[models]] table of a manifest (checkpoints/manifest.toml; ptame.manifest.ModelEntry's fields).
+
+    Args:
+        key: the entry's key. display_name: its name in the app.
+        classifier: a ``create_backbone`` name. explainer: a folder (relative to the manifest)
+            or a Hub repo id. revision: the Hub commit to pin (None: a comment asks for one).
+
+    Returns:
+        TOML text, without a trailing newline.
+    """
+    pin = f"explainer_revision = {json.dumps(revision)}" if revision else '# explainer_revision = "COMMIT"'
+    return "\n".join(
+        [
+            "[[models]]",
+            f"key = {json.dumps(key)}",
+            f"display_name = {json.dumps(display_name)}",
+            f"classifier = {json.dumps(classifier)}",
+            f"explainer = {json.dumps(explainer)}",
+            pin,
+        ]
+    )

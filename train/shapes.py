@@ -1,0 +1,381 @@
+"""Train the offline shapes demo: classifier, auxiliary network and P-TAME explainer, into one folder.
+
+``python -m train shapes --out checkpoints/shapes`` trains, from random initialisation and on
+generated images (ptame.shapes), a small classifier, a separately trained auxiliary network of
+another architecture, and a P-TAME explainer of the classifier (a black box to it). It writes
+
+    OUT/classifier/  timm folder: config.json (class names, preprocessing) + model.safetensors
+    OUT/auxiliary/   the same, for the auxiliary network
+    OUT/explainer/   PTAME: config.json (auxiliary = "local-dir:../auxiliary") + model.safetensors
+
+each with a metrics.json (measured on the first 500 test images) and a model card (README.md).
+Everything is written to a temporary folder next to OUT and renamed into place at the end, so
+an interrupted run leaves OUT as it was. Seeded and deterministic: a rerun with the same thread
+count gives the same weights.
+"""
+
+import argparse
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import save_for_hf
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ptame import PTAME, Backbone, LossWeights, TrainSettings, create_backbone, train_explainer
+from ptame.metrics import ad_ic, energy_pointing_game, pointing_game
+from ptame.perturb import normalize
+from ptame.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+
+# Both are ResNet-10-T with a 16-channel stem, of different widths: the classifier has half the
+# standard width, the auxiliary network a quarter.
+CLASSIFIER_ARCHITECTURE = "resnet10t"
+CLASSIFIER_ARGS = {"channels": (32, 64, 128, 256), "stem_width": 16}
+AUXILIARY_ARCHITECTURE = "resnet10t"
+AUXILIARY_ARGS = {"channels": (16, 32, 64, 128), "stem_width": 16}
+FEATURE_LEVELS = (1, 2, 3, 4)  # ResNet layer1..layer4: strides 4, 8, 16, 32
+AD_IC_FRACTIONS = (1.0, 0.5, 0.15)  # the method doc's AD/IC at 100%, 50%, 15%
+
+
+@dataclasses.dataclass(frozen=True)
+class ShapesRecipe:
+    """Sizes and optimisation settings of one training run.
+
+    The classifier, the auxiliary network and the explainer each train on their own, disjoint
+    range of training images; every batch is new. The two networks follow a resolution schedule
+    of (side, steps) phases: images are area-downsampled to ``side`` pixels in the first phases
+    (progressive resizing), which is 4x cheaper at 64 pixels and gets a randomly initialised
+    network past its first plateau far sooner than at full size; the last phase is at full size.
+    ``workers`` DataLoader processes generate the images while the main process trains with
+    ``threads`` CPU threads (1 + 1: two cores). A rerun with the same threads gives the same weights.
+    """
+
+    image_size: int = 128
+    batch_size: int = 32
+    classifier_schedule: tuple[tuple[int, int], ...] = ((64, 1500), (128, 600))
+    auxiliary_schedule: tuple[tuple[int, int], ...] = ((64, 900), (128, 300))
+    explainer_steps: int = 800
+    network_lr: float = 3e-3
+    network_weight_decay: float = 0.05
+    explainer: TrainSettings = TrainSettings(
+        lr=1e-3, weight_decay=1e-4, loss=LossWeights(ce=1.0, area=1.0, smooth=0.01), amp=False
+    )
+    test_images: int = 500
+    seed: int = 0
+    workers: int = 1
+    threads: int = 1
+
+
+def image_batches(start: int, count: int, recipe: ShapesRecipe, split: str = "train") -> DataLoader:
+    """``count`` consecutive images of a split from index ``start``, in order, in batches.
+
+    Yields (pixels (B, 3, S, S) in [0, 1], labels (B,) int64, masks (B, S, S) bool).
+    """
+    dataset = ShapesDataset(split, count, recipe.image_size, start=start)
+    return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=False, num_workers=recipe.workers)
+
+
+def train_network(
+    model: nn.Module,
+    batches: DataLoader,
+    schedule: tuple[tuple[int, int], ...],
+    recipe: ShapesRecipe,
+    description: str,
+    progress: bool = True,
+) -> list[float]:
+    """Supervised training of a shapes classifier (AdamW, one OneCycle schedule stepped per batch).
+
+    Args:
+        model: normalised (B, 3, s, s) -> (B, len(SHAPE_CLASSES)) logits, for any side s.
+        batches: from ``image_batches``, one batch per step of the schedule.
+        schedule: (side, steps) phases; each batch is area-downsampled to the phase's side.
+        recipe: learning rate and weight decay.
+        description: progress-bar label.
+        progress: show a progress bar.
+
+    Returns:
+        The training loss of every step.
+    """
+    sides = [side for side, steps in schedule for _ in range(steps)]
+    if len(batches) != len(sides):
+        raise ValueError(f"{len(batches)} batches for a schedule of {len(sides)} steps")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.network_lr, weight_decay=recipe.network_weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.network_lr, total_steps=len(sides))
+    losses = []
+    with tqdm(zip(batches, sides), total=len(sides), desc=description, unit="batch", disable=not progress) as bar:
+        for (pixels, labels, _), side in bar:
+            if side != pixels.shape[-1]:
+                pixels = F.interpolate(pixels, size=(side, side), mode="area")
+            loss = F.cross_entropy(model(normalize(pixels, SHAPES_MEAN, SHAPES_STD)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(side=side, loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+def save_network(model: nn.Module, folder: Path, image_size: int) -> None:
+    """Save a shapes classifier in timm's folder format (config.json + model.safetensors), with the
+    class names and its preprocessing (input size, shapes mean/std, crop_pct 1.0) in its pretrained cfg."""
+    preprocessing = {
+        "tag": "ptame_shapes",
+        "input_size": (3, image_size, image_size),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": SHAPES_MEAN,
+        "std": SHAPES_STD,
+    }
+    save_for_hf(
+        model.eval(),
+        str(folder),
+        model_config={"label_names": list(SHAPE_CLASSES), "pretrained_cfg": preprocessing},
+        safe_serialization=True,
+    )
+    (folder / "pytorch_model.bin").unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def evaluate(backbone: Backbone, explainer: PTAME, recipe: ShapesRecipe, progress: bool = True) -> dict[str, float]:
+    """Accuracy and explanation quality on the first ``recipe.test_images`` test images (ptame.metrics).
+
+    Maps are the explainer's for the classifier's own prediction (the protocol's target, and the
+    map the app shows). Returns the means of accuracy, pointing_game, energy_pointing_game (in
+    [0, 1]) and ad_100, ic_100, ad_50, ic_50, ad_15, ic_15 (percent).
+    """
+    totals: dict[str, float] = {}
+    batches = image_batches(0, recipe.test_images, recipe, split="test")
+    for pixels, labels, masks in tqdm(batches, desc="evaluating", unit="batch", disable=not progress):
+        predictions = backbone.logits(pixels).argmax(dim=1)
+        maps = explainer.explain(pixels, predictions)
+        terms = {
+            "accuracy": predictions == labels,
+            "pointing_game": pointing_game(maps, masks),
+            "energy_pointing_game": energy_pointing_game(maps, masks),
+        }
+        for key, values in ad_ic(backbone, pixels, maps, predictions, AD_IC_FRACTIONS).items():
+            terms[key] = values * 100 if key.startswith("ic_") else values
+        for key, values in terms.items():
+            totals[key] = totals.get(key, 0.0) + values.float().sum().item()
+    return {key: round(value / recipe.test_images, 4) for key, value in totals.items()}
+
+
+def network_accuracy(folder: Path, recipe: ShapesRecipe, progress: bool = True) -> float:
+    """Test accuracy in [0, 1] of a saved shapes classifier, loaded as the app loads it."""
+    backbone = create_backbone(f"local-dir:{folder}", pretrained=True)
+    correct = 0
+    batches = image_batches(0, recipe.test_images, recipe, split="test")
+    with torch.no_grad():
+        for pixels, labels, _ in tqdm(batches, desc=f"testing {folder.name}", unit="batch", disable=not progress):
+            correct += (backbone.logits(pixels).argmax(dim=1) == labels).sum().item()
+    return round(correct / recipe.test_images, 4)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _network_card(part: str, architecture: str, metrics: dict, recipe: ShapesRecipe) -> str:
+    role = (
+        "The classifier that the shapes demo explains."
+        if part == "classifier"
+        else "The auxiliary network of the shapes explainer: a feature extractor only (layers 1-4)."
+    )
+    return f"""---
+library_name: timm
+tags: [image-classification, synthetic, ptame]
+---
+# Shapes {part}: `{architecture}`, trained from scratch
+
+{role} Trained by `python -m train shapes` on
+{metrics["train_images"]} generated images of the shapes world (`ptame.shapes`, {recipe.image_size}x{recipe.image_size},
+classes: {", ".join(SHAPE_CLASSES)}); random initialisation, no pretrained weights.
+
+| test images | test accuracy |
+|---|---|
+| {metrics["test_images"]} | {metrics["test_accuracy"]:.4f} |
+
+Load with `ptame.create_backbone("local-dir:PATH")` or `timm.create_model("local-dir:PATH", pretrained=True)`.
+"""
+
+
+def _explainer_card(metrics: dict, recipe: ShapesRecipe) -> str:
+    loss = recipe.explainer.loss
+    columns = [
+        "pointing_game",
+        "energy_pointing_game",
+        *(f"{kind}_{round(100 * f)}" for f in AD_IC_FRACTIONS for kind in ("ad", "ic")),
+    ]
+    table = "\n".join(
+        [" | ".join(columns), " | ".join("---" for _ in columns), " | ".join(f"{metrics[key]:g}" for key in columns)]
+    )
+    return f"""---
+library_name: ptame
+tags: [explainability, saliency, p-tame, synthetic]
+---
+# P-TAME explainer of the shapes classifier
+
+A P-TAME attention head (arXiv 2501.17813) on the features of `../auxiliary`, trained by
+`python -m train shapes` against `../classifier` as a black box (its predictions only) on
+{metrics["train_images"]} generated images. Load with `ptame.PTAME.from_pretrained(PATH)`.
+
+Training: {recipe.explainer_steps} steps of {recipe.batch_size} images, AdamW (amsgrad), OneCycle with max lr
+{recipe.explainer.lr}, weight decay {recipe.explainer.weight_decay}; loss ce {loss.ce}, area {loss.area},
+smooth {loss.smooth}, p {loss.area_power}, q {loss.smooth_power}, border {loss.border}.
+
+On the first {metrics["test_images"]} test images, with the maps of the classifier's prediction (classifier
+accuracy {metrics["classifier_accuracy"]:g}):
+
+{table}
+
+Pointing game: the share of maps whose maximum lies on the object's mask. Energy pointing game:
+the share of the map's sum on the mask. AD / IC at 100, 50, 15% (method doc): keep the top X% of
+the map with its values, multiply the image by it, and compare the class probability with the
+clean image's (AD: mean relative drop, lower is better; IC: % of images whose probability rises,
+higher is better).
+"""
+
+
+def train_shapes(out: Path, recipe: ShapesRecipe = ShapesRecipe(), progress: bool = True) -> dict[str, dict]:
+    """Train the three parts of the shapes demo and write them to ``out`` (replacing it).
+
+    Args:
+        out: the folder to create (classifier/, auxiliary/, explainer/); its parent must exist.
+        recipe: sizes and settings (tests use a tiny one).
+        progress: show progress bars.
+
+    Returns:
+        The metrics of each part, as written to its metrics.json.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder {out.parent} (parent of --out) does not exist")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        metrics = _train_into(staging, recipe, progress)
+        _replace(staging, out)
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(staging, ignore_errors=True)
+    return metrics
+
+
+def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str, dict]:
+    classes = len(SHAPE_CLASSES)
+    schedules = {"classifier": recipe.classifier_schedule, "auxiliary": recipe.auxiliary_schedule}
+    sizes = {part: sum(steps for _, steps in schedule) * recipe.batch_size for part, schedule in schedules.items()}
+    sizes["explainer"] = recipe.explainer_steps * recipe.batch_size
+    starts = {"classifier": 0, "auxiliary": sizes["classifier"], "explainer": sizes["classifier"] + sizes["auxiliary"]}
+    metrics: dict[str, dict] = {}
+
+    for offset, (part, architecture, arguments) in enumerate(
+        (
+            ("classifier", CLASSIFIER_ARCHITECTURE, CLASSIFIER_ARGS),
+            ("auxiliary", AUXILIARY_ARCHITECTURE, AUXILIARY_ARGS),
+        )
+    ):
+        torch.manual_seed(recipe.seed + offset)
+        model = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
+        batches = image_batches(starts[part], sizes[part], recipe)
+        losses = train_network(model, batches, schedules[part], recipe, f"training the {part}", progress)
+        save_network(model, folder / part, recipe.image_size)
+        metrics[part] = {
+            "architecture": architecture,
+            "train_images": sizes[part],
+            "final_train_loss": round(sum(losses[-20:]) / len(losses[-20:]), 4),
+            "test_images": recipe.test_images,
+            "test_accuracy": network_accuracy(folder / part, recipe, progress),
+        }
+
+    torch.manual_seed(recipe.seed + 2)
+    backbone = create_backbone(f"local-dir:{folder / 'classifier'}", pretrained=True)
+    explainer = PTAME(
+        num_classes=classes,
+        auxiliary="local-dir:../auxiliary",
+        feature_levels=FEATURE_LEVELS,
+        auxiliary_mean=SHAPES_MEAN,
+        auxiliary_std=SHAPES_STD,
+        class_names=SHAPE_CLASSES,
+        auxiliary_root=folder / "explainer",
+    )
+    history = train_explainer(
+        backbone.model,
+        explainer,
+        image_batches(starts["explainer"], sizes["explainer"], recipe),
+        SHAPES_MEAN,
+        SHAPES_STD,
+        recipe.explainer,
+        progress=progress,
+    )
+    explainer.save_pretrained(folder / "explainer")
+    saved = PTAME.from_pretrained(folder / "explainer")
+    evaluation = evaluate(backbone, saved, recipe, progress)
+    metrics["explainer"] = {
+        "train_images": sizes["explainer"],
+        "final_train_loss": round(history[-1]["loss"], 4),
+        "test_images": recipe.test_images,
+        "classifier_accuracy": evaluation.pop("accuracy"),
+        **evaluation,
+        "settings": {
+            "lr": recipe.explainer.lr,
+            "weight_decay": recipe.explainer.weight_decay,
+            **recipe.explainer.loss.as_dict(),
+        },
+    }
+
+    for part in ("classifier", "auxiliary"):
+        card = _network_card(part, metrics[part]["architecture"], metrics[part], recipe)
+        (folder / part / "README.md").write_text(card, encoding="utf-8")
+    (folder / "explainer" / "README.md").write_text(_explainer_card(metrics["explainer"], recipe), encoding="utf-8")
+    for part, values in metrics.items():
+        _write_json(folder / part / "metrics.json", values)
+    return metrics
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` folder to ``out``; an existing ``out`` is removed only after."""
+    if out.exists():
+        old = staging.with_name(staging.name + ".old")
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m train shapes``."""
+    parser.add_argument("--out", type=Path, default=Path("checkpoints/shapes"), help="folder to write (replaced)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisations (default 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=ShapesRecipe.threads,
+        help="CPU threads of the training process, besides one image-generating process (default 1; "
+        "the same count reproduces the same weights)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    """Train the shapes demo into ``args.out`` and print its metrics and wall time."""
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    start = time.perf_counter()
+    recipe = dataclasses.replace(ShapesRecipe(), seed=args.seed, threads=args.threads)
+    metrics = train_shapes(args.out, recipe)
+    minutes = (time.perf_counter() - start) / 60
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote {args.out}/classifier, auxiliary, explainer in {minutes:.1f} minutes")
