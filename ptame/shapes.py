@@ -1,0 +1,246 @@
+"""The shapes world: synthetic images with one object of a known class and its ground-truth mask.
+
+Each image is ``size`` x ``size`` RGB: a textured two-colour background, clutter that belongs to
+no class (thin strokes, open arcs, small elongated blobs, in the objects' colours), and exactly one
+object of one of ``SHAPE_CLASSES`` with a random colour, size (3% to 12% of the image), rotation
+and position, drawn on top. Samples are generated on the fly and are a pure function of
+(split, index, size): the split picks the seed, so the train, validation and test images differ.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+SPLIT_SEEDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
+
+# The object's mask covers MIN_AREA..MAX_AREA of the image; the drawn area is aimed inside a
+# slightly narrower range so that rasterisation (a fraction of a pixel along the outline) never
+# leaves the guaranteed one.
+MIN_AREA, MAX_AREA = 0.03, 0.12
+TARGET_AREA = (0.035, 0.11)
+
+# Channel statistics of the training images (measured over 2000 of them at 128 x 128), used to
+# normalise the inputs of the shapes classifiers.
+SHAPES_MEAN: tuple[float, float, float] = (0.447, 0.448, 0.448)
+SHAPES_STD: tuple[float, float, float] = (0.214, 0.214, 0.214)
+
+MIN_SIZE = 32
+SUBPIXEL_BITS = 4  # cv2 drawing: vertex coordinates in 1/16 pixel
+SUPERSAMPLING = 4  # the object is filled at 4x resolution and averaged: its exact area coverage
+MIN_CONTRAST = 0.4  # RGB distance between the object and the background it lies on
+TEXTURE_CONTRAST = 0.1  # peak-to-peak brightness of the background's fine texture
+PIXEL_NOISE = 0.03  # standard deviation of the per-pixel noise added last
+
+
+@dataclass(frozen=True)
+class ShapeSample:
+    """One image of the shapes world.
+
+    pixels: (3, S, S) float32 in [0, 1]. label: index into SHAPE_CLASSES. mask: (S, S) bool,
+    True on the object.
+    """
+
+    pixels: torch.Tensor
+    label: int
+    mask: torch.Tensor
+
+
+def _regular_polygon(corners: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
+    angles = phase + np.arange(corners) * 2 * np.pi / corners
+    return radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star() -> np.ndarray:
+    outer = _regular_polygon(5, 1.0, -np.pi / 2)
+    inner = _regular_polygon(5, 0.45, -np.pi / 2 + np.pi / 5)
+    return np.stack([outer, inner], axis=1).reshape(10, 2)
+
+
+def _cross(half_width: float = 0.3) -> np.ndarray:
+    w = half_width
+    quarter = np.array([[1.0, -w], [1.0, w], [w, w]])
+    turns = [np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) for a in np.arange(4) * np.pi / 2]
+    return np.concatenate([quarter @ turn.T for turn in turns])
+
+
+def _polygon_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+# Each class as (outline, hole or None), centred at 0 with radius 1; and its area at radius 1.
+_CIRCLE = _regular_polygon(64)
+OUTLINES: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+    "circle": (_CIRCLE, None),
+    "square": (_regular_polygon(4, 1.0, np.pi / 4), None),
+    "triangle": (_regular_polygon(3, 1.0, -np.pi / 2), None),
+    "star": (_star(), None),
+    "cross": (_cross(), None),
+    "ring": (_CIRCLE, 0.55 * _CIRCLE),
+}
+UNIT_AREAS: dict[str, float] = {
+    name: _polygon_area(outline) - (_polygon_area(hole) if hole is not None else 0.0)
+    for name, (outline, hole) in OUTLINES.items()
+}
+
+
+def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
+    """(count, 3) float32 RGB in [0, 1]: any hue, saturation 0.35..1, value 0.35..1."""
+    hsv = np.stack(
+        [rng.uniform(0, 360, count), rng.uniform(0.35, 1.0, count), rng.uniform(0.35, 1.0, count)], axis=1
+    ).astype(np.float32)
+    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """(size, size) float32 noise, smooth over ``size / cells`` pixels, roughly in [0, 1]."""
+    coarse = rng.random((cells, cells), dtype=np.float32)
+    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _composite(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
+    """Paint ``colour`` over ``image`` (S, S, 3) in place with coverage ``alpha`` (S, S) in [0, 1]."""
+    image += alpha[..., None] * (colour - image)
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    """Pixel coordinates -> cv2's fixed-point int32 vertices (SUBPIXEL_BITS fractional bits)."""
+    return np.round(points * (1 << SUBPIXEL_BITS)).astype(np.int32)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(S, S, 3) uint8: two random colours blended by smooth noise, with a finer brightness texture."""
+    colours = _random_colours(rng, 2)
+    blend = np.clip(_smooth_noise(rng, size, 4), 0.0, 1.0)[..., None]
+    texture = (_smooth_noise(rng, size, max(size // 8, 2)) - 0.5) * TEXTURE_CONTRAST
+    image = colours[0] + blend * (colours[1] - colours[0]) + texture[..., None]
+    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def _draw_clutter(rng: np.random.Generator, image: np.ndarray) -> None:
+    """Draw 2-4 thin strokes, 0-2 thin open arcs and 1-3 small elongated blobs in random colours on
+    ``image`` ((S, S, 3) uint8), in place, anti-aliased."""
+    size = image.shape[0]
+    scale = size / 128
+    thickness = max(1, round(scale))
+    strokes, arcs, blobs = int(rng.integers(2, 5)), int(rng.integers(0, 3)), int(rng.integers(1, 4))
+    colours = [tuple(int(v) for v in colour) for colour in np.round(_random_colours(rng, strokes + arcs + blobs) * 255)]
+    for colour in colours[:strokes]:
+        points = _fixed(rng.uniform(0, size, (int(rng.integers(2, 4)), 2)))
+        cv2.polylines(image, [points], False, colour, thickness, cv2.LINE_AA, SUBPIXEL_BITS)
+    for colour in colours[strokes : strokes + arcs]:
+        centre = tuple(int(v) for v in rng.uniform(0, size, 2))
+        radius = max(2, round(rng.uniform(5, 12) * scale))
+        start = float(rng.uniform(0, 360))
+        sweep = float(rng.uniform(60, 200))
+        cv2.ellipse(image, centre, (radius, radius), 0.0, start, start + sweep, colour, thickness, cv2.LINE_AA)
+    for colour in colours[strokes + arcs :]:
+        centre = tuple(int(v) for v in rng.uniform(0, size, 2))
+        length = rng.uniform(3, 8) * scale
+        axes = (max(2, round(length)), max(1, round(length * rng.uniform(0.2, 0.45))))
+        angle = float(rng.uniform(0, 180))
+        cv2.ellipse(image, centre, axes, angle, 0.0, 360.0, colour, -1, cv2.LINE_AA)
+
+
+def _object_coverage(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
+    """(S, S) float32 coverage in [0, 1] of one object, randomly sized, turned and placed.
+
+    Pixel centres are at integer coordinates; the object is filled on a SUPERSAMPLING times finer
+    grid and area-averaged, so a pixel's value is the share of it the object covers.
+    """
+    area = rng.uniform(*TARGET_AREA) * size * size
+    radius = float(np.sqrt(area / UNIT_AREAS[name]))
+    turn = rng.uniform(0, 2 * np.pi)
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    margin = radius + 2
+    centre = rng.uniform(margin, size - margin, 2)
+    outline, hole = OUTLINES[name]
+
+    def place(points: np.ndarray) -> np.ndarray:
+        return _fixed((points @ rotation.T * radius + centre) * SUPERSAMPLING + (SUPERSAMPLING - 1) / 2)
+
+    fine = np.zeros((size * SUPERSAMPLING, size * SUPERSAMPLING), np.uint8)
+    cv2.fillPoly(fine, [place(outline)], 255, cv2.LINE_8, SUBPIXEL_BITS)
+    if hole is not None:
+        cv2.fillPoly(fine, [place(hole)], 0, cv2.LINE_8, SUBPIXEL_BITS)
+    return cv2.resize(fine, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def _object_colour(rng: np.random.Generator, image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(3,) float32: the first of 16 random colours at least MIN_CONTRAST from the background under
+    the object (the most distant one if none is)."""
+    weights = alpha / alpha.sum()
+    under = np.tensordot(weights, image, axes=([0, 1], [0, 1]))
+    candidates = _random_colours(rng, 16)
+    distances = np.linalg.norm(candidates - under, axis=1)
+    far_enough = np.flatnonzero(distances >= MIN_CONTRAST)
+    return candidates[far_enough[0] if far_enough.size else int(distances.argmax())]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_SEEDS)}")
+
+
+def shapes_sample(index: int, split: str = "test", size: int = 128) -> ShapeSample:
+    """The ``index``-th image of a split, generated deterministically.
+
+    Labels cycle through the classes (``index % len(SHAPE_CLASSES)``), so every run of
+    ``len(SHAPE_CLASSES)`` consecutive indices holds one object of each class.
+
+    Args:
+        index: >= 0.
+        split: "train", "validation" or "test" (different seeds, different images).
+        size: side S in pixels, >= 32.
+
+    Returns:
+        The sample: pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool covering
+        3% to 12% of the image.
+    """
+    _check_split(split)
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
+    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+    label = index % len(SHAPE_CLASSES)
+    clutter = _background(rng, size)
+    _draw_clutter(rng, clutter)
+    image = clutter.astype(np.float32) / 255.0
+    alpha = _object_coverage(rng, SHAPE_CLASSES[label], size)
+    _composite(image, alpha, _object_colour(rng, image, alpha))
+    image += PIXEL_NOISE * rng.standard_normal(image.shape, dtype=np.float32)
+    pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
+    return ShapeSample(pixels=pixels, label=label, mask=torch.from_numpy(alpha >= 0.5))
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """``length`` consecutive images of a split, from index ``start``.
+
+    Items are (pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool).
+    """
+
+    def __init__(self, split: str, length: int, size: int = 128, start: int = 0) -> None:
+        _check_split(split)
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        if size < MIN_SIZE:
+            raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
+        self.split = split
+        self.length = length
+        self.size = size
+        self.start = start
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        sample = shapes_sample(self.start + index, self.split, self.size)
+        return sample.pixels, sample.label, sample.mask

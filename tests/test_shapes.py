@@ -1,0 +1,205 @@
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import constants as hub_constants
+from safetensors.torch import load_file
+
+from ptame.manifest import ModelEntry, load_manifest, load_model
+from ptame.metrics import pointing_game
+from ptame.shapes import (
+    MAX_AREA,
+    MIN_AREA,
+    SHAPE_CLASSES,
+    SHAPES_MEAN,
+    SHAPES_STD,
+    ShapesDataset,
+    shapes_sample,
+)
+from train.shapes import ShapesRecipe, train_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "shapes"
+needs_committed_checkpoint = pytest.mark.skipif(
+    not (CHECKPOINT / "explainer" / "model.safetensors").is_file(),
+    reason="checkpoints/shapes is not trained yet: python -m train shapes --out checkpoints/shapes",
+)
+
+
+def test_samples_are_deterministic_and_well_formed() -> None:
+    first, again = shapes_sample(7, "train"), shapes_sample(7, "train")
+    assert torch.equal(first.pixels, again.pixels) and torch.equal(first.mask, again.mask)
+    assert first.label == again.label == 7 % len(SHAPE_CLASSES)
+    assert first.pixels.shape == (3, 128, 128) and first.pixels.dtype == torch.float32
+    assert first.mask.shape == (128, 128) and first.mask.dtype == torch.bool
+    assert 0.0 <= first.pixels.min() and first.pixels.max() <= 1.0
+    small = shapes_sample(7, "train", size=64)
+    assert small.pixels.shape == (3, 64, 64) and small.mask.shape == (64, 64)
+
+
+def test_splits_and_indices_give_different_images() -> None:
+    images = [shapes_sample(index, split).pixels for split in ("train", "validation", "test") for index in (0, 6)]
+    for i, one in enumerate(images):
+        for other in images[i + 1 :]:
+            assert not torch.allclose(one, other, atol=0.05)
+
+
+def test_at_least_six_classes_cycle_through_the_indices() -> None:
+    assert len(SHAPE_CLASSES) >= 6 and len(set(SHAPE_CLASSES)) == len(SHAPE_CLASSES)
+    assert [shapes_sample(index).label for index in range(12)] == [*range(len(SHAPE_CLASSES))] * 2
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_each_image_has_one_object_of_three_to_twelve_percent(split: str) -> None:
+    for index in range(60):
+        mask = shapes_sample(index, split).mask.numpy()
+        assert MIN_AREA <= mask.mean() <= MAX_AREA
+        # one connected object (8-connectivity), away from the borders
+        components = _components(mask)
+        assert components == 1, f"{split} image {index} has {components} objects"
+        assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def test_rings_have_a_hole_and_other_shapes_do_not() -> None:
+    for index in range(12):
+        sample = shapes_sample(index)
+        holes = _components(~sample.mask.numpy()) - 1
+        assert holes == (1 if SHAPE_CLASSES[sample.label] == "ring" else 0)
+
+
+def test_the_object_is_drawn_in_its_mask() -> None:
+    """The object's pixels are (up to noise) one colour, unlike the background around it."""
+    for index in range(12):
+        sample = shapes_sample(index)
+        inside = sample.pixels[:, ~_dilate(~sample.mask, 1)]  # the mask without its anti-aliased edge
+        ring = _dilate(sample.mask, 3) & ~_dilate(sample.mask, 1)
+        assert inside.std(dim=1).max() < 0.06
+        assert (sample.pixels[:, ring].mean(dim=1) - inside.mean(dim=1)).norm() > 0.15
+
+
+def test_dataset_items_and_errors() -> None:
+    dataset = ShapesDataset("validation", 5, size=64, start=3)
+    assert len(dataset) == 5
+    pixels, label, mask = dataset[1]
+    expected = shapes_sample(4, "validation", 64)
+    assert torch.equal(pixels, expected.pixels) and label == expected.label and torch.equal(mask, expected.mask)
+    with pytest.raises(IndexError):
+        dataset[5]
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        ShapesDataset("val", 5)
+    with pytest.raises(ValueError, match="size must be >= 32"):
+        shapes_sample(0, size=16)
+    with pytest.raises(ValueError, match="index must be >= 0"):
+        shapes_sample(-1)
+
+
+def _components(mask: np.ndarray) -> int:
+    count, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return count - 1
+
+
+def _dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    size = 2 * pixels + 1
+    grown = torch.nn.functional.max_pool2d(mask[None, None].float(), size, stride=1, padding=pixels)
+    return grown[0, 0].bool()
+
+
+TINY = ShapesRecipe(
+    image_size=64,
+    batch_size=8,
+    classifier_schedule=((32, 2), (64, 2)),
+    auxiliary_schedule=((64, 2),),
+    explainer_steps=3,
+    test_images=8,
+    workers=0,
+)
+PARTS = ("classifier", "auxiliary", "explainer")
+PART_FILES = ["README.md", "config.json", "metrics.json", "model.safetensors"]
+
+
+def test_training_pipeline_end_to_end_on_a_tiny_recipe(tmp_path: Path) -> None:
+    """The code path of `python -m train shapes`, tiny: three loadable parts, relocatable."""
+    metrics = train_shapes(tmp_path / "shapes", TINY, progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shapes"]  # no temporary folder left
+    bundle = tmp_path / "shapes"
+    assert sorted(path.name for path in bundle.iterdir()) == ["auxiliary", "classifier", "explainer"]
+    for part in PARTS:
+        assert sorted(path.name for path in (bundle / part).iterdir()) == PART_FILES
+        assert json.loads((bundle / part / "metrics.json").read_text()) == metrics[part]
+    explainer_metrics = metrics["explainer"]
+    for key in ("classifier_accuracy", "pointing_game", "energy_pointing_game"):
+        assert 0.0 <= explainer_metrics[key] <= 1.0
+    for key in ("ad_100", "ic_100", "ad_50", "ic_50", "ad_15", "ic_15"):
+        assert 0.0 <= explainer_metrics[key] <= 100.0
+    config = json.loads((bundle / "explainer" / "config.json").read_text())
+    assert config["auxiliary"] == "local-dir:../auxiliary"
+
+    moved = Path(shutil.move(bundle, tmp_path / "elsewhere"))
+    loaded = load_model(ModelEntry.from_folder(moved))
+    assert loaded.backbone.class_names == list(SHAPE_CLASSES)
+    assert loaded.explainer.class_names == list(SHAPE_CLASSES)
+    preprocessing = loaded.backbone.preprocessing
+    assert (preprocessing.resize, preprocessing.crop) == (64, 64)
+    assert preprocessing.mean == SHAPES_MEAN and preprocessing.std == SHAPES_STD
+    pixels = torch.stack([shapes_sample(index, "test", 64).pixels for index in range(2)])
+    with torch.no_grad():
+        maps = loaded.explainer.explain(pixels, loaded.backbone.logits(pixels).argmax(dim=1))
+    assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_training_is_reproducible(tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        train_shapes(tmp_path / name, TINY, progress=False)
+    for part in PARTS:
+        first = load_file(tmp_path / "first" / part / "model.safetensors")
+        second = load_file(tmp_path / "second" / part / "model.safetensors")
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+def test_a_failed_run_leaves_the_previous_checkpoint_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "shapes"
+    out.mkdir()
+    (out / "previous.txt").write_text("the previous checkpoint")
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("train.shapes.evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_shapes(out, TINY, progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["shapes"]
+    assert [path.name for path in out.iterdir()] == ["previous.txt"]
+
+
+@needs_committed_checkpoint
+def test_the_committed_checkpoint_meets_the_targets() -> None:
+    metrics = {
+        part: json.loads((CHECKPOINT / part / "metrics.json").read_text()) for part in ("classifier", "explainer")
+    }
+    assert metrics["classifier"]["test_images"] == metrics["explainer"]["test_images"] == 500
+    assert metrics["classifier"]["test_accuracy"] >= 0.97
+    assert metrics["explainer"]["pointing_game"] >= 0.90
+    size = sum(path.stat().st_size for path in CHECKPOINT.rglob("*") if path.is_file())
+    assert size <= 25 * 2**20
+
+
+@needs_committed_checkpoint
+def test_the_committed_checkpoint_loads_offline_and_points_at_the_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the app's loader, with the Hub off: the maps of fixed test images peak on their objects."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    entry = load_manifest()[0]
+    assert entry.key == "shapes"
+    loaded = load_model(entry)
+    samples = [shapes_sample(index, "test") for index in range(12)]
+    pixels = torch.stack([sample.pixels for sample in samples])
+    masks = torch.stack([sample.mask for sample in samples])
+    with torch.no_grad():
+        predictions = loaded.backbone.logits(pixels).argmax(dim=1)
+        maps = loaded.explainer.explain(pixels, predictions)
+    assert predictions.tolist() == [sample.label for sample in samples]
+    assert pointing_game(maps, masks).sum() >= 11
