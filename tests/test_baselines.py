@@ -1,0 +1,272 @@
+"""The baselines against pytorch-grad-cam (same model, same input) and against direct computations."""
+
+import functools
+import threading
+
+import numpy as np
+import pytest
+import timm
+import torch
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from ptame import create_backbone
+from ptame.backbones import Backbone, Preprocessing, tokens_to_grid
+from ptame.baselines import BASELINES, grad_cam, grad_cam_plus_plus
+from ptame.perturb import normalize
+from ptame.rise import rise, rise_grids, rise_masks
+from ptame.saliency import capture_target_layer
+from ptame.score_cam import distinct_channel_maps, score_cam
+
+NUM_CLASSES = 10
+SIZE = 32
+REFERENCES = {grad_cam: GradCAM, grad_cam_plus_plus: GradCAMPlusPlus, score_cam: ScoreCAM}
+
+
+def tiny_cnn() -> Backbone:
+    """A random-initialised 3-layer CNN; the CAM layer has 24 channels at 1/2 resolution."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, NUM_CLASSES),
+    )
+    model.requires_grad_(False).eval()
+    names = [f"class {index}" for index in range(NUM_CLASSES)]
+    return Backbone("tiny-cnn", model, Preprocessing(SIZE, SIZE), model[3], None, names)
+
+
+def tiny_vit() -> Backbone:
+    """A random-initialised 2-block ViT (patch 8, 4x4 grid, 32 channels, a class token)."""
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(
+        img_size=SIZE, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=NUM_CLASSES
+    )
+    model.requires_grad_(False).eval()
+    reshape = functools.partial(tokens_to_grid, prefix_tokens=1, grid=(4, 4))
+    names = [f"class {index}" for index in range(NUM_CLASSES)]
+    return Backbone("tiny-vit", model, Preprocessing(SIZE, SIZE), model.blocks[-1].norm1, reshape, names)
+
+
+BACKBONES = {"cnn": tiny_cnn, "vit": tiny_vit}
+
+
+def reference_maps(method, backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's maps for the same model and input."""
+    normalized = normalize(pixels, backbone.preprocessing.mean, backbone.preprocessing.std)
+    cam = REFERENCES[method](backbone.model, [backbone.target_layer], reshape_transform=backbone.reshape_transform)
+    try:
+        inputs = normalized if method is score_cam else normalized.clone().requires_grad_(True)
+        maps = cam(inputs, [ClassifierOutputTarget(int(c)) for c in classes])
+    finally:
+        cam.activations_and_grads.release()
+    return torch.from_numpy(maps)
+
+
+def assert_same_maps(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+    """Per-map Pearson correlation >= 0.999 (maps of one constant value must both be all zeros)."""
+    assert ours.shape == theirs.shape
+    informative = 0
+    for mine, reference in zip(ours.double().flatten(1), theirs.double().flatten(1)):
+        if reference.std() == 0:
+            assert torch.allclose(mine, reference, atol=1e-5)
+            continue
+        informative += 1
+        assert np.corrcoef(mine.numpy(), reference.numpy())[0, 1] >= 0.999
+    assert informative >= 1, "no informative map: the comparison would be vacuous"
+
+
+@pytest.mark.parametrize("kind", list(BACKBONES))
+@pytest.mark.parametrize("method", [grad_cam, grad_cam_plus_plus, score_cam], ids=lambda m: m.__name__)
+def test_equal_to_pytorch_grad_cam(method, kind: str) -> None:
+    backbone = BACKBONES[kind]()
+    pixels = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    classes = torch.tensor([0, 3, 5, 9])
+    ours = method(backbone, pixels, classes)
+    assert ours.shape == (4, SIZE, SIZE)
+    assert ours.min() >= 0 and ours.max() <= 1
+    assert_same_maps(ours, reference_maps(method, backbone, pixels, classes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "vit_b_16"])
+def test_paper_backbones_equal_to_pytorch_grad_cam(name: str) -> None:
+    backbone = create_backbone(name, pretrained=False)
+    torch.manual_seed(0)
+    for module in backbone.model.modules():  # torchvision's ViT starts with an all-zero head
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+    pixels = torch.rand(2, 3, 224, 224)
+    classes = torch.tensor([1, 500])
+    for method in (grad_cam, grad_cam_plus_plus):
+        assert_same_maps(method(backbone, pixels, classes), reference_maps(method, backbone, pixels, classes))
+
+
+def test_maps_match_the_input_resolution_for_every_baseline() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(2, 3, 24, 40)
+    for name, method in BASELINES.items():
+        options = {"num_masks": 20} if name == "rise" else {}
+        maps = method(backbone, pixels, torch.tensor([1, 2]), **options)
+        assert maps.shape == (2, 24, 40), name
+        assert maps.dtype == torch.float32 and maps.min() >= 0 and maps.max() <= 1, name
+
+
+def test_gradient_methods_work_inside_inference_mode() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(2, 3, SIZE, SIZE)
+    expected = grad_cam_plus_plus(backbone, pixels, [4, 7])
+    with torch.inference_mode():
+        inference_pixels = pixels.clone()
+        assert torch.equal(grad_cam_plus_plus(backbone, inference_pixels, [4, 7]), expected)
+
+
+def test_hooks_are_removed_also_after_errors() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(1, 3, SIZE, SIZE)
+    for name, method in BASELINES.items():
+        options = {"num_masks": 4} if name == "rise" else {}
+        method(backbone, pixels, [1], **options)
+        assert not backbone.target_layer._forward_hooks, name
+        with pytest.raises(ValueError, match="out of range"):
+            method(backbone, pixels, [NUM_CLASSES], **options)
+        assert not backbone.target_layer._forward_hooks, name
+        assert not backbone.model._forward_hooks, name
+
+
+def test_capture_ignores_forward_passes_of_other_threads() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad(), capture_target_layer(backbone) as outputs:
+        other = threading.Thread(target=backbone.logits, args=(pixels,))
+        other.start()
+        other.join()
+        assert outputs == []
+        backbone.logits(pixels)
+        assert len(outputs) == 1
+
+
+def test_concurrent_calls_give_the_sequential_results() -> None:
+    backbone = tiny_cnn()
+    batches = [torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    expected = [grad_cam(backbone, pixels, [1, 2]) for pixels in batches]
+    results: dict[int, torch.Tensor] = {}
+
+    def explain(index: int) -> None:
+        for _ in range(5):
+            results[index] = grad_cam(backbone, batches[index], [1, 2])
+
+    threads = [threading.Thread(target=explain, args=(index,)) for index in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, maps in enumerate(expected):
+        assert torch.equal(results[index], maps)
+
+
+@pytest.mark.parametrize(
+    ("pixels", "classes", "message"),
+    [
+        (torch.rand(3, SIZE, SIZE), [0], "(B, 3, H, W)"),
+        (torch.rand(1, 1, SIZE, SIZE), [0], "(B, 3, H, W)"),
+        (torch.randint(0, 255, (1, 3, SIZE, SIZE)), [0], "floating point"),
+        (torch.rand(2, 3, SIZE, SIZE), [0], "1 classes for 2 images"),
+        (torch.rand(1, 3, SIZE, SIZE), [-1], ">= 0"),
+        (torch.rand(1, 3, SIZE, SIZE), [0.5], "integers"),
+    ],
+)
+def test_bad_input_is_a_clear_error(pixels, classes, message: str) -> None:
+    backbone = tiny_cnn()
+    for method in BASELINES.values():
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            method(backbone, pixels, classes)
+
+
+def test_score_cam_streams_batches_and_reports_progress() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(2, 3, SIZE, SIZE)
+    batch_sizes = []
+    hook = backbone.model.register_forward_hook(lambda module, inputs, output: batch_sizes.append(output.shape[0]))
+    calls: list[tuple[int, int]] = []
+    try:
+        maps = score_cam(
+            backbone, pixels, [3, 4], batch_size=5, progress=lambda done, total: calls.append((done, total))
+        )
+    finally:
+        hook.remove()
+    channels = 24
+    total = calls[0][1]
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert all(later[0] > earlier[0] for earlier, later in zip(calls, calls[1:]))
+    assert total <= 2 * channels
+    assert batch_sizes[0] == 2 and max(batch_sizes[1:]) <= 5  # one clean pass, then masked batches
+    assert sum(batch_sizes[1:]) == total
+    assert torch.allclose(maps, score_cam(backbone, pixels, [3, 4], batch_size=64), atol=1e-6)
+
+
+def test_score_cam_scores_each_distinct_mask_once() -> None:
+    backbone = tiny_cnn()
+    conv = backbone.model[2]
+    conv.weight[:6] = 0.0  # six dead channels: one all-zero mask between them
+    conv.bias[:6] = -1.0
+    conv.bias[6:] = 10.0  # the other channels are never all zero
+    conv.weight[6] = conv.weight[7] * 2.0  # channel 6 = 2 x channel 7 (exact in floating point): the same mask
+    conv.bias[6] = conv.bias[7] * 2.0
+    calls: list[tuple[int, int]] = []
+    score_cam(backbone, torch.rand(1, 3, SIZE, SIZE), [2], progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1][1] == 24 - 5 - 1
+
+
+def test_distinct_channel_maps() -> None:
+    activations = torch.rand(5, 3, 3)
+    activations[1] = 2.0 * activations[0]  # the same map up to scale (exact in floating point)
+    activations[2] = 0.0
+    activations[3] = 7.0  # constant, like a dead channel
+    distinct, inverse = distinct_channel_maps(activations)
+    assert distinct.shape == (3, 3, 3)
+    assert inverse[0] == inverse[1] and inverse[2] == inverse[3]
+    assert len({int(inverse[0]), int(inverse[2]), int(inverse[4])}) == 3
+    assert torch.equal(distinct[inverse[2]], torch.zeros(3, 3))
+    low, high = activations[4].min(), activations[4].max()
+    assert torch.allclose(distinct[inverse[4]], (activations[4] - low) / (high - low))
+
+
+def test_rise_masks_are_seeded_and_keep_about_p() -> None:
+    patterns, shifts = rise_grids(400, grid=7, keep_probability=0.3, seed=5)
+    again, again_shifts = rise_grids(400, grid=7, keep_probability=0.3, seed=5)
+    other, _ = rise_grids(400, grid=7, keep_probability=0.3, seed=6)
+    assert torch.equal(patterns, again) and torch.equal(shifts, again_shifts) and not torch.equal(patterns, other)
+    assert set(patterns.unique().tolist()) <= {0.0, 1.0}
+    masks = rise_masks(patterns, shifts, (50, 60))
+    assert masks.shape == (400, 50, 60) and masks.min() >= 0 and masks.max() <= 1
+    assert abs(masks.mean().item() - 0.3) < 0.03
+    assert torch.equal(masks[10:20], rise_masks(patterns[10:20], shifts[10:20], (50, 60)))
+
+
+def test_rise_is_the_probability_weighted_mean_of_its_masks() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(2, 3, SIZE, SIZE)
+    classes = torch.tensor([2, 6])
+    calls: list[tuple[int, int]] = []
+    maps = rise(backbone, pixels, classes, num_masks=10, keep_probability=0.4, seed=3, batch_size=4,
+                progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    patterns, shifts = rise_grids(10, keep_probability=0.4, seed=3)
+    masks = rise_masks(patterns, shifts, (SIZE, SIZE))
+    normalized = normalize(pixels, backbone.preprocessing.mean, backbone.preprocessing.std)
+    for image in range(2):
+        saliency = torch.zeros(SIZE, SIZE)
+        for mask in masks:
+            with torch.no_grad():
+                probability = torch.softmax(backbone.model(normalized[image : image + 1] * mask), dim=1)[
+                    0, classes[image]
+                ]
+            saliency += probability * mask / (10 * 0.4)
+        expected = (saliency - saliency.min()) / (saliency.max() - saliency.min())
+        assert torch.allclose(maps[image], expected, atol=1e-5)
+    assert calls == [(0, 20), (4, 20), (8, 20), (12, 20), (16, 20), (18, 20), (20, 20)]

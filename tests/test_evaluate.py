@@ -1,0 +1,115 @@
+"""python -m train evaluate on a tiny checkpoint: every method x every metric, written as CSV and Markdown."""
+
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from ptame import PTAME
+from ptame.shapes import SHAPE_CLASSES
+from tests.conftest import save_timm_checkpoint
+from train import evaluate
+
+SIZE = 32
+
+
+def tiny_resnet(num_classes: int) -> torch.nn.Module:
+    """A random-initialised quarter-width ResNet-10-T whose preprocessing is a 32x32 crop."""
+    model = timm.create_model("resnet10t", num_classes=num_classes, channels=(8, 16, 32, 64))
+    model.pretrained_cfg = {
+        **model.pretrained_cfg,
+        "input_size": (3, SIZE, SIZE),
+        "crop_pct": 1.0,
+        "label_names": list(SHAPE_CLASSES),
+    }
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with classifier/ and explainer/ (on a saved auxiliary network), all random-initialised."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    torch.manual_seed(0)
+    save_timm_checkpoint(tiny_resnet(len(SHAPE_CLASSES)), folder / "classifier")
+    auxiliary = save_timm_checkpoint(tiny_resnet(len(SHAPE_CLASSES)), folder / "auxiliary")
+    explainer = PTAME(num_classes=len(SHAPE_CLASSES), auxiliary=f"local-dir:{auxiliary}", class_names=SHAPE_CLASSES)
+    for parameter in explainer.head.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    explainer.save_pretrained(folder / "explainer")
+    return folder
+
+
+def run_evaluate(*options: str) -> None:
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    evaluate.run(parser.parse_args(list(options)))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as file:
+        return list(csv.DictReader(file))
+
+
+def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> None:
+    options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "2", "--batch-size", "2"]
+    run_evaluate(*options, "--rise-masks", "8", "--deletion-steps", "2", "--out", str(tmp_path))
+    rows = read_rows(tmp_path / "evaluation.csv")
+    assert [row["method"] for row in rows] == ["ptame", "gradcam", "gradcam++", "scorecam", "rise"]
+    for row in rows:
+        values = {key: float(value) for key, value in row.items() if key != "method"}
+        assert values["images"] == 2 and values["seconds_per_image"] > 0
+        for key in ("ad_100", "ad_50", "ad_15", "ic_100", "ic_50", "ic_15", "pointing_game"):
+            assert 0 <= values[key] <= 100, key
+        for key in ("road_morf_auc", "road_lerf_auc", "deletion_auc", "insertion_auc", "energy_pointing_game"):
+            assert 0 <= values[key] <= 1, key
+        for key in ("road_morf_10", "road_morf_70", "road_lerf_30", "road_lerf_50"):
+            assert 0 <= values[key] <= 1, key
+    markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
+    assert "| Method | s / image | AD 100% ↓ |" in markdown and "Energy PG ↑ |" in markdown
+    for name in ("P-TAME", "Grad-CAM", "Grad-CAM++", "Score-CAM", "RISE"):
+        assert f"\n| {name} | " in markdown
+    assert "top-1 accuracy" in markdown and "first 2 images" in markdown and "RISE: 8 masks" in markdown
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluation.csv", "evaluation.md"]
+
+
+def test_a_folder_of_images_without_masks(checkpoint: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images" / "some_class"
+    images.mkdir(parents=True)
+    for index in range(3):
+        Image.new("RGB", (40, 36), (60 * index, 100, 200)).save(images / f"image_{index}.png")
+    out = tmp_path / "out"
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "folder", "--images-root", str(tmp_path / "images")),
+        *("--subset", "all", "--images", "2", "--methods", "ptame", "gradcam", "--metrics", "ad_ic"),
+        *("--out", str(out)),
+    )
+    rows = read_rows(out / "evaluation.csv")
+    assert [row["method"] for row in rows] == ["ptame", "gradcam"]
+    assert all(row["images"] == "2" for row in rows)
+    assert "pointing_game" not in rows[0] and "road_morf_auc" not in rows[0]
+    markdown = (out / "evaluation.md").read_text(encoding="utf-8")
+    for absent in ("Pointing", "pointing", "top-1 accuracy", "ROAD", "RISE", "Deletion"):
+        assert absent not in markdown, absent
+
+
+def test_bad_options_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--images-root"):
+        run_evaluate("--checkpoint", str(checkpoint), "--data", "folder", "--out", str(tmp_path))
+    with pytest.raises(SystemExit, match=">= 1"):
+        run_evaluate("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "0", "--out", str(tmp_path))
+    with pytest.raises(SystemExit):  # argparse: not a method
+        run_evaluate("--checkpoint", str(checkpoint), "--data", "shapes", "--methods", "lime", "--out", str(tmp_path))
+    assert not (tmp_path / "evaluation.csv").exists()
+
+
+def test_markdown_shows_only_the_figures_present() -> None:
+    rows = [{"method": "ptame", "images": 2.0, "seconds_per_image": 0.01234, "ad_100": 12.3456}]
+    markdown = evaluate.markdown_text(rows, ["setup line"])
+    assert "- setup line" in markdown
+    assert "| Method | s / image | AD 100% ↓ |" in markdown
+    assert "| P-TAME | 0.012 | 12.35 |" in markdown
+    assert "IC" not in markdown.split("| Method")[1]

@@ -1,0 +1,208 @@
+"""The metrics on cases whose answers are known: a classifier that only looks at a known object."""
+
+import pytest
+import torch
+from torch import nn
+
+from ptame.backbones import Backbone, Preprocessing
+from ptame.metrics import (
+    ad_ic,
+    deletion_insertion,
+    energy_pointing_game,
+    keep_top,
+    pointing_game,
+    road,
+    road_auc,
+)
+from ptame.road import impute, ranked_pixels
+
+SIZE = 32
+
+
+class ObjectOnly(nn.Module):
+    """Class 0's logit is 5 x (the mean normalised value of a fixed region, the object, - 1.5); class 1's is 0.
+
+    With ImageNet normalisation: a white object gives class 0 (logit ~4.5); a black, grey or blurred one class 1.
+    """
+
+    def __init__(self, region: torch.Tensor) -> None:
+        super().__init__()
+        self.region = region
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        brightness = normalized[:, :, self.region].mean(dim=(1, 2))
+        return torch.stack([5 * (brightness - 1.5), torch.zeros_like(brightness)], dim=1)
+
+
+def object_world(batch: int = 2) -> tuple[Backbone, torch.Tensor, torch.Tensor]:
+    """A backbone that only sees a 10x10 object (9.8% of the image), images with a bright object, its mask."""
+    region = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    region[5:15, 12:22] = True
+    model = ObjectOnly(region).eval()
+    backbone = Backbone("object-only", model, Preprocessing(SIZE, SIZE), model, None, ["object", "other"])
+    pixels = 0.15 + 0.1 * torch.rand(batch, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    pixels[:, :, region] = 1.0
+    return backbone, pixels, region.expand(batch, SIZE, SIZE)
+
+
+def probability(backbone: Backbone, pixels: torch.Tensor, target: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(backbone.logits(pixels), dim=1)[:, target]
+
+
+def test_a_map_equal_to_the_object_loses_no_confidence() -> None:
+    backbone, pixels, masks = object_world()
+    assert (probability(backbone, pixels, 0) > 0.98).all()
+    scores = ad_ic(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long))
+    assert set(scores) == {"ad_100", "ic_100", "ad_50", "ic_50", "ad_15", "ic_15"}
+    for percent in (100, 50, 15):
+        assert torch.allclose(scores[f"ad_{percent}"], torch.zeros(2), atol=1e-4)
+        assert not scores[f"ic_{percent}"].any()
+
+
+def test_the_inverse_map_loses_the_class() -> None:
+    backbone, pixels, masks = object_world()
+    scores = ad_ic(backbone, pixels, (~masks).float(), torch.zeros(2, dtype=torch.long))
+    for percent in (100, 50, 15):
+        assert (scores[f"ad_{percent}"] > 95).all()
+    other_class = ad_ic(backbone, pixels, (~masks).float(), torch.ones(2, dtype=torch.long))
+    assert other_class["ic_100"].all() and (other_class["ad_100"] == 0).all()
+
+
+def test_ad_with_soft_values_by_hand() -> None:
+    backbone, pixels, _ = object_world()
+    maps = torch.full((2, SIZE, SIZE), 0.5)
+    clean = probability(backbone, pixels, 0)
+    halved = probability(backbone, pixels * 0.5, 0)
+    expected = (clean - halved).clamp_min(0) / clean * 100
+    scores = ad_ic(backbone, pixels, maps, torch.zeros(2, dtype=torch.long), fractions=(1.0,))
+    assert torch.allclose(scores["ad_100"], expected, atol=1e-4)
+    assert (expected > 1).all()
+
+
+def test_keep_top_keeps_an_exact_count_with_soft_values() -> None:
+    maps = torch.randperm(100).float().div(99).view(1, 10, 10)
+    kept = keep_top(maps, 0.15)
+    assert (kept > 0).sum() == 15
+    assert torch.equal(kept[kept > 0].sort().values, maps.flatten().sort().values[-15:])
+    assert torch.equal(keep_top(maps, 1.0), maps)
+
+
+def test_deletion_and_insertion_rank_the_perfect_map_above_its_inverse() -> None:
+    backbone, pixels, masks = object_world()
+    classes = torch.zeros(2, dtype=torch.long)
+    perfect = deletion_insertion(backbone, pixels, masks.float(), classes, steps=10)
+    inverse = deletion_insertion(backbone, pixels, (~masks).float(), classes, steps=10)
+    assert perfect.fractions.shape == (11,) and perfect.fractions[0] == 0 and perfect.fractions[-1] == 1
+    assert perfect.deletion.shape == perfect.insertion.shape == (2, 11)
+    clean = probability(backbone, pixels, 0)
+    assert torch.allclose(perfect.deletion[:, 0], clean) and torch.allclose(perfect.insertion[:, -1], clean)
+    assert torch.allclose(perfect.deletion[:, -1], probability(backbone, torch.zeros_like(pixels), 0))
+    assert (perfect.deletion_auc < inverse.deletion_auc - 0.5).all()
+    assert (perfect.insertion_auc > inverse.insertion_auc + 0.5).all()
+    rebatched = deletion_insertion(backbone, pixels, masks.float(), classes, steps=10, batch_size=3)
+    assert torch.allclose(rebatched.deletion, perfect.deletion) and torch.allclose(
+        rebatched.insertion, perfect.insertion
+    )
+
+
+@pytest.mark.parametrize("imputation", ["linear", "telea"])
+def test_imputation_leaves_the_kept_pixels_untouched(imputation: str) -> None:
+    pixels = torch.rand(2, 3, SIZE, SIZE)
+    removed = torch.rand(2, SIZE, SIZE) < 0.4
+    filled = impute(pixels, removed, imputation)
+    kept = (~removed)[:, None].expand_as(pixels)
+    assert torch.equal(filled[kept], pixels[kept])
+    assert not torch.equal(filled[~kept], pixels[~kept])
+    assert filled.min() >= 0 and filled.max() <= 1
+
+
+@pytest.mark.parametrize("imputation", ["linear", "telea"])
+def test_imputation_fills_from_the_surroundings(imputation: str) -> None:
+    ramp = torch.linspace(0.2, 0.8, SIZE).expand(1, 3, SIZE, SIZE).clone()
+    removed = torch.zeros(1, SIZE, SIZE, dtype=torch.bool)
+    removed[0, 8:20, 10:24] = True
+    error = (impute(ramp, removed, imputation) - ramp).abs()
+    assert error.mean() < 0.01  # a ramp is its own linear interpolation (+ noise of std 0.01)
+    assert error.max() < 0.1
+
+
+def test_linear_imputation_noise_is_seeded() -> None:
+    pixels = torch.rand(1, 3, SIZE, SIZE)
+    removed = torch.rand(1, SIZE, SIZE) < 0.3
+    assert torch.equal(impute(pixels, removed, seed=1), impute(pixels, removed, seed=1))
+    assert not torch.equal(impute(pixels, removed, seed=1), impute(pixels, removed, seed=2))
+
+
+def test_road_auc_by_hand() -> None:
+    fractions = (0.1, 0.3, 0.5, 0.7)
+    assert road_auc(fractions, torch.ones(4)).item() == pytest.approx(0.7 + 0.3 / 2)
+    assert road_auc(fractions, torch.zeros(4)).item() == pytest.approx(0.1 / 2)
+    mixed = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    expected = 0.1 * 1 + 0.2 * 0.5 + 0.2 * 0.5 + 0.2 * 0.5 + 0.3 * 0
+    assert road_auc(fractions, mixed).item() == pytest.approx(expected)
+    per_image = road_auc(fractions, torch.stack([torch.ones(4), torch.zeros(4)]))
+    assert per_image.mean().item() == pytest.approx(road_auc(fractions, torch.full((4,), 0.5)).item())
+
+
+@pytest.mark.parametrize("imputation", ["linear", "telea"])
+def test_road_removing_the_object_loses_the_class(imputation: str) -> None:
+    backbone, pixels, masks = object_world()
+    curves = road(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), imputation=imputation)
+    assert curves.fractions == (0.1, 0.3, 0.5, 0.7)
+    assert curves.most_relevant_first.shape == curves.least_relevant_first.shape == (2, 4)
+    assert not curves.most_relevant_first.any()
+    assert curves.least_relevant_first.all()
+
+
+def test_ranked_pixels_selects_exact_counts() -> None:
+    maps = torch.rand(3, 10, 10)
+    top = ranked_pixels(maps, 0.3, largest=True)
+    bottom = ranked_pixels(maps, 0.7, largest=False)
+    assert (top.flatten(1).sum(1) == 30).all()
+    assert torch.equal(top, ~bottom)
+
+
+def test_road_rejects_bad_fractions() -> None:
+    backbone, pixels, masks = object_world()
+    with pytest.raises(ValueError, match="fractions"):
+        road(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), fractions=(0.5, 0.3))
+    with pytest.raises(ValueError, match="imputation"):
+        road(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), imputation="mean")
+
+
+def test_pointing_games_of_a_perfect_map_and_its_inverse() -> None:
+    _, _, masks = object_world()
+    perfect, inverse = masks.float(), (~masks).float()
+    assert pointing_game(perfect, masks).all()
+    assert not pointing_game(inverse, masks).any()
+    assert torch.allclose(energy_pointing_game(perfect, masks), torch.ones(2))
+    assert torch.allclose(energy_pointing_game(inverse, masks), torch.zeros(2))
+    uniform = torch.full((2, 8, 8), 0.3)  # a lower resolution is resized to the masks'
+    assert torch.allclose(energy_pointing_game(uniform, masks), torch.full((2,), 100 / SIZE**2))
+    assert torch.equal(energy_pointing_game(torch.zeros(2, SIZE, SIZE), masks), torch.zeros(2))
+
+
+def test_pointing_game_looks_at_the_maximum_only() -> None:
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 0, 0] = True
+    maps = torch.full((1, 4, 4), 0.9)
+    maps[0, 0, 0] = 1.0
+    assert pointing_game(maps, masks).all()
+    maps[0, 3, 3] = 1.0  # ties: the first maximum in row-major order
+    assert pointing_game(maps, masks).all()
+    maps[0, 0, 0] = 0.5
+    assert not pointing_game(maps, masks).any()
+
+
+def test_bad_maps_and_masks_are_clear_errors() -> None:
+    backbone, pixels, masks = object_world()
+    classes = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ad_ic(backbone, pixels, masks.float() * 2, classes)
+    with pytest.raises(ValueError, match="maps must be"):
+        ad_ic(backbone, pixels, masks[:1].float(), classes)
+    with pytest.raises(ValueError, match="out of range"):
+        deletion_insertion(backbone, pixels, masks.float(), torch.full((2,), 2))
+    with pytest.raises(ValueError, match="at least one pixel"):
+        pointing_game(masks.float(), torch.zeros_like(masks))
