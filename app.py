@@ -1,0 +1,528 @@
+"""P-TAME demo: upload an image and see why the classifier decided, beside Grad-CAM and Score-CAM.
+
+    python app.py [--model-dir FOLDER]... [--manifest PATH] [--device cpu]
+
+Serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860). The shapes demo is
+loaded before serving; the other models of checkpoints/manifest.toml (and of --model-dir /
+$PTAME_MODEL_DIR folders) load in the background once the server is up, and the page says which
+are unavailable and why. This file builds the UI and wires events; the work is done by ptame.
+"""
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from ptame.explain_session import (
+    DEFAULT_METHODS,
+    METHOD_NAMES,
+    STREAMED_METHODS,
+    Analysis,
+    ExplainSession,
+    Explanation,
+    display_class_names,
+    format_seconds,
+    threads_per_lane,
+)
+from ptame.export import caption, prune_folder, save_maps
+from ptame.images import MAX_FILE_BYTES, CheckedImage, ImageInputError
+from ptame.manifest import DEFAULT_MANIFEST
+from ptame.registry import ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
+from ptame.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+
+EXAMPLES = Path(__file__).resolve().parent / "checkpoints" / "examples"
+DEMO_MODEL = "shapes"  # loaded before serving; every other model loads in the background
+TOP_CLASSES = 5
+OVERLAY_HEIGHT = 280  # pixels: the shapes demo's 128-pixel maps are shown enlarged
+KEPT_DOWNLOADS = 256  # .npz files kept for download; older ones are deleted
+GRADIO_CACHE_CLEANING = (3600, 3600)  # every hour, delete uploads and outputs older than an hour
+MODEL_QUEUE = "models"  # one queue for every event that runs a model
+MODEL_CONCURRENCY = 4  # requests in flight; ptame.explain_session runs one fast and one slow computation at a time
+QUEUE_OPTIONS = {"max_size": 64}  # requests waiting beyond this are told the queue is full
+LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_BYTES, "theme": gr.themes.Soft()}
+PROGRESS = gr.Progress()  # Gradio gives each call its own tracker in place of this default
+
+INTRO = """
+# P-TAME: why did the classifier decide that?
+Upload an image (or paste one, or use the webcam), pick a model and press **Explain**.
+**P-TAME** ([Ntrougkas, Mezaris, Patras, 2025](https://arxiv.org/abs/2501.17813)) maps every
+class in one pass of a small trained head; **Grad-CAM** reads the classifier's gradients;
+**Score-CAM** runs the classifier once per feature channel, so it is slow and arrives last.
+Maps are drawn on the model's centre crop.
+"""
+
+
+FileData = dict[str, Any]  # an upload as Gradio sends it when preprocess=False: {"path": ..., ...}
+
+
+def uploaded_path(upload: FileData | str | None) -> str | None:
+    """The server-side path of an uploaded image (events skip Gradio's preprocessing, which would
+    decode the file before ``ptame.images`` can check it)."""
+    if isinstance(upload, dict):
+        return upload.get("path")
+    return upload
+
+
+class Handlers:
+    """The event handlers: user input -> ``ExplainSession`` calls -> component updates.
+
+    Args:
+        session: the models and caches.
+        downloads: folder for the .npz files offered for download.
+    """
+
+    def __init__(self, session: ExplainSession, downloads: Path) -> None:
+        self.session = session
+        self.downloads = downloads
+
+    # Inputs
+
+    def _image(self, upload: FileData | str | None, warn: bool) -> CheckedImage:
+        try:
+            checked = self.session.read(uploaded_path(upload))
+        except ImageInputError as error:
+            raise gr.Error(str(error), title="This image cannot be explained") from error
+        if warn:
+            for note in checked.notes:
+                gr.Warning(note)
+        return checked
+
+    def _analysis(self, image: CheckedImage, model_key: str) -> Analysis:
+        try:
+            return self.session.analyse(image, model_key)
+        except ModelUnavailable as error:
+            raise gr.Error(str(error), title="Model unavailable") from error
+
+    @staticmethod
+    def _methods(methods: Sequence[str] | None) -> list[str]:
+        chosen = [m for m in METHOD_NAMES if m in (methods or ())]
+        unknown = sorted(set(methods or ()) - set(METHOD_NAMES))
+        if unknown:
+            raise gr.Error(f"Unknown methods {unknown}; choose from {', '.join(METHOD_NAMES)}.")
+        if not chosen:
+            raise gr.Error("Choose at least one method to explain with.")
+        return chosen
+
+    @staticmethod
+    def _class_index(value: int | str | float | None, analysis: Analysis) -> int:
+        count = analysis.probabilities.shape[0]
+        try:
+            index = int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as error:
+            raise gr.Error(f"The class must be an index in [0, {count}), got {value!r}.") from error
+        if not 0 <= index < count:
+            raise gr.Error(f"The class index {index} is outside [0, {count}).")
+        return index
+
+    # Outputs
+
+    def _overlays(
+        self,
+        analysis: Analysis,
+        methods: Sequence[str],
+        explanations: dict[str, Explanation],
+        expected: dict[str, float],
+        opacity: float,
+        colormap: str,
+    ) -> list[Any]:
+        updates = []
+        for method in METHOD_NAMES:
+            if method not in methods:
+                updates.append(gr.Image(value=None, visible=False))
+            elif method in explanations:
+                picture = overlay(analysis.picture, explanations[method].saliency, opacity, colormap)
+                updates.append(gr.Image(value=picture, label=caption(explanations[method]), visible=True))
+            else:
+                label = f"{METHOD_NAMES[method]} · computing, about {format_seconds(expected[method])}"
+                updates.append(gr.Image(value=None, label=label, visible=True))
+        return updates
+
+    def _maps_file(
+        self, analysis: Analysis, image: CheckedImage, model_key: str, index: int, explanations: dict[str, Explanation]
+    ) -> str:
+        model = self.session.registry.get(model_key)
+        path = self.downloads / f"ptame-{model_key}-{image.digest[:12]}-class{index}.npz"
+        save_maps(
+            path, analysis.picture, list(explanations.values()), index, model.backbone.class_names[index], model_key
+        )
+        prune_folder(self.downloads, KEPT_DOWNLOADS)
+        return str(path)
+
+    # Events
+
+    def explain(
+        self,
+        image: FileData | str | None,
+        model_key: str,
+        methods: Sequence[str],
+        opacity: float = DEFAULT_OPACITY,
+        colormap: str = DEFAULT_COLORMAP,
+        progress: gr.Progress = PROGRESS,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Predict, then explain the top-1 class; slow methods stream in when done."""
+        yield from self._explain(image, model_key, None, methods, opacity, colormap, progress)
+
+    def explain_class(
+        self,
+        image: FileData | str | None,
+        model_key: str,
+        class_index: int,
+        methods: Sequence[str],
+        opacity: float = DEFAULT_OPACITY,
+        colormap: str = DEFAULT_COLORMAP,
+        progress: gr.Progress = PROGRESS,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Explain another class of the same image (P-TAME's map is already there)."""
+        yield from self._explain(image, model_key, class_index, methods, opacity, colormap, progress)
+
+    def explain_example(self, image: FileData | str, model_key: str) -> Iterator[tuple[Any, ...]]:
+        """The default explanation of an example image (cached by Gradio)."""
+        yield from self._explain(image, model_key, None, DEFAULT_METHODS, DEFAULT_OPACITY, DEFAULT_COLORMAP, None)
+
+    def _explain(
+        self,
+        image_path: FileData | str | None,
+        model_key: str,
+        class_choice: int | None,
+        methods: Sequence[str],
+        opacity: float,
+        colormap: str,
+        progress: gr.Progress | None,
+    ) -> Iterator[tuple[Any, ...]]:
+        methods = self._methods(methods)
+        image = self._image(image_path, warn=class_choice is None)
+        analysis = self._analysis(image, model_key)
+        names = display_class_names(self.session.registry.get(model_key).backbone.class_names)
+        index = analysis.top(1)[0] if class_choice is None else self._class_index(class_choice, analysis)
+        ranked = analysis.top(len(names))
+        predictions = {names[i]: float(analysis.probabilities[i]) for i in ranked[:TOP_CLASSES]}
+        class_menu = gr.Dropdown(
+            choices=[(f"{names[i]} · {analysis.probabilities[i]:.1%}", i) for i in ranked], value=index
+        )
+        try:
+            explanations = {
+                m: self.session.explain(image, model_key, index, m) for m in methods if m not in STREAMED_METHODS
+            }
+            for method in methods:
+                known = self.session.cached(image, model_key, index, method)
+                if method in STREAMED_METHODS and known is not None:
+                    explanations[method] = known
+            pending = [m for m in methods if m not in explanations]
+            expected = {m: self.session.expected_seconds(image, model_key, m) for m in pending}
+            heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
+            while pending:
+                waiting = ", ".join(f"{METHOD_NAMES[m]} (about {format_seconds(expected[m])})" for m in pending)
+                status = f"{heading} Still computing: {waiting}."
+                overlays = self._overlays(analysis, methods, explanations, expected, opacity, colormap)
+                yield (predictions, class_menu, *overlays, None, status)
+                method = pending.pop(0)
+                explanations[method] = self.session.explain(
+                    image, model_key, index, method, progress=_reporter(progress, METHOD_NAMES[method])
+                )
+        except ModelUnavailable as error:
+            raise gr.Error(str(error), title="Model unavailable") from error
+        except RuntimeError as error:
+            raise gr.Error(f"The model failed on this image: {error}", title="Explaining failed") from error
+        overlays = self._overlays(analysis, methods, explanations, {}, opacity, colormap)
+        maps_file = self._maps_file(analysis, image, model_key, index, explanations)
+        status = f"Explained **{names[index]}** (class {index}); pick another class above to compare."
+        yield (predictions, class_menu, *overlays, maps_file, status)
+
+    def reblend(
+        self,
+        image: FileData | str | None,
+        model_key: str,
+        class_index: int | None,
+        methods: Sequence[str],
+        opacity: float,
+        colormap: str,
+    ) -> list[Any]:
+        """Re-draw the overlays from cached maps with a new opacity or colormap (no model runs)."""
+        skipped = [gr.skip() for _ in METHOD_NAMES]
+        if image is None or class_index is None or colormap not in COLORMAPS:
+            return skipped
+        try:
+            checked = self.session.read(uploaded_path(image))
+        except ImageInputError:
+            return skipped
+        analysis = self.session.cached_analysis(checked, model_key)
+        try:
+            index = int(class_index)
+        except (TypeError, ValueError):
+            return skipped
+        if analysis is None:
+            return skipped
+        updates = []
+        for method in METHOD_NAMES:
+            known = self.session.cached(checked, model_key, index, method) if method in methods else None
+            if known is None:
+                updates.append(gr.skip())
+            else:
+                updates.append(overlay(analysis.picture, known.saliency, float(opacity), colormap))
+        return updates
+
+    def curves(
+        self,
+        image: FileData | str | None,
+        model_key: str,
+        class_index: int | None,
+        methods: Sequence[str],
+        progress: gr.Progress = PROGRESS,
+    ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+        """Deletion and insertion curves of each method's map for the chosen class."""
+        methods = self._methods(methods)
+        checked = self._image(image, warn=False)
+        analysis = self._analysis(checked, model_key)
+        if class_index is None:
+            raise gr.Error("Press Explain first: the curves are computed for the explained class.")
+        index = self._class_index(class_index, analysis)
+        rows = []
+        table = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) |", "|---|---|---|"]
+        for done, method in enumerate(methods):
+            progress((done, len(methods)), desc=f"Deletion and insertion: {METHOD_NAMES[method]}")
+            try:
+                result = self.session.curves(checked, model_key, index, method)
+            except ModelUnavailable as error:
+                raise gr.Error(str(error), title="Model unavailable") from error
+            name = METHOD_NAMES[method]
+            for curve, values in (("deletion", result.deletion), ("insertion", result.insertion)):
+                rows += [
+                    {"fraction": float(f), "probability": float(p), "curve": curve, "method": name}
+                    for f, p in zip(result.fractions, values)
+                ]
+            table.append(f"| {name} | {result.deletion_auc:.3f} | {result.insertion_auc:.3f} |")
+        frame = pd.DataFrame(rows)
+        return frame[frame.curve == "deletion"], frame[frame.curve == "insertion"], "\n".join(table)
+
+    def refresh_models(self, current: str | None) -> tuple[Any, str, Any]:
+        """The model menu (ready and loading models), the status text, and whether to poll again."""
+        choices, value = model_choices(self.session.registry, current)
+        loading = self.session.registry.loading()
+        return gr.Dropdown(choices=choices, value=value), model_status(self.session.registry), gr.Timer(active=loading)
+
+
+def _reporter(progress: gr.Progress | None, name: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc=name, unit="passes")
+
+    return report
+
+
+def model_choices(registry: ModelRegistry, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
+    """The model menu's (label, key) choices, ready and loading models, and the value to show."""
+    choices = []
+    for status in registry.statuses():
+        if status.state == "ready":
+            choices.append((status.display_name, status.key))
+        elif status.state in ("waiting", "loading"):
+            choices.append((f"{status.display_name} (loading…)", status.key))
+    keys = [key for _, key in choices]
+    return choices, (current if current in keys else (keys[0] if keys else None))
+
+
+def model_status(registry: ModelRegistry, problems: Sequence[str] = ()) -> str:
+    """Markdown: each model's state, with the reason for the unavailable ones."""
+    lines = []
+    for status in registry.statuses():
+        if status.state == "unavailable":
+            lines.append(f"- **{status.display_name}**: unavailable: {status.reason}")
+        elif status.state == "ready":
+            lines.append(f"- **{status.display_name}**: ready")
+        else:
+            lines.append(f"- **{status.display_name}**: loading…")
+    lines += [f"- {problem}" for problem in problems]
+    return "\n".join(lines) if lines else "No model is configured."
+
+
+def example_rows(registry: ModelRegistry) -> tuple[list[list[str]], list[str]]:
+    """(shapes test images with the demo model, photos) found in the examples folder."""
+    shapes = sorted(EXAMPLES.glob("shapes-*.png"))
+    photos = sorted(EXAMPLES.glob("photo-*.jpg"))
+    demo_ready = DEMO_MODEL in registry.ready_keys()
+    return ([[str(path), DEMO_MODEL] for path in shapes] if demo_ready else []), [str(path) for path in photos]
+
+
+def build_demo(
+    session: ExplainSession,
+    problems: Sequence[str] = (),
+    downloads: Path | None = None,
+    cache_examples: bool = True,
+) -> gr.Blocks:
+    """The Gradio app of a session (not launched).
+
+    Args:
+        session: the models and caches.
+        problems: messages about model sources that could not be read, shown with the models.
+        downloads: folder of the .npz downloads (default: a new temporary folder).
+        cache_examples: compute the shapes examples' results at launch (as a Space does).
+    """
+    handlers = Handlers(session, downloads or Path(tempfile.mkdtemp(prefix="ptame-downloads-")))
+    registry = session.registry
+    method_choices = [(name, key) for key, name in METHOD_NAMES.items()]
+    with gr.Blocks(title="P-TAME explainer", delete_cache=GRADIO_CACHE_CLEANING) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                image = gr.Image(
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard", "webcam"],
+                    height=320,
+                )
+                choices, value = model_choices(registry, DEMO_MODEL)
+                model = gr.Dropdown(choices, value=value, label="Model", interactive=True, allow_custom_value=True)
+                methods = gr.CheckboxGroup(method_choices, value=list(DEFAULT_METHODS), label="Methods")
+                run = gr.Button("Explain", variant="primary")
+            with gr.Column(scale=2, min_width=300):
+                predictions = gr.Label(num_top_classes=TOP_CLASSES, label="Top-5 predictions")
+                class_menu = gr.Dropdown(
+                    choices=[], label="Class to explain (top-1 by default)", interactive=True, allow_custom_value=True
+                )
+                status = gr.Markdown("Upload an image, or pick an example below.", label="Status")
+                with gr.Row():
+                    overlays = [
+                        gr.Image(
+                            label=name,
+                            interactive=False,
+                            visible=key in DEFAULT_METHODS,
+                            height=OVERLAY_HEIGHT,
+                            min_width=160,
+                            elem_id=f"overlay-{key.replace('+', 'p')}",
+                        )
+                        for key, name in METHOD_NAMES.items()
+                    ]
+                with gr.Row():
+                    opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity")
+                    colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
+                maps_file = gr.File(label="Raw maps (.npz)", interactive=False)
+                with gr.Accordion("Deletion / insertion curves (on demand)", open=False):
+                    curves_button = gr.Button("Compute the curves for the explained class")
+                    with gr.Row():
+                        deletion_plot = gr.LinePlot(
+                            x="fraction", y="probability", color="method", label="Deletion", y_lim=[0, 1]
+                        )
+                        insertion_plot = gr.LinePlot(
+                            x="fraction", y="probability", color="method", label="Insertion", y_lim=[0, 1]
+                        )
+                    auc_table = gr.Markdown(label="Areas under the curves")
+        shape_rows, photo_rows = example_rows(registry)
+        outputs = [predictions, class_menu, *overlays, maps_file, status]
+        if shape_rows:
+            gr.Examples(
+                shape_rows,
+                inputs=[image, model],
+                outputs=outputs,
+                fn=handlers.explain_example,
+                cache_examples=cache_examples,
+                cache_mode="eager",
+                preprocess=False,
+                label="Shapes world (test images; every method precomputed)",
+                examples_per_page=len(shape_rows),
+            )
+        if photo_rows:
+            gr.Examples(photo_rows, inputs=[image], label="Photos (for the ImageNet models)")
+        with gr.Accordion("Models", open=False):
+            models_status = gr.Markdown(model_status(registry, problems))
+        timer = gr.Timer(2.0, active=registry.loading())
+
+        # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
+        model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
+        slow_overlays = [o for key, o in zip(METHOD_NAMES, overlays) if key in STREAMED_METHODS]
+        run.click(
+            handlers.explain,
+            [image, model, methods, opacity, colormap],
+            outputs,
+            api_name="explain",
+            show_progress_on=slow_overlays,  # the fast maps stay visible while Score-CAM runs
+            **model_work,
+        )
+        class_menu.input(
+            handlers.explain_class,
+            [image, model, class_menu, methods, opacity, colormap],
+            outputs,
+            api_name="explain_class",
+            show_progress_on=slow_overlays,
+            **model_work,
+        )
+        gr.on(
+            [opacity.release, colormap.input],
+            handlers.reblend,
+            [image, model, class_menu, methods, opacity, colormap],
+            overlays,
+            api_name="reblend",
+            show_progress="hidden",
+            concurrency_limit=4,
+            preprocess=False,
+        )
+        curves_button.click(
+            handlers.curves,
+            [image, model, class_menu, methods],
+            [deletion_plot, insertion_plot, auc_table],
+            api_name="curves",
+            **model_work,
+        )
+        timer.tick(
+            handlers.refresh_models,
+            [model],
+            [model, models_status, timer],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+    return demo
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        type=Path,
+        default=[],
+        help="a folder with classifier/ and explainer/ (repeatable; also $PTAME_MODEL_DIR)",
+    )
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the models' manifest (TOML)")
+    parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=threads_per_lane(),
+        help="torch CPU threads (default: half the cores, one lane each)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    registry, problems = build_registry(args.manifest, [*model_dirs_from_env(), *args.model_dir], args.device)
+    if DEMO_MODEL in registry.entries:
+        try:
+            registry.load(DEMO_MODEL)
+        except ModelUnavailable as error:
+            print(f"warning: {error}")
+    if "GRADIO_EXAMPLES_CACHE" not in os.environ:  # fresh per run: never results of older checkpoints
+        cache = tempfile.mkdtemp(prefix="ptame-examples-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+        os.environ["GRADIO_EXAMPLES_CACHE"] = cache
+    for problem in problems:
+        print(f"warning: {problem}")
+    demo = build_demo(ExplainSession(registry), problems)
+    demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    registry.load_in_background()  # after the server is up: start-up does not share the CPU with it
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""``python -m ptame explain``: the app's explanations for image files, written to a folder.
+
+    python -m ptame explain IMAGE_OR_FOLDER... --model shapes --methods ptame,gradcam,scorecam --out DIR
+
+For each image: DIR/<name>.png (the input and each method's overlay side by side, captioned with
+the compute time) and DIR/<name>.npz (the raw maps, as the app's download). The models are those
+of the app: the manifest's keys, or a folder with classifier/ and explainer/.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ptame.explain_session import (
+    DEFAULT_METHODS,
+    METHOD_NAMES,
+    STREAMED_METHODS,
+    ExplainSession,
+    Explanation,
+    display_class_names,
+)
+from ptame.export import figure, save_maps, save_png
+from ptame.images import CheckedImage, ImageInputError
+from ptame.manifest import DEFAULT_MANIFEST, ModelEntry
+from ptame.registry import ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
+from ptame.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+def image_paths(inputs: Sequence[Path]) -> list[Path]:
+    """Files as given, and the image files of folders (recursively, sorted), without repeats.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+    """
+    paths: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item} does not exist")
+    return list(dict.fromkeys(paths))
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """One distinct output name per input: its file stem, with a counter where stems repeat."""
+    stems, seen = [], {}
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}-{count + 1}")
+    return stems
+
+
+def parse_methods(text: str) -> list[str]:
+    """ "ptame,gradcam" -> ["ptame", "gradcam"], checked against METHOD_NAMES."""
+    methods = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"methods must be a comma-separated subset of {','.join(METHOD_NAMES)}")
+    return list(dict.fromkeys(methods))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``explain`` command's arguments."""
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
+    parser.add_argument("--model", default="shapes", help="a manifest key (e.g. shapes, resnet50) or a model folder")
+    parser.add_argument(
+        "--methods", type=parse_methods, default=list(DEFAULT_METHODS), help=f"from {','.join(METHOD_NAMES)}"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    parser.add_argument("--class-index", type=int, default=None, help="class to explain (default: top-1 of each)")
+    parser.add_argument("--opacity", type=float, default=DEFAULT_OPACITY, help="map opacity in [0, 1]")
+    parser.add_argument("--colormap", choices=sorted(COLORMAPS), default=DEFAULT_COLORMAP)
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, all cores)")
+
+
+def _registry(args: argparse.Namespace) -> tuple[ModelRegistry, str]:
+    folder = Path(args.model)
+    if folder.is_dir():
+        entry = ModelEntry.from_folder(folder)
+        return ModelRegistry([entry], device=args.device), entry.key
+    registry, problems = build_registry(args.manifest, model_dirs_from_env(), args.device)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    return registry, args.model
+
+
+def explain_with_bar(session: ExplainSession, image: CheckedImage, key: str, index: int, method: str) -> Explanation:
+    """``session.explain``, with a progress bar of its passes for the slow methods."""
+    if method not in STREAMED_METHODS:
+        return session.explain(image, key, index, method)
+    with tqdm(desc=METHOD_NAMES[method], unit="pass", leave=False) as bar:
+
+        def report(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return session.explain(image, key, index, method, progress=report)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain every image; returns the exit status (1 if any image failed)."""
+    if not 0.0 <= args.opacity <= 1.0:
+        print(f"error: --opacity must be in [0, 1], got {args.opacity}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        paths = image_paths(args.inputs)
+        registry, key = _registry(args)
+        model = registry.load(key)
+    except (FileNotFoundError, ModelUnavailable, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 2
+    session = ExplainSession(registry)
+    names = display_class_names(model.backbone.class_names)
+    if args.class_index is not None and not 0 <= args.class_index < len(names):
+        print(f"error: --class-index must be in [0, {len(names)})", file=sys.stderr)
+        return 2
+    failures = 0
+    for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="explaining", unit="image"):
+        try:
+            image = session.read(path)
+            analysis = session.analyse(image, key)
+            index = analysis.top(1)[0] if args.class_index is None else args.class_index
+            explanations = [explain_with_bar(session, image, key, index, method) for method in args.methods]
+        except ImageInputError as error:
+            tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        title = f"{names[index]} · {analysis.probabilities[index]:.1%}"
+        save_png(args.out / f"{stem}.png", figure(analysis.picture, explanations, title, args.opacity, args.colormap))
+        save_maps(
+            args.out / f"{stem}.npz", analysis.picture, explanations, index, model.backbone.class_names[index], key
+        )
+    print(f"wrote {len(paths) - failures} of {len(paths)} images to {args.out}")
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m ptame COMMAND``."""
+    parser = argparse.ArgumentParser(prog="python -m ptame", description="ptame command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+    explain = commands.add_parser("explain", help=__doc__.splitlines()[0], description=__doc__)
+    explain.formatter_class = argparse.RawDescriptionHelpFormatter
+    add_arguments(explain)
+    args = parser.parse_args(argv)
+    return run(args)

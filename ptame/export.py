@@ -1,0 +1,111 @@
+"""Saving explanations: raw maps as .npz, overlays side by side as .png (atomic writes)."""
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ptame.explain_session import METHOD_NAMES, Explanation, format_seconds
+from ptame.viz import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay, side_by_side
+
+FIGURE_PANEL_SIDE = 256  # smaller model inputs (the shapes demo's 128) are enlarged in figures
+
+
+def caption(explanation: Explanation) -> str:
+    """ "P-TAME · 12 ms": the method's name and its compute time."""
+    return f"{METHOD_NAMES[explanation.method]} · {format_seconds(explanation.seconds)}"
+
+
+def figure(
+    picture: np.ndarray,
+    explanations: Sequence[Explanation],
+    title: str,
+    opacity: float = DEFAULT_OPACITY,
+    colormap: str = DEFAULT_COLORMAP,
+) -> np.ndarray:
+    """The input and each method's overlay in one row, captioned.
+
+    Args:
+        picture: (S, S, 3) uint8, the model's input.
+        explanations: maps (S, S) in [0, 1] of one class.
+        title: caption of the input panel (e.g. the class explained).
+
+    Returns:
+        (H, W, 3) uint8 RGB; panels at least ``FIGURE_PANEL_SIDE`` pixels high.
+    """
+    height, width = picture.shape[:2]
+    if height < FIGURE_PANEL_SIDE:
+        scale = FIGURE_PANEL_SIDE / height
+        picture = cv2.resize(picture, (round(width * scale), FIGURE_PANEL_SIDE), interpolation=cv2.INTER_CUBIC)
+    panels = [(title, picture)]
+    panels += [(caption(e), overlay(picture, e.saliency, opacity, colormap)) for e in explanations]
+    return side_by_side(panels)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write a (H, W, 3) uint8 RGB array as a PNG, atomically. Returns the path."""
+    return _atomic_write(Path(path), lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
+
+
+def save_maps(
+    path: str | Path,
+    picture: np.ndarray,
+    explanations: Sequence[Explanation],
+    class_index: int,
+    class_name: str,
+    model_key: str,
+) -> Path:
+    """Write the raw maps of one class as a compressed .npz, atomically.
+
+    Arrays: ``image`` (S, S, 3) uint8; one (S, S) float32 map in [0, 1] per method, under its
+    key ("ptame", "gradcam", ...); ``seconds_<method>`` float; ``class_index`` int;
+    ``class_name`` and ``model`` str.
+
+    Returns:
+        The path.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "image": picture,
+        "class_index": np.array(class_index),
+        "class_name": np.array(class_name),
+        "model": np.array(model_key),
+    }
+    for explanation in explanations:
+        arrays[explanation.method] = explanation.saliency.astype(np.float32)
+        arrays[f"seconds_{explanation.method}"] = np.array(explanation.seconds)
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    return _atomic_write(Path(path), write)
+
+
+def prune_folder(folder: str | Path, keep: int, pattern: str = "*.npz") -> int:
+    """Delete all but the ``keep`` most recently modified files matching ``pattern``.
+
+    Returns:
+        How many files were deleted.
+    """
+    files = sorted(Path(folder).glob(pattern), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for path in files[keep:]:
+        path.unlink(missing_ok=True)
+    return max(len(files) - keep, 0)

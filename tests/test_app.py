@@ -1,0 +1,415 @@
+"""The demo app: its handlers called directly, and the launched app called through gradio_client.
+
+Offline. The app's mechanics are tested on the shapes demo's networks with seeded random weights
+(``random_shapes_demo``), so they do not depend on a training run; that the maps point at the
+object is tested on the trained demo of the repository (checkpoints/shapes).
+"""
+
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import timm
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+from ptame import PTAME
+from ptame.explain_session import ExplainSession
+from ptame.images import MAX_FILE_BYTES
+from ptame.manifest import ModelEntry
+from ptame.metrics import pointing_game
+from ptame.registry import MODEL_DIR_ENV, ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
+from ptame.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from train import shapes as shapes_recipe
+
+TRAINED_DEMO = Path(app.__file__).resolve().parent / "checkpoints" / "shapes"
+
+ALL_THREE = ["ptame", "gradcam", "scorecam"]
+POINTING_IMAGES = 12  # shapes test images checked through the served app
+POINTING_HIT_RATE = {"ptame": 0.75, "gradcam": 0.5, "scorecam": 0.5}  # least share of peaks on the object
+
+
+def random_shapes_demo(folder: Path) -> Path:
+    """A model folder laid out as `python -m train shapes` writes the demo (classifier/, auxiliary/,
+    explainer/), with the same networks and seeded random weights. Its key is the folder's name."""
+    torch.manual_seed(0)
+    classes = len(SHAPE_CLASSES)
+    for part, architecture, arguments in (
+        ("classifier", shapes_recipe.CLASSIFIER_ARCHITECTURE, shapes_recipe.CLASSIFIER_ARGS),
+        ("auxiliary", shapes_recipe.AUXILIARY_ARCHITECTURE, shapes_recipe.AUXILIARY_ARGS),
+    ):
+        network = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
+        shapes_recipe.save_network(network, folder / part, 128)
+    explainer = PTAME(
+        num_classes=classes,
+        auxiliary="local-dir:../auxiliary",
+        feature_levels=shapes_recipe.FEATURE_LEVELS,
+        auxiliary_mean=SHAPES_MEAN,
+        auxiliary_std=SHAPES_STD,
+        class_names=SHAPE_CLASSES,
+        auxiliary_root=folder / "explainer",
+    )
+    for parameter in explainer.head.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    explainer.save_pretrained(folder / "explainer")
+    return folder
+
+
+def demo_session(folder: Path) -> ExplainSession:
+    registry = ModelRegistry([ModelEntry.from_folder(folder)])
+    registry.load(folder.name)
+    return ExplainSession(registry)
+
+
+def served(session: ExplainSession, downloads: Path) -> gr.Blocks:
+    """The app of a session, launched on a free port (close it after use)."""
+    demo = app.build_demo(session, downloads=downloads, cache_examples=False)
+    demo.queue(**app.QUEUE_OPTIONS).launch(
+        prevent_thread_lock=True, server_port=free_port(), quiet=True, **app.LAUNCH_OPTIONS
+    )
+    return demo
+
+
+def shapes_file(folder: Path, index: int) -> Path:
+    """A shapes-world test image as a PNG file."""
+    sample = shapes_sample(index, "test", 128)
+    path = folder / f"shapes-{index}.png"
+    Image.fromarray((sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(path)
+    return path
+
+
+def object_mask(index: int, session: ExplainSession) -> torch.Tensor:
+    """The ground-truth mask of a shapes test image, cropped as the shapes classifier crops its input."""
+    mask = shapes_sample(index, "test", 128).mask
+    transform = session.registry.get("shapes").backbone.preprocessing.transform()
+    return transform(Image.fromarray(mask.numpy().astype(np.uint8) * 255))[0] > 0.5
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def final(outputs: Iterator[tuple]) -> tuple:
+    return list(outputs)[-1]
+
+
+@pytest.fixture(scope="module")
+def demo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes")
+
+
+@pytest.fixture(scope="module")
+def session(demo_folder: Path) -> ExplainSession:
+    return demo_session(demo_folder)
+
+
+@pytest.fixture(scope="module")
+def handlers(session: ExplainSession, tmp_path_factory: pytest.TempPathFactory) -> app.Handlers:
+    return app.Handlers(session, tmp_path_factory.mktemp("downloads"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="module")
+def client(session: ExplainSession, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+    demo = served(session, tmp_path_factory.mktemp("served"))
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_example_images_are_the_shapes_test_images() -> None:
+    files = sorted(app.EXAMPLES.glob("shapes-test-*.png"))
+    assert len(files) == len(SHAPE_CLASSES)
+    for path in files:
+        index, name = path.stem.split("-")[2:]
+        sample = shapes_sample(int(index), "test", 128)
+        assert SHAPE_CLASSES[sample.label] == name
+        expected = (sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
+
+
+def test_explain_shows_fast_maps_first_and_streams_score_cam(
+    handlers: app.Handlers, session: ExplainSession, images: Path
+) -> None:
+    path = shapes_file(images, 200)
+    steps = list(handlers.explain(str(path), "shapes", ALL_THREE))
+    first, last = steps[0], steps[-1]
+    overlays = dict(zip(app.METHOD_NAMES, first[2:7]))
+    assert overlays["ptame"].value is not None and overlays["gradcam"].value is not None
+    assert overlays["scorecam"].value is None and "computing, about" in overlays["scorecam"].label
+    assert overlays["rise"].visible is False and first[7] is None
+    done = dict(zip(app.METHOD_NAMES, last[2:7]))
+    for method in ALL_THREE:
+        assert done[method].value is not None and done[method].label.startswith(app.METHOD_NAMES[method])
+    with np.load(last[7]) as saved:
+        assert {"ptame", "gradcam", "scorecam", "image"} <= set(saved.files)
+        assert int(saved["class_index"]) == last[1].value
+    analysis = session.cached_analysis(session.read(path), "shapes")
+    assert last[1].value == analysis.top(1)[0]
+    assert list(last[0].values()) == sorted(last[0].values(), reverse=True) and len(last[0]) == app.TOP_CLASSES
+
+
+def test_switching_class_reuses_the_one_p_tame_pass(
+    handlers: app.Handlers, session: ExplainSession, images: Path
+) -> None:
+    path = str(shapes_file(images, 201))
+    first = final(handlers.explain(path, "shapes", ["ptame"]))
+    model = session.registry.get("shapes")
+    passes = []
+    hooks = [m.register_forward_hook(lambda *_: passes.append(1)) for m in (model.explainer, model.backbone.model)]
+    try:
+        other = (first[1].value + 1) % len(SHAPE_CLASSES)
+        switched = final(handlers.explain_class(path, "shapes", other, ["ptame"]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert passes == []
+    assert switched[1].value == other
+    with np.load(first[7]) as before, np.load(switched[7]) as after:
+        assert not np.allclose(before["ptame"], after["ptame"])
+
+
+def test_reblend_redraws_cached_maps_only(handlers: app.Handlers, session: ExplainSession, images: Path) -> None:
+    path = str(shapes_file(images, 202))
+    result = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))
+    index = result[1].value
+    plain = handlers.reblend(path, "shapes", index, ["ptame", "gradcam", "scorecam"], 0.0, "turbo")
+    picture = session.cached_analysis(session.read(path), "shapes").picture
+    by_method = dict(zip(app.METHOD_NAMES, plain))
+    np.testing.assert_array_equal(by_method["ptame"], picture)
+    assert by_method["scorecam"] == gr.skip()  # never computed: left as it is
+    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * len(app.METHOD_NAMES)
+
+
+def test_curves_give_both_plots_and_areas(handlers: app.Handlers, images: Path) -> None:
+    path = str(shapes_file(images, 203))
+    index = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))[1].value
+    deletion, insertion, table = handlers.curves(path, "shapes", index, ["ptame", "gradcam"])
+    assert set(deletion.method) == set(insertion.method) == {"P-TAME", "Grad-CAM"}
+    assert deletion.fraction.min() == 0.0 and deletion.fraction.max() == 1.0
+    assert "| P-TAME |" in table and "| Grad-CAM |" in table
+
+
+def test_conversion_notes_are_warnings(handlers: app.Handlers, images: Path) -> None:
+    path = images / "half-transparent.png"
+    rgba = np.asarray(Image.open(shapes_file(images, 204)).convert("RGBA")).copy()
+    rgba[:, :20, 3] = 0
+    Image.fromarray(rgba).save(path)
+    with pytest.warns(UserWarning, match="transparent pixels"):
+        final(handlers.explain(str(path), "shapes", ["ptame"]))
+
+
+@pytest.mark.parametrize(
+    ("methods", "model", "message"),
+    [([], "shapes", "at least one method"), (["lime"], "shapes", "Unknown methods"), (["ptame"], "vgg99", "unknown")],
+)
+def test_handler_rejects_bad_choices(handlers: app.Handlers, images: Path, methods, model, message) -> None:
+    with pytest.raises(gr.Error, match=message):
+        final(handlers.explain(str(shapes_file(images, 205)), model, methods))
+
+
+@pytest.mark.skipif(
+    not (TRAINED_DEMO / "explainer").is_dir(),
+    reason="the trained shapes demo is not committed (python -m train shapes --out checkpoints/shapes)",
+)
+def test_maps_of_the_trained_demo_point_inside_the_object(images: Path, tmp_path: Path) -> None:
+    registry, problems = build_registry()
+    assert problems == []
+    registry.load("shapes")
+    session = ExplainSession(registry)
+    demo = served(session, tmp_path)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        maps = {method: [] for method in ALL_THREE}
+        masks = []
+        for index in range(300, 300 + POINTING_IMAGES):
+            path = handle_file(shapes_file(images, index))
+            result = client.predict(path, "shapes", ALL_THREE, api_name="/explain")
+            with np.load(result[7]) as saved:
+                for method in ALL_THREE:
+                    maps[method].append(torch.from_numpy(saved[method]))
+            masks.append(object_mask(index, session))
+    finally:
+        demo.close()
+    for method in ALL_THREE:
+        hits = pointing_game(torch.stack(maps[method]), torch.stack(masks))
+        assert hits.float().mean() >= POINTING_HIT_RATE[method], f"{method}: {hits.tolist()}"
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def bad_files(folder: Path) -> dict[str, tuple[Path | None, str]]:
+    """name -> (file or None for an empty submit, expected message)."""
+    text = folder / "notes.txt"
+    text.write_text("not an image")
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    whole = shapes_file(folder, 206).read_bytes()
+    cut = folder / "cut.png"
+    cut.write_bytes(whole[: len(whole) // 2])
+    one = folder / "one.png"
+    Image.new("RGB", (1, 1)).save(one)
+    huge = folder / "huge.png"
+    Image.new("1", (12000, 12000)).save(huge)
+    oversized = folder / "oversized.png"
+    oversized.write_bytes(whole + bytes(MAX_FILE_BYTES))
+    return {
+        "not an image": (text, "is not an image"),
+        "empty file": (empty, "is empty"),
+        "truncated": (cut, "truncated or damaged"),
+        "1x1": (one, "1 x 1 pixels"),
+        "12000x12000": (huge, "12000 x 12000 pixels"),
+        "decompression bomb": (png_claiming_size(folder / "bomb.png", 40000, 40000), "refused"),
+        "over the upload limit": (oversized, "exceeds the maximum file size"),
+        "empty submit": (None, "No image was given"),
+    }
+
+
+def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client: Client, images: Path) -> None:
+    for name, (path, message) in bad_files(images).items():
+        with pytest.raises(Exception, match=message) as raised:
+            client.predict(handle_file(path) if path else None, "shapes", ["ptame"], api_name="/explain")
+        assert isinstance(raised.value, (AppError, ValueError)), name
+    result = client.predict(handle_file(shapes_file(images, 207)), "shapes", ["ptame"], api_name="/explain")
+    assert result[2]["value"] is not None
+
+
+def odd_images(folder: Path) -> dict[str, Path]:
+    """Images in modes and formats the models do not take directly, all of a shapes image."""
+    rgb = Image.open(shapes_file(folder, 208))
+    paths = {}
+    for name, image, options in [
+        ("grayscale.png", rgb.convert("L"), {}),
+        ("rgba.png", rgb.convert("RGBA"), {}),
+        ("deep.png", Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 257), {}),
+        ("cmyk.jpg", rgb.convert("CMYK"), {}),
+        ("palette.png", rgb.convert("P"), {}),
+        ("animated.gif", rgb, {"save_all": True, "append_images": [rgb.rotate(90)]}),
+    ]:
+        image.save(folder / name, **options)
+        paths[name] = folder / name
+    return paths
+
+
+def test_odd_image_modes_are_explained(client: Client, images: Path) -> None:
+    for name, path in odd_images(images).items():
+        result = client.predict(handle_file(path), "shapes", ["ptame", "gradcam"], api_name="/explain")
+        with np.load(result[7]) as saved:
+            assert saved["ptame"].shape == saved["image"].shape[:2], name
+            assert np.isfinite(saved["gradcam"]).all(), name
+
+
+def test_class_endpoint_and_reblend_through_the_client(client: Client, images: Path) -> None:
+    path = handle_file(shapes_file(images, 209))
+    first = client.predict(path, "shapes", ["ptame"], api_name="/explain")
+    other = (first[1]["value"] + 1) % len(SHAPE_CLASSES)
+    switched = client.predict(path, "shapes", other, ["ptame"], api_name="/explain_class")
+    assert switched[1]["value"] == other and switched[7] != first[7]
+    with pytest.raises(AppError, match="outside"):
+        client.predict(path, "shapes", 99, ["ptame"], api_name="/explain_class")
+
+
+def test_model_status_and_folders_from_the_environment(
+    session: ExplainSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    text = app.model_status(session.registry, ["the model folder X cannot be used: no explainer/"])
+    assert "**shapes**: ready" in text and "no explainer/" in text
+    monkeypatch.setenv(MODEL_DIR_ENV, f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    assert model_dirs_from_env() == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_demo_builds_and_says_why_when_no_model_loads(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(
+        '[[models]]\nkey = "shapes"\ndisplay_name = "Shapes"\n'
+        'classifier = "local-dir:./gone/classifier"\nexplainer = "./gone/explainer"\n'
+    )
+    registry, problems = build_registry(manifest)
+    with pytest.raises(ModelUnavailable, match="Shapes"):
+        registry.load("shapes")
+    demo = app.build_demo(ExplainSession(registry), problems, downloads=tmp_path, cache_examples=False)
+    assert isinstance(demo, gr.Blocks)
+    assert app.model_choices(registry) == ([], None)
+    assert "**Shapes**: unavailable: " in app.model_status(registry)
+
+
+def test_model_menu_follows_background_loading(session: ExplainSession) -> None:
+    release = threading.Event()
+    shapes = session.registry.get("shapes")
+
+    def waiting_loader(entry, device):
+        release.wait(timeout=30)
+        return shapes
+
+    registry = ModelRegistry([shapes.entry], loader=waiting_loader)
+    handlers = app.Handlers(ExplainSession(registry), Path("."))
+    loader = registry.load_in_background()
+    menu, status, timer = handlers.refresh_models(None)
+    assert menu.choices == [(f"{shapes.entry.display_name} (loading…)", "shapes")] and timer.active
+    assert "loading" in status
+    release.set()
+    loader.join(timeout=30)
+    menu, status, timer = handlers.refresh_models("shapes")
+    assert menu.choices == [(shapes.entry.display_name, "shapes")] and menu.value == "shapes"
+    assert not timer.active and "ready" in status
+
+
+@pytest.mark.slow
+def test_8_concurrent_clients_get_the_serial_maps(client: Client, images: Path, demo_folder: Path) -> None:
+    """8 clients x 5 requests over 16 images: first computations, and requests for maps that another
+    client is computing or has cached; every answer equals a serial run's."""
+    paths = [shapes_file(images, 400 + i) for i in range(16)]
+    requests = {(c, k): (5 * c + k) % len(paths) for c in range(8) for k in range(5)}
+    serial_session = demo_session(demo_folder)
+    expected = []
+    for path in paths:
+        image = serial_session.read(path)
+        index = serial_session.analyse(image, "shapes").top(1)[0]
+        expected.append({m: serial_session.explain(image, "shapes", index, m).saliency for m in ALL_THREE})
+    results: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    errors = []
+
+    def one_client(number: int) -> None:
+        own = Client(client.src, verbose=False)
+        for k in range(5):
+            try:
+                path = handle_file(paths[requests[number, k]])
+                result = own.predict(path, "shapes", ALL_THREE, api_name="/explain")
+                with np.load(result[7]) as saved:
+                    results[number, k] = {m: saved[m] for m in ALL_THREE}
+            except Exception as error:  # any failure: collected and reported below
+                errors.append((number, k, error))
+
+    threads = [threading.Thread(target=one_client, args=(c,)) for c in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and sorted(results) == sorted(requests)
+    for request, maps in results.items():
+        for method in ALL_THREE:
+            np.testing.assert_array_equal(maps[method], expected[requests[request]][method], err_msg=f"{request}")

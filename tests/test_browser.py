@@ -1,0 +1,134 @@
+"""The demo in a real browser: `python app.py` offline, driven in headless Chromium by Playwright.
+
+Needs Debian's chromium at /usr/bin/chromium (skipped, saying so, when it is absent) and the
+playwright Python package (pip install playwright==1.65.2; its browser downloads are not used).
+Set PTAME_SCREENSHOT_DIR to keep the screenshots. Without the trained demo (checkpoints/shapes),
+the app gets the demo's networks with seeded random weights through $PTAME_MODEL_DIR.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_app import TRAINED_DEMO, random_shapes_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STARTUP_LIMIT_S = 120.0
+OVERLAYS = ("ptame", "gradcam", "scorecam")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py` as a user starts it, offline, on a free port; yields its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "0",
+    }
+    if not (TRAINED_DEMO / "explainer").is_dir():
+        environment["PTAME_MODEL_DIR"] = str(random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes"))
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment, stdout=output, stderr=output)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        start = time.monotonic()
+        while True:
+            assert process.poll() is None, f"app.py exited:\n{log.read_text()}"
+            assert time.monotonic() - start < STARTUP_LIMIT_S, f"app.py did not answer:\n{log.read_text()}"
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright  # here: the fast test run does not need playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def screenshot_path(tmp_path: Path, name: str) -> Path:
+    folder = Path(os.environ.get("PTAME_SCREENSHOT_DIR", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def test_upload_explain_and_see_three_overlays(served_app: str, browser, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(served_app, wait_until="networkidle")
+    page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-3-star.png"))
+    page.get_by_role("button", name="Explain", exact=True).click()
+    for key in OVERLAYS:
+        page.locator(f"#overlay-{key} img").wait_for(timeout=60_000)
+    captions = {key: page.locator(f"#overlay-{key}").inner_text() for key in OVERLAYS}
+    assert captions["ptame"].startswith("P-TAME ·") and captions["scorecam"].startswith("Score-CAM ·")
+    assert page.get_by_text("Explained", exact=False).first.is_visible()
+    page.screenshot(path=screenshot_path(tmp_path, "browser-explain.png"), full_page=True)
+    page.close()
+
+
+def test_phone_sees_a_cached_example_at_once(served_app: str, browser, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 412, "height": 915}, is_mobile=True, has_touch=True)
+    page.goto(served_app, wait_until="networkidle")
+    page.locator("table tbody tr").first.tap()
+    for key in OVERLAYS:
+        page.locator(f"#overlay-{key} img").wait_for(timeout=30_000)
+    page.screenshot(path=screenshot_path(tmp_path, "browser-phone-example.png"), full_page=True)
+    page.close()
+
+
+def test_a_bad_file_shows_an_error_and_the_next_upload_works(served_app: str, browser, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(served_app, wait_until="networkidle")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes((ROOT / "checkpoints/examples/shapes-test-0-circle.png").read_bytes()[:2000])
+    page.locator("input[type=file]").first.set_input_files(str(broken))
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("truncated or damaged", exact=False).first.wait_for(timeout=30_000)
+    page.screenshot(path=screenshot_path(tmp_path, "browser-error.png"), full_page=True)
+    page.get_by_label("Clear").first.click()
+    page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-1-square.png"))
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.locator("#overlay-ptame img").wait_for(timeout=60_000)
+    page.close()

@@ -1,0 +1,112 @@
+"""`python -m ptame explain`: the app's explanations written to a folder (on the shapes demo's
+networks with seeded random weights, given as a model folder)."""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ptame.cli import image_paths, main, output_stems, parse_methods
+from ptame.shapes import shapes_sample
+from tests.test_app import random_shapes_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shapes_file(path: Path, index: int) -> Path:
+    sample = shapes_sample(index, "test", 128)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes"))
+
+
+def test_image_paths_expand_folders_and_drop_repeats(tmp_path: Path) -> None:
+    first = shapes_file(tmp_path / "a" / "one.png", 0)
+    second = shapes_file(tmp_path / "a" / "deeper" / "two.JPG", 1)
+    (tmp_path / "a" / "readme.txt").write_text("not an image")
+    assert image_paths([tmp_path / "a", first]) == [second, first]  # sorted: "deeper/" < "one.png"
+    with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
+        image_paths([tmp_path / "missing.png"])
+
+
+def test_output_stems_are_distinct() -> None:
+    assert output_stems([Path("a/x.png"), Path("b/x.jpg"), Path("y.png"), Path("c/x.png")]) == ["x", "x-2", "y", "x-3"]
+
+
+def test_parse_methods() -> None:
+    assert parse_methods("ptame, GradCAM,ptame") == ["ptame", "gradcam"]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated subset"):
+        parse_methods("ptame,lime")
+
+
+def test_explain_writes_a_figure_and_the_maps_per_image(
+    model: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = [shapes_file(tmp_path / "in" / f"shape-{i}.png", i) for i in range(2)]
+    broken = tmp_path / "in" / "broken.png"
+    broken.write_bytes(images[0].read_bytes()[:500])
+    out = tmp_path / "out"
+    status = main(["explain", str(tmp_path / "in"), "--model", model, "--methods", "ptame,gradcam", "--out", str(out)])
+    assert status == 1  # the broken file is skipped and reported
+    assert "skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["shape-0.npz", "shape-0.png", "shape-1.npz", "shape-1.png"]
+    figure = np.asarray(Image.open(out / "shape-0.png"))
+    assert figure.shape[0] > 256 and figure.shape[1] > 3 * 256  # input + 2 overlays, enlarged
+    with np.load(out / "shape-0.npz") as saved:
+        assert {"ptame", "gradcam", "image", "class_index", "class_name", "model"} <= set(saved.files)
+        assert "scorecam" not in saved.files
+        assert saved["ptame"].shape == saved["image"].shape[:2]
+        assert str(saved["model"]) == "shapes"
+
+
+def test_explain_a_chosen_class(model: str, tmp_path: Path) -> None:
+    image = shapes_file(tmp_path / "star.png", 3)
+    out = tmp_path / "o"
+    assert (
+        main(["explain", str(image), "--model", model, "--methods", "ptame", "--class-index", "1", "--out", str(out)])
+        == 0
+    )
+    with np.load(out / "star.npz") as saved:
+        assert int(saved["class_index"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "vgg99"], "unknown model 'vgg99'"),
+        (["--class-index", "99"], "--class-index must be in"),
+        (["--opacity", "2"], "--opacity must be in"),
+        (["--model", "/no/such/folder"], "unknown model '/no/such/folder'"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(
+    model: str, tmp_path: Path, capsys: pytest.CaptureFixture, arguments, message
+) -> None:
+    image = shapes_file(tmp_path / "x.png", 0)
+    assert main(["explain", str(image), "--out", str(tmp_path / "o"), "--model", model, *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_ptame_runs(model: str, tmp_path: Path) -> None:
+    image = shapes_file(tmp_path / "x.png", 5)
+    result = subprocess.run(
+        [sys.executable, "-m", "ptame", "explain", str(image), "--model", model, "--methods", "ptame"]
+        + ["--threads", "1", "--out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 1 of 1 images" in result.stdout
+    assert (tmp_path / "o" / "x.png").is_file()
