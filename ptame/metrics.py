@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from ptame.backbones import Backbone
@@ -192,17 +193,25 @@ def _check_ground_truth(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.
     return resize_maps(maps.float(), tuple(masks.shape[-2:])), masks
 
 
-def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Pointing game (Zhang et al. 2018), without tolerance: does the map's maximum fall on the object?
+def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+    """Pointing game (Zhang et al. 2018): does the map's maximum fall on the object?
 
     Args:
         maps: (B, h, w) saliency maps, resized bilinearly to the masks' size.
         masks: (B, H, W) bool ground truth, each with at least one True pixel.
+        tolerance: a hit may miss the object by up to this many pixels (Euclidean distance;
+            Zhang et al. allow 15 pixels on their datasets). 0: the maximum must lie on the mask.
 
     Returns:
         (B,) bool hits (the first maximum in row-major order, if several).
     """
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
     maps, masks = _check_ground_truth(maps, masks)
+    if tolerance:
+        offsets = torch.arange(-tolerance, tolerance + 1, device=masks.device, dtype=torch.float32)
+        disk = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= tolerance**2).float()[None, None]
+        masks = F.conv2d(masks[:, None].float(), disk, padding=tolerance)[:, 0] > 0
     peaks = maps.flatten(1).argmax(dim=1, keepdim=True)
     return masks.flatten(1).gather(1, peaks)[:, 0]
 

@@ -62,8 +62,9 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
     for row in rows:
         values = {key: float(value) for key, value in row.items() if key != "method"}
         assert values["images"] == 2 and values["seconds_per_image"] > 0
-        for key in ("ad_100", "ad_50", "ad_15", "ic_100", "ic_50", "ic_15", "pointing_game"):
+        for key in ("ad_100", "ad_50", "ad_15", "ic_100", "ic_50", "ic_15", "pointing_game", "pointing_game_tolerant"):
             assert 0 <= values[key] <= 100, key
+        assert values["pointing_game_tolerant"] >= values["pointing_game"]
         for key in ("road_morf_auc", "road_lerf_auc", "deletion_auc", "insertion_auc", "energy_pointing_game"):
             assert 0 <= values[key] <= 1, key
         for key in ("road_morf_10", "road_morf_70", "road_lerf_30", "road_lerf_50"):

@@ -195,6 +195,20 @@ def test_pointing_game_looks_at_the_maximum_only() -> None:
     assert not pointing_game(maps, masks).any()
 
 
+def test_pointing_game_tolerance_is_a_euclidean_distance_to_the_object() -> None:
+    masks = torch.zeros(1, 20, 20, dtype=torch.bool)
+    masks[0, 8:12, 8:12] = True
+    straight, diagonal = torch.zeros(1, 20, 20), torch.zeros(1, 20, 20)
+    straight[0, 10, 15] = 1.0  # 4 pixels right of the object's edge column 11
+    diagonal[0, 14, 14] = 1.0  # 3 pixels below and right of the corner (11, 11): distance 4.24
+    assert not pointing_game(straight, masks, tolerance=3).any()
+    assert pointing_game(straight, masks, tolerance=4).all()
+    assert not pointing_game(diagonal, masks, tolerance=4).any()
+    assert pointing_game(diagonal, masks, tolerance=5).all()
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(straight, masks, tolerance=-1)
+
+
 def test_bad_maps_and_masks_are_clear_errors() -> None:
     backbone, pixels, masks = object_world()
     classes = torch.zeros(2, dtype=torch.long)

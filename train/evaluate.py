@@ -35,6 +35,7 @@ METHODS = ("ptame", *BASELINES)
 METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
 AD_IC_FRACTIONS = (1.0, 0.5, 0.15)
 ROAD_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
+POINTING_TOLERANCE = 15 / 224  # Zhang et al.'s 15 pixels at 224x224, as a fraction of the side
 DISPLAY_NAMES = {
     "ptame": "P-TAME",
     "gradcam": "Grad-CAM",
@@ -57,6 +58,7 @@ MARKDOWN_COLUMNS = (
     ("deletion_auc", "Deletion ↓", 3),
     ("insertion_auc", "Insertion ↑", 3),
     ("pointing_game", "Pointing ↑", 2),
+    ("pointing_game_tolerant", "Pointing ±15/224 ↑", 2),
     ("energy_pointing_game", "Energy PG ↑", 3),
 )
 
@@ -137,6 +139,8 @@ def score_batch(
         totals.add("insertion_auc", curves.insertion_auc)
     if "pointing" in settings.metrics and masks is not None:
         totals.add("pointing_game", pointing_game(maps, masks).float() * 100)
+        tolerance = round(POINTING_TOLERANCE * masks.shape[-1])
+        totals.add("pointing_game_tolerant", pointing_game(maps, masks, tolerance).float() * 100)
         totals.add("energy_pointing_game", energy_pointing_game(maps, masks))
 
 
@@ -259,8 +263,9 @@ def setup_description(settings: EvaluationSettings, accuracy: float | None, with
         )
     if "pointing" in settings.metrics and with_masks:
         lines.append(
-            "Pointing game: maximum of the map on the object, in percent; energy-based pointing game (Energy PG): "
-            "share of the map's mass on the object."
+            "Pointing game: maximum of the map on the object, in percent; with ±15/224: within 15 pixels of it "
+            "at 224x224 (Zhang et al.'s tolerance, scaled to the image size); energy-based pointing game "
+            "(Energy PG): share of the map's mass on the object."
         )
     if "rise" in settings.methods:
         lines.append(f"RISE: {settings.rise_masks} masks, 7x7 grid, p = 0.5.")
