@@ -229,7 +229,8 @@ A P-TAME attention head (arXiv 2501.17813) on the features of `../auxiliary`, tr
 `python -m train shapes` against `../classifier` as a black box (its predictions only) on
 {metrics["train_images"]} generated images. Load with `ptame.PTAME.from_pretrained(PATH)`.
 
-Training: {recipe.explainer_steps} steps of {recipe.batch_size} images, AdamW (amsgrad), OneCycle with max lr
+Training: the fuser starts at zero (every map 0.5), then {recipe.explainer_steps} steps of {recipe.batch_size} images,
+AdamW (amsgrad), OneCycle with max lr
 {recipe.explainer.lr}, weight decay {recipe.explainer.weight_decay}; loss ce {loss.ce}, area {loss.area},
 smooth {loss.smooth}, p {loss.area_power}, q {loss.smooth_power}, border {loss.border}.
 
@@ -311,6 +312,11 @@ def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str,
         class_names=SHAPE_CLASSES,
         auxiliary_root=folder / "explainer",
     )
+    # A zero fuser starts every map at sigmoid(0) = 0.5: the masked image is the image at half
+    # brightness, which the classifier still recognises, so the cross-entropy guides the head from
+    # the first step. From the default random start, the noisy maps hide every class, the head
+    # never finds the objects, and the masked cross-entropy stays near chance.
+    nn.init.zeros_(explainer.head.fuser.weight)
     history = train_explainer(
         backbone.model,
         explainer,
