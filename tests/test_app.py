@@ -35,7 +35,8 @@ TRAINED_DEMO = Path(app.__file__).resolve().parent / "checkpoints" / "shapes"
 
 ALL_THREE = ["ptame", "gradcam", "scorecam"]
 POINTING_IMAGES = 12  # shapes test images checked through the served app
-POINTING_HIT_RATE = {"ptame": 0.75, "gradcam": 0.5, "scorecam": 0.5}  # least share of peaks on the object
+POINTING_HIT_RATE = {"ptame": 0.75, "gradcam": 0.75, "scorecam": 0.75}  # least share of peaks at the object
+POINTING_TOLERANCE = 9  # pixels at 128: Zhang et al.'s pointing game allows 15 pixels at 224
 
 
 def random_shapes_demo(folder: Path) -> Path:
@@ -228,7 +229,7 @@ def test_handler_rejects_bad_choices(handlers: app.Handlers, images: Path, metho
     not (TRAINED_DEMO / "explainer").is_dir(),
     reason="the trained shapes demo is not committed (python -m train shapes --out checkpoints/shapes)",
 )
-def test_maps_of_the_trained_demo_point_inside_the_object(images: Path, tmp_path: Path) -> None:
+def test_maps_of_the_trained_demo_point_at_the_objects(images: Path, tmp_path: Path) -> None:
     registry, problems = build_registry()
     assert problems == []
     registry.load("shapes")
@@ -248,7 +249,7 @@ def test_maps_of_the_trained_demo_point_inside_the_object(images: Path, tmp_path
     finally:
         demo.close()
     for method in ALL_THREE:
-        hits = pointing_game(torch.stack(maps[method]), torch.stack(masks))
+        hits = pointing_game(torch.stack(maps[method]), torch.stack(masks), POINTING_TOLERANCE)
         assert hits.float().mean() >= POINTING_HIT_RATE[method], f"{method}: {hits.tolist()}"
 
 
