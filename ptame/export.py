@@ -102,10 +102,21 @@ def save_maps(
 def prune_folder(folder: str | Path, keep: int, pattern: str = "*.npz") -> int:
     """Delete all but the ``keep`` most recently modified files matching ``pattern``.
 
+    Safe beside concurrent writers: hidden files (``save_maps``'s writes in progress) are left
+    alone, and a file that vanishes between listing and reading its time is skipped.
+
     Returns:
         How many files were deleted.
     """
-    files = sorted(Path(folder).glob(pattern), key=lambda path: path.stat().st_mtime_ns, reverse=True)
-    for path in files[keep:]:
+    dated = []
+    for path in Path(folder).glob(pattern):
+        if path.name.startswith("."):
+            continue
+        try:
+            dated.append((path.stat().st_mtime_ns, path))
+        except FileNotFoundError:
+            continue
+    dated.sort(reverse=True)
+    for _, path in dated[keep:]:
         path.unlink(missing_ok=True)
-    return max(len(files) - keep, 0)
+    return max(len(dated) - keep, 0)

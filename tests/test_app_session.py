@@ -277,3 +277,14 @@ def test_prune_folder_keeps_the_newest(tmp_path: Path) -> None:
     (tmp_path / "other.txt").write_text("kept")
     assert prune_folder(tmp_path, keep=2) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.npz", "new.npz", "other.txt"]
+
+
+def test_prune_folder_spares_writes_in_progress_and_vanished_files(tmp_path: Path) -> None:
+    for age, name in enumerate(["new.npz", "old.npz", ".old-write-in-progress.npz"]):
+        path = tmp_path / name
+        path.write_bytes(b"x")
+        stamp = time.time() - 100 * age
+        os.utime(path, (stamp, stamp))
+    (tmp_path / "vanished.npz").symlink_to(tmp_path / "renamed-meanwhile.npz")  # stat() fails
+    assert prune_folder(tmp_path, keep=1) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".old-write-in-progress.npz", "new.npz", "vanished.npz"]
