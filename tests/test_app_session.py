@@ -268,23 +268,24 @@ def test_exports(session: ExplainSession, image_file: Path, tmp_path: Path) -> N
     assert row.shape[0] > 256 and row.shape[1] > 3 * 256
 
 
-def test_prune_folder_keeps_the_newest(tmp_path: Path) -> None:
-    for age, name in enumerate(["new.npz", "mid.npz", "old.npz"]):
-        path = tmp_path / name
+def write_files_newest_first(folder: Path, names: list[str]) -> None:
+    """One small file per name, each modified 100 s before the previous one."""
+    for age, name in enumerate(names):
+        path = folder / name
         path.write_bytes(b"x")
         stamp = time.time() - 100 * age
         os.utime(path, (stamp, stamp))
+
+
+def test_prune_folder_keeps_the_newest(tmp_path: Path) -> None:
+    write_files_newest_first(tmp_path, ["new.npz", "mid.npz", "old.npz"])
     (tmp_path / "other.txt").write_text("kept")
     assert prune_folder(tmp_path, keep=2) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mid.npz", "new.npz", "other.txt"]
 
 
 def test_prune_folder_spares_writes_in_progress_and_vanished_files(tmp_path: Path) -> None:
-    for age, name in enumerate(["new.npz", "old.npz", ".old-write-in-progress.npz"]):
-        path = tmp_path / name
-        path.write_bytes(b"x")
-        stamp = time.time() - 100 * age
-        os.utime(path, (stamp, stamp))
+    write_files_newest_first(tmp_path, ["new.npz", "old.npz", ".old-write-in-progress.npz"])
     (tmp_path / "vanished.npz").symlink_to(tmp_path / "renamed-meanwhile.npz")  # stat() fails
     assert prune_folder(tmp_path, keep=1) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".old-write-in-progress.npz", "new.npz", "vanished.npz"]
