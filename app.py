@@ -518,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["GRADIO_EXAMPLES_CACHE"] = cache
     for problem in problems:
         print(f"warning: {problem}")
-    demo = build_demo(ExplainSession(registry), problems)
+    demo = build_demo(ExplainSession(registry, lane_threads=max(1, args.threads)), problems)
     demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **LAUNCH_OPTIONS)
     registry.load_in_background()  # after the server is up: start-up does not share the CPU with it
     demo.block_thread()

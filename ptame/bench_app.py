@@ -116,7 +116,7 @@ def resnet50_ptame_seconds(repeats: int) -> dict[str, list[float]]:
     loaded = LoadedModel(entry=entry, backbone=backbone, explainer=explainer)
     registry = ModelRegistry([entry], loader=lambda _entry, _device: loaded)
     registry.load(entry.key)
-    session = ExplainSession(registry)
+    session = ExplainSession(registry, lane_threads=threads_per_lane())  # as app.py runs
     rng = np.random.default_rng(0)
     images = [
         read_image(Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))) for _ in range(repeats + 1)

@@ -9,6 +9,8 @@ P-TAME passes, Grad-CAM) and the slow lane (Score-CAM, RISE, deletion/insertion 
 to thousands of passes). So at most two computations share the memory, and a visitor's P-TAME map
 never waits behind another visitor's minutes of Score-CAM. Target-layer hooks only record the
 thread that registered them (``ptame.saliency.capture_target_layer``), so the lanes do not mix.
+Given ``lane_threads``, each lane computes with that many torch threads (the app: half the cores
+each), and a slow method takes every core between its batches while the fast lane is idle.
 """
 
 import math
@@ -16,7 +18,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -147,10 +150,25 @@ class ExplainSession:
         registry: the models.
         analyses: how many (image, model) analyses to keep (each holds K raw maps).
         explanations: how many (image, model, class, method) maps to keep.
+        lane_threads: torch threads of each lane's computations, or None to leave the calling
+            thread's count alone (one caller at a time, as the command line).
+        cores: the threads a slow method may take while the fast lane is idle (default: all
+            cores); only with ``lane_threads``.
     """
 
-    def __init__(self, registry: ModelRegistry, analyses: int = 16, explanations: int = 512) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        analyses: int = 16,
+        explanations: int = 512,
+        lane_threads: int | None = None,
+        cores: int | None = None,
+    ) -> None:
+        if lane_threads is not None and lane_threads < 1:
+            raise ValueError(f"lane_threads must be >= 1, got {lane_threads}")
         self.registry = registry
+        self.lane_threads = lane_threads
+        self.cores = max(cores or os.cpu_count() or 1, lane_threads or 1)
         self.fast_lane = threading.Lock()
         self.slow_lane = threading.Lock()
         self._images: LRUCache[tuple[str, int, int], CheckedImage] = LRUCache(analyses)
@@ -190,7 +208,7 @@ class ExplainSession:
         if cached is not None:
             return cached
         model = self.registry.get(model_key)
-        with self.fast_lane:
+        with self.fast_lane, self._threads(self.lane_threads):
             cached = self._analyses.get(key)
             if cached is not None:
                 return cached
@@ -244,10 +262,13 @@ class ExplainSession:
         if cached is not None:
             return cached
         model = self.registry.get(model_key)
-        with self.slow_lane if method in STREAMED_METHODS else self.fast_lane:
+        slow = method in STREAMED_METHODS
+        with self.slow_lane if slow else self.fast_lane, self._threads(self.lane_threads):
             cached = self._explanations.get(key)
             if cached is not None:
                 return cached
+            if slow:
+                progress = self._borrowing_idle_cores(progress)
             explanation = _baseline_explanation(model, analysis, class_index, method, progress)
             self._explanations.put(key, explanation)
             self._seconds[(model_key, method)] = explanation.seconds
@@ -279,7 +300,7 @@ class ExplainSession:
         explanation = self.explain(image, model_key, class_index, method)
         analysis = self.analyse(image, model_key)
         model = self.registry.get(model_key)
-        with self.slow_lane:
+        with self.slow_lane, self._threads(self.lane_threads):
             result = deletion_insertion(
                 model.backbone,
                 analysis.pixels,
@@ -297,6 +318,34 @@ class ExplainSession:
         )
         self._curves.put(key, curves)
         return curves
+
+    def _threads(self, count: int | None) -> AbstractContextManager[None]:
+        """Torch threads of the calling thread set to ``count`` (None: unchanged) for a block."""
+        return nullcontext() if count is None else _torch_threads(count)
+
+    def _borrowing_idle_cores(self, progress: Progress | None) -> Progress | None:
+        """A slow method's progress callback that, before each of its batches, gives it every core
+        while the fast lane is idle and the lane's share otherwise (a fast request arriving
+        mid-batch shares the cores until that batch ends)."""
+        if self.lane_threads is None:
+            return progress
+
+        def report(done: int, total: int) -> None:
+            torch.set_num_threads(self.lane_threads if self.fast_lane.locked() else self.cores)
+            if progress is not None:
+                progress(done, total)
+
+        return report
+
+
+@contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _analyse(model: LoadedModel, image: CheckedImage) -> Analysis:

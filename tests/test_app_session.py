@@ -289,3 +289,33 @@ def test_prune_folder_spares_writes_in_progress_and_vanished_files(tmp_path: Pat
     (tmp_path / "vanished.npz").symlink_to(tmp_path / "renamed-meanwhile.npz")  # stat() fails
     assert prune_folder(tmp_path, keep=1) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".old-write-in-progress.npz", "new.npz", "vanished.npz"]
+
+
+def test_the_slow_lane_borrows_the_cores_only_while_the_fast_lane_is_idle(
+    model: LoadedModel, image_file: Path
+) -> None:
+    caller_threads = torch.get_num_threads()
+    registry = registry_of(model)
+    registry.load("tiny")
+    session = ExplainSession(registry, lane_threads=1, cores=3)
+    image = session.read(image_file)
+    session.analyse(image, "tiny")
+    seen: list[int] = []
+    session.explain(image, "tiny", 1, "scorecam", progress=lambda done, total: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {3}
+    assert torch.get_num_threads() == caller_threads  # the caller's count is restored
+    seen.clear()
+    with session.fast_lane:  # as if another request's P-TAME were running
+        session.explain(image, "tiny", 2, "rise", progress=lambda done, total: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == caller_threads
+
+
+def test_a_session_without_lane_threads_leaves_the_threads_alone(session: ExplainSession, image_file: Path) -> None:
+    caller_threads = torch.get_num_threads()
+    seen: list[int] = []
+    image = session.read(image_file)
+    session.explain(image, "tiny", 4, "scorecam", progress=lambda done, total: seen.append(torch.get_num_threads()))
+    assert set(seen) == {caller_threads}
+    with pytest.raises(ValueError, match="lane_threads"):
+        ExplainSession(session.registry, lane_threads=0)
