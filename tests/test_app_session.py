@@ -291,9 +291,7 @@ def test_prune_folder_spares_writes_in_progress_and_vanished_files(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [".old-write-in-progress.npz", "new.npz", "vanished.npz"]
 
 
-def test_the_slow_lane_borrows_the_cores_only_while_the_fast_lane_is_idle(
-    model: LoadedModel, image_file: Path
-) -> None:
+def test_the_slow_lane_borrows_the_cores_only_while_the_fast_lane_is_idle(model: LoadedModel, image_file: Path) -> None:
     caller_threads = torch.get_num_threads()
     registry = registry_of(model)
     registry.load("tiny")
