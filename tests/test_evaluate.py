@@ -114,3 +114,11 @@ def test_markdown_shows_only_the_figures_present() -> None:
     assert "| Method | s / image | AD 100% ↓ |" in markdown
     assert "| P-TAME | 0.012 | 12.35 |" in markdown
     assert "IC" not in markdown.split("| Method")[1]
+
+
+def test_reports_name_folders_relative_to_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert evaluate.relative_to_cwd(f"local-dir:{tmp_path}/shapes/classifier") == "local-dir:shapes/classifier"
+    assert evaluate.relative_to_cwd("org/repo@0123abc") == "org/repo@0123abc"

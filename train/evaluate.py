@@ -311,6 +311,12 @@ def _entry(args: argparse.Namespace) -> ModelEntry:
     return entries[args.model]
 
 
+def relative_to_cwd(source: str) -> str:
+    """A model source with the working directory's absolute path dropped, so that a report written
+    inside the repository names its folders as the repository does."""
+    return source.replace(f"{Path.cwd()}{os.sep}", "")
+
+
 def run(args: argparse.Namespace) -> None:
     """Evaluate, print the table, write OUT/evaluation.csv and OUT/evaluation.md."""
     if args.images < 1 or args.batch_size < 1 or args.rise_masks < 1 or args.deletion_steps < 1:
@@ -347,7 +353,8 @@ def run(args: argparse.Namespace) -> None:
     with tqdm(total=count, desc="evaluate", unit="image") as bar:
         rows, accuracy = evaluate(model, batches, settings, device, progress=bar.update)
     description = setup_description(settings, accuracy, with_masks=args.data == "shapes")
-    description.insert(0, f"Classifier `{entry.classifier}`, explainer `{entry.explainer}`; {data}; device {device}.")
+    classifier, explainer = relative_to_cwd(entry.classifier), relative_to_cwd(entry.explainer)
+    description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {data}; device {device}.")
     markdown = markdown_text(rows, description)
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "evaluation.csv", csv_text(rows))
