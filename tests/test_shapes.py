@@ -20,7 +20,7 @@ from ptame.shapes import (
     ShapesDataset,
     shapes_sample,
 )
-from train.shapes import ShapesRecipe, train_shapes
+from train.shapes import ShapesRecipe, masked_views, train_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "shapes"
@@ -108,6 +108,31 @@ def _dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     return grown[0, 0].bool()
 
 
+def _batch(count: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = [shapes_sample(index, "train", size) for index in range(count)]
+    return torch.stack([sample.pixels for sample in samples]), torch.stack([sample.mask for sample in samples])
+
+
+def test_masked_views_keep_the_object_and_darken_only_elsewhere() -> None:
+    pixels, masks = _batch(16)
+    views = masked_views(pixels, masks, 1.0, torch.Generator().manual_seed(0))
+    objects = masks[:, None].expand_as(pixels)
+    assert torch.equal(views[objects], pixels[objects])
+    assert (views <= pixels).all() and (views >= 0).all()
+    darkened = (views < pixels - 0.01).flatten(1).any(dim=1)
+    assert darkened.all()  # every image is masked somewhere around its object
+    again = masked_views(pixels, masks, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(views, again)
+
+
+def test_masked_views_mask_about_their_share_of_the_images() -> None:
+    pixels, masks = _batch(64, 32)
+    assert torch.equal(masked_views(pixels, masks, 0.0, torch.Generator().manual_seed(0)), pixels)
+    views = masked_views(pixels, masks, 0.5, torch.Generator().manual_seed(1))
+    changed = (views != pixels).flatten(1).any(dim=1).sum().item()
+    assert 20 <= changed <= 44
+
+
 TINY = ShapesRecipe(
     image_size=64,
     batch_size=8,
@@ -187,10 +212,19 @@ def test_the_committed_checkpoint_is_accurate_small_and_reproducible_in_its_metr
 
 
 @needs_committed_checkpoint
+def test_the_committed_classifier_sees_no_class_in_a_black_image() -> None:
+    """P-TAME's empty map is a black image: it must not keep any class (ShapesRecipe.blank_weight)."""
+    loaded = load_model(load_manifest()[0])
+    with torch.no_grad():
+        probabilities = loaded.backbone.logits(torch.zeros(1, 3, 128, 128)).softmax(dim=1)
+    assert probabilities.max() < 0.3
+
+
+@needs_committed_checkpoint
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 3 is open: the shapes explainer's pointing game is 0.574, below its 0.90 target; "
-    "its peaks sit on the objects' outlines, a few pixels outside (README, The shapes world)",
+    reason="issue 3 is open: the shapes explainer's pointing game is 0.702, below its 0.90 target; "
+    "its peaks sit on the objects' outlines, often a pixel or two outside (README, The shapes world)",
 )
 def test_the_committed_explainer_meets_the_pointing_target() -> None:
     metrics = json.loads((CHECKPOINT / "explainer" / "metrics.json").read_text())
@@ -199,8 +233,8 @@ def test_the_committed_explainer_meets_the_pointing_target() -> None:
 
 @needs_committed_checkpoint
 def test_the_committed_checkpoint_loads_offline_and_points_at_the_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the app's loader, with the Hub off: the maps of fixed test images peak on or at their
-    objects (Zhang et al.'s pointing game: within 15 pixels at 224, 9 pixels here)."""
+    """Through the app's loader, with the Hub off: the maps of fixed test images peak on their
+    objects or within 4 pixels of them (Zhang et al.'s tolerance would be 15 pixels at 224, 9 here)."""
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     entry = load_manifest()[0]
     assert entry.key == "shapes"
@@ -212,5 +246,5 @@ def test_the_committed_checkpoint_loads_offline_and_points_at_the_objects(monkey
         predictions = loaded.backbone.logits(pixels).argmax(dim=1)
         maps = loaded.explainer.explain(pixels, predictions)
     assert predictions.tolist() == [sample.label for sample in samples]
-    assert pointing_game(maps, masks, tolerance=9).sum() >= 9
+    assert pointing_game(maps, masks, tolerance=4).all()
     assert pointing_game(maps, masks).sum() >= 6

@@ -56,6 +56,13 @@ class ShapesRecipe:
     network past its first plateau far sooner than at full size; the last phase is at full size.
     ``workers`` DataLoader processes generate the images while the main process trains with
     ``threads`` CPU threads (1 + 1: two cores). A rerun with the same threads gives the same weights.
+
+    The classifier (only) is also trained for the images P-TAME's masking shows it: a
+    ``masked_share`` of each batch is masked by ``masked_views`` (the object kept, on black or on
+    parts of its background), and an all-black image is trained towards the uniform distribution
+    with weight ``blank_weight``. Without them, the classifier (outline-driven) called an all-black
+    image a triangle (p 0.64), so an empty map "explained" every triangle; P-TAME's pointing
+    game was 0.57, with them 0.70.
     """
 
     image_size: int = 128
@@ -65,6 +72,8 @@ class ShapesRecipe:
     explainer_steps: int = 800
     network_lr: float = 3e-3
     network_weight_decay: float = 0.05
+    masked_share: float = 0.5
+    blank_weight: float = 0.5
     explainer: TrainSettings = TrainSettings(
         lr=1e-3, weight_decay=1e-4, loss=LossWeights(ce=1.0, area=1.0, smooth=0.01), amp=False
     )
@@ -83,12 +92,43 @@ def image_batches(start: int, count: int, recipe: ShapesRecipe, split: str = "tr
     return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=False, num_workers=recipe.workers)
 
 
+def masked_views(pixels: torch.Tensor, masks: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Images of which a random ``share`` are multiplied by a random smooth mask that keeps their object.
+
+    The mask is the larger of a RISE-like field (a random 3..8-cell binary grid, bilinearly
+    upsampled) and the object's mask grown by 0..3 pixels, so the object stays whole, on black or
+    on parts of its background: the kind of image P-TAME's masking shows the classifier.
+
+    Args:
+        pixels: (B, 3, S, S) in [0, 1].
+        masks: (B, S, S) bool, the objects.
+        share: in [0, 1], the expected share of masked images.
+        generator: the source of randomness (CPU).
+
+    Returns:
+        (B, 3, S, S) in [0, 1].
+    """
+    count, size = pixels.shape[0], pixels.shape[-1]
+    chosen = torch.rand(count, generator=generator) < share
+    fields = []
+    for _ in range(count):
+        cells = int(torch.randint(3, 9, (1,), generator=generator))
+        grid = (torch.rand(1, 1, cells, cells, generator=generator) < 0.5).float()
+        fields.append(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False))
+    field = torch.cat(fields)
+    grow = int(torch.randint(0, 4, (1,), generator=generator))
+    objects = F.max_pool2d(masks[:, None].float(), 2 * grow + 1, stride=1, padding=grow)
+    keep = torch.maximum(field, objects)
+    return torch.where(chosen[:, None, None, None], pixels * keep, pixels)
+
+
 def train_network(
     model: nn.Module,
     batches: DataLoader,
     schedule: tuple[tuple[int, int], ...],
     recipe: ShapesRecipe,
     description: str,
+    masking_robust: bool = False,
     progress: bool = True,
 ) -> list[float]:
     """Supervised training of a shapes classifier (AdamW, one OneCycle schedule stepped per batch).
@@ -99,6 +139,7 @@ def train_network(
         schedule: (side, steps) phases; each batch is area-downsampled to the phase's side.
         recipe: learning rate and weight decay.
         description: progress-bar label.
+        masking_robust: train on masked views and on a blank image too (``ShapesRecipe``).
         progress: show a progress bar.
 
     Returns:
@@ -110,12 +151,24 @@ def train_network(
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.network_lr, weight_decay=recipe.network_weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.network_lr, total_steps=len(sides))
+    masked_share = recipe.masked_share if masking_robust else 0.0
+    blank_weight = recipe.blank_weight if masking_robust else 0.0
+    generator = torch.Generator().manual_seed(recipe.seed)
+    blank = torch.zeros(1, 3, 1, 1)
+    uniform = torch.full((1, len(SHAPE_CLASSES)), 1.0 / len(SHAPE_CLASSES))
     losses = []
     with tqdm(zip(batches, sides), total=len(sides), desc=description, unit="batch", disable=not progress) as bar:
-        for (pixels, labels, _), side in bar:
+        for (pixels, labels, masks), side in bar:
+            if masked_share > 0:
+                pixels = masked_views(pixels, masks, masked_share, generator)
             if side != pixels.shape[-1]:
                 pixels = F.interpolate(pixels, size=(side, side), mode="area")
-            loss = F.cross_entropy(model(normalize(pixels, SHAPES_MEAN, SHAPES_STD)), labels)
+            if blank_weight > 0:
+                pixels = torch.cat([pixels, blank.expand(1, 3, side, side)])
+            logits = model(normalize(pixels, SHAPES_MEAN, SHAPES_STD))
+            loss = F.cross_entropy(logits[: len(labels)], labels)
+            if blank_weight > 0:
+                loss = loss + blank_weight * F.cross_entropy(logits[len(labels) :], uniform)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -187,7 +240,10 @@ def _write_json(path: Path, value: dict) -> None:
 
 def _network_card(part: str, architecture: str, metrics: dict, recipe: ShapesRecipe) -> str:
     role = (
-        "The classifier that the shapes demo explains."
+        "The classifier that the shapes demo explains. Besides the images themselves, it learnt from "
+        f"masked views of {recipe.masked_share:.0%} of them (the object kept, the rest partly black) and "
+        "from an all-black image with a uniform target, so that it reads the masked images that "
+        "perturbation methods show it (an object on black is its class, black is no class)."
         if part == "classifier"
         else "The auxiliary network of the shapes explainer: a feature extractor only (layers 1-4)."
     )
@@ -291,7 +347,9 @@ def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str,
         torch.manual_seed(recipe.seed + offset)
         model = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
         batches = image_batches(starts[part], sizes[part], recipe)
-        losses = train_network(model, batches, schedules[part], recipe, f"training the {part}", progress)
+        losses = train_network(
+            model, batches, schedules[part], recipe, f"training the {part}", part == "classifier", progress
+        )
         save_network(model, folder / part, recipe.image_size)
         metrics[part] = {
             "architecture": architecture,
