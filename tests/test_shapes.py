@@ -20,7 +20,7 @@ from ptame.shapes import (
     ShapesDataset,
     shapes_sample,
 )
-from train.shapes import ShapesRecipe, masked_views, train_shapes
+from train.shapes import ShapesRecipe, cutout_views, masked_views, train_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "shapes"
@@ -131,6 +131,16 @@ def test_masked_views_mask_about_their_share_of_the_images() -> None:
     views = masked_views(pixels, masks, 0.5, torch.Generator().manual_seed(1))
     changed = (views != pixels).flatten(1).any(dim=1).sum().item()
     assert 20 <= changed <= 44
+
+
+def test_cutout_views_black_out_the_object_with_a_margin_and_keep_the_rest() -> None:
+    pixels, masks = _batch(12)
+    views = cutout_views(pixels, masks, torch.Generator().manual_seed(0))
+    for view, image, mask in zip(views, pixels, masks):
+        assert (view[:, _dilate(mask, 1)] == 0).all()
+        far = ~_dilate(mask, 3)
+        assert torch.equal(view[:, far], image[:, far])
+    assert torch.equal(views, cutout_views(pixels, masks, torch.Generator().manual_seed(0)))
 
 
 TINY = ShapesRecipe(

@@ -59,10 +59,15 @@ class ShapesRecipe:
 
     The classifier (only) is also trained for the images P-TAME's masking shows it: a
     ``masked_share`` of each batch is masked by ``masked_views`` (the object kept, on black or on
-    parts of its background), and an all-black image is trained towards the uniform distribution
-    with weight ``blank_weight``. Without them, the classifier (outline-driven) called an all-black
-    image a triangle (p 0.64), so an empty map "explained" every triangle; P-TAME's pointing
-    game was 0.57, with them 0.70.
+    parts of its background); the first ``cutout_share`` of each batch is added again with its
+    object cut out (``cutout_views``), and an all-black image is added too, both trained towards
+    the uniform distribution with weight ``blank_weight``. Without the masked views and the black
+    image, the classifier (outline-driven) called an all-black image a triangle (p 0.64), so an
+    empty map "explained" every triangle; P-TAME's pointing game was 0.57, with them 0.70. The
+    cut-outs teach it that an object-shaped hole is no object: its evidence is the object's own
+    pixels, not the background around the outline (with the explainer's recipe unchanged: AD 50%
+    8.8 -> 4.4, pointing 0.70 -> 0.72). The explainer's area weight is 4 (pointing 0.72 at 1, 0.74
+    at 2, 0.75 at 4; README, The shapes world).
     """
 
     image_size: int = 128
@@ -73,9 +78,10 @@ class ShapesRecipe:
     network_lr: float = 3e-3
     network_weight_decay: float = 0.05
     masked_share: float = 0.5
+    cutout_share: float = 0.25
     blank_weight: float = 0.5
     explainer: TrainSettings = TrainSettings(
-        lr=1e-3, weight_decay=1e-4, loss=LossWeights(ce=1.0, area=1.0, smooth=0.01), amp=False
+        lr=1e-3, weight_decay=1e-4, loss=LossWeights(ce=1.0, area=4.0, smooth=0.01), amp=False
     )
     test_images: int = 500
     seed: int = 0
@@ -122,6 +128,22 @@ def masked_views(pixels: torch.Tensor, masks: torch.Tensor, share: float, genera
     return torch.where(chosen[:, None, None, None], pixels * keep, pixels)
 
 
+def cutout_views(pixels: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The images with their object cut out: black on the object's mask grown by 1..3 pixels.
+
+    Args:
+        pixels: (B, 3, S, S) in [0, 1].
+        masks: (B, S, S) bool, the objects.
+        generator: the source of randomness (CPU).
+
+    Returns:
+        (B, 3, S, S) in [0, 1], the object's pixels and a 1..3 pixel margin around them black.
+    """
+    grow = int(torch.randint(1, 4, (1,), generator=generator))
+    objects = F.max_pool2d(masks[:, None].float(), 2 * grow + 1, stride=1, padding=grow)
+    return pixels * (1 - objects)
+
+
 def train_network(
     model: nn.Module,
     batches: DataLoader,
@@ -139,7 +161,7 @@ def train_network(
         schedule: (side, steps) phases; each batch is area-downsampled to the phase's side.
         recipe: learning rate and weight decay.
         description: progress-bar label.
-        masking_robust: train on masked views and on a blank image too (``ShapesRecipe``).
+        masking_robust: train on masked views, cut-out views and a blank image too (``ShapesRecipe``).
         progress: show a progress bar.
 
     Returns:
@@ -152,6 +174,7 @@ def train_network(
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.network_lr, weight_decay=recipe.network_weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.network_lr, total_steps=len(sides))
     masked_share = recipe.masked_share if masking_robust else 0.0
+    cutouts = round(recipe.cutout_share * recipe.batch_size) if masking_robust else 0
     blank_weight = recipe.blank_weight if masking_robust else 0.0
     generator = torch.Generator().manual_seed(recipe.seed)
     blank = torch.zeros(1, 3, 1, 1)
@@ -159,8 +182,10 @@ def train_network(
     losses = []
     with tqdm(zip(batches, sides), total=len(sides), desc=description, unit="batch", disable=not progress) as bar:
         for (pixels, labels, masks), side in bar:
+            empty = cutout_views(pixels[:cutouts], masks[:cutouts], generator)
             if masked_share > 0:
                 pixels = masked_views(pixels, masks, masked_share, generator)
+            pixels = torch.cat([pixels, empty])
             if side != pixels.shape[-1]:
                 pixels = F.interpolate(pixels, size=(side, side), mode="area")
             if blank_weight > 0:
@@ -168,7 +193,8 @@ def train_network(
             logits = model(normalize(pixels, SHAPES_MEAN, SHAPES_STD))
             loss = F.cross_entropy(logits[: len(labels)], labels)
             if blank_weight > 0:
-                loss = loss + blank_weight * F.cross_entropy(logits[len(labels) :], uniform)
+                no_object = logits[len(labels) :]
+                loss = loss + blank_weight * F.cross_entropy(no_object, uniform.expand(len(no_object), -1))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -241,9 +267,10 @@ def _write_json(path: Path, value: dict) -> None:
 def _network_card(part: str, architecture: str, metrics: dict, recipe: ShapesRecipe) -> str:
     role = (
         "The classifier that the shapes demo explains. Besides the images themselves, it learnt from "
-        f"masked views of {recipe.masked_share:.0%} of them (the object kept, the rest partly black) and "
-        "from an all-black image with a uniform target, so that it reads the masked images that "
-        "perturbation methods show it (an object on black is its class, black is no class)."
+        f"masked views of {recipe.masked_share:.0%} of them (the object kept, the rest partly black), "
+        f"from {recipe.cutout_share:.0%} of them again with the object cut out and from an all-black image, "
+        "both with a uniform target, so that it reads the masked images that perturbation methods show "
+        "it (an object on black is its class; black, or an object-shaped hole, is no class)."
         if part == "classifier"
         else "The auxiliary network of the shapes explainer: a feature extractor only (layers 1-4)."
     )
