@@ -174,18 +174,18 @@ def train_network(
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.network_lr, weight_decay=recipe.network_weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.network_lr, total_steps=len(sides))
     masked_share = recipe.masked_share if masking_robust else 0.0
-    cutouts = round(recipe.cutout_share * recipe.batch_size) if masking_robust else 0
     blank_weight = recipe.blank_weight if masking_robust else 0.0
+    cutouts = round(recipe.cutout_share * recipe.batch_size) if blank_weight > 0 else 0
     generator = torch.Generator().manual_seed(recipe.seed)
     blank = torch.zeros(1, 3, 1, 1)
     uniform = torch.full((1, len(SHAPE_CLASSES)), 1.0 / len(SHAPE_CLASSES))
     losses = []
     with tqdm(zip(batches, sides), total=len(sides), desc=description, unit="batch", disable=not progress) as bar:
         for (pixels, labels, masks), side in bar:
-            empty = cutout_views(pixels[:cutouts], masks[:cutouts], generator)
+            without_objects = cutout_views(pixels[:cutouts], masks[:cutouts], generator)
             if masked_share > 0:
                 pixels = masked_views(pixels, masks, masked_share, generator)
-            pixels = torch.cat([pixels, empty])
+            pixels = torch.cat([pixels, without_objects])
             if side != pixels.shape[-1]:
                 pixels = F.interpolate(pixels, size=(side, side), mode="area")
             if blank_weight > 0:
