@@ -67,7 +67,7 @@ class ShapesRecipe:
     cut-outs teach it that an object-shaped hole is no object: its evidence is the object's own
     pixels, not the background around the outline (with the explainer's recipe unchanged: AD 50%
     8.8 -> 4.4, pointing 0.70 -> 0.72). The explainer's area weight is 4 (pointing 0.72 at 1, 0.74
-    at 2, 0.75 at 4; README, The shapes world).
+    at 2, 0.75 at 4, 0.73 at 8; README, The shapes world).
     """
 
     image_size: int = 128
