@@ -98,6 +98,11 @@ def image_batches(start: int, count: int, recipe: ShapesRecipe, split: str = "tr
     return DataLoader(dataset, batch_size=recipe.batch_size, shuffle=False, num_workers=recipe.workers)
 
 
+def _grown(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """(B, S, S) bool masks grown by ``pixels`` pixels (a square neighbourhood) -> (B, 1, S, S) float in {0, 1}."""
+    return F.max_pool2d(masks[:, None].float(), 2 * pixels + 1, stride=1, padding=pixels)
+
+
 def masked_views(pixels: torch.Tensor, masks: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
     """Images of which a random ``share`` are multiplied by a random smooth mask that keeps their object.
 
@@ -123,8 +128,7 @@ def masked_views(pixels: torch.Tensor, masks: torch.Tensor, share: float, genera
         fields.append(F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False))
     field = torch.cat(fields)
     grow = int(torch.randint(0, 4, (1,), generator=generator))
-    objects = F.max_pool2d(masks[:, None].float(), 2 * grow + 1, stride=1, padding=grow)
-    keep = torch.maximum(field, objects)
+    keep = torch.maximum(field, _grown(masks, grow))
     return torch.where(chosen[:, None, None, None], pixels * keep, pixels)
 
 
@@ -140,8 +144,7 @@ def cutout_views(pixels: torch.Tensor, masks: torch.Tensor, generator: torch.Gen
         (B, 3, S, S) in [0, 1], the object's pixels and a 1..3 pixel margin around them black.
     """
     grow = int(torch.randint(1, 4, (1,), generator=generator))
-    objects = F.max_pool2d(masks[:, None].float(), 2 * grow + 1, stride=1, padding=grow)
-    return pixels * (1 - objects)
+    return pixels * (1 - _grown(masks, grow))
 
 
 def train_network(
