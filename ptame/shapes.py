@@ -2,9 +2,11 @@
 
 Each image is ``size`` x ``size`` RGB: a textured two-colour background, clutter that belongs to
 no class (thin strokes, open arcs, small elongated blobs, in the objects' colours), and exactly one
-object of one of ``SHAPE_CLASSES`` with a random colour, size (3% to 12% of the image), rotation
-and position, drawn on top. Samples are generated on the fly and are a pure function of
-(split, index, size): the split picks the seed, so the train, validation and test images differ.
+object of one of ``SHAPE_CLASSES`` with a random size (3% to 12% of the image), rotation and
+position, drawn on top in two random colours: the object, and inside it its inset (the same shape,
+shrunk), so that the object's class shows inside it as well as on its outline. Samples are
+generated on the fly and are a pure function of (split, index, size): the split picks the seed, so
+the train, validation and test images differ.
 """
 
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ SUPERSAMPLING = 4  # the object is filled at 4x resolution and averaged: its exa
 MIN_CONTRAST = 0.4  # RGB distance between the object and the background it lies on
 TEXTURE_CONTRAST = 0.1  # peak-to-peak brightness of the background's fine texture
 PIXEL_NOISE = 0.03  # standard deviation of the per-pixel noise added last
+INSET_DEPTH = 0.45  # the inset's outline lies this share of the largest inscribed radius inside
 
 
 @dataclass(frozen=True)
@@ -145,11 +148,15 @@ def _draw_clutter(rng: np.random.Generator, image: np.ndarray) -> None:
         cv2.ellipse(image, centre, axes, angle, 0.0, 360.0, colour, -1, cv2.LINE_AA)
 
 
-def _object_coverage(rng: np.random.Generator, name: str, size: int) -> np.ndarray:
-    """(S, S) float32 coverage in [0, 1] of one object, randomly sized, turned and placed.
+def _object_coverage(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage of one object, randomly sized, turned and placed, and of its inset.
 
     Pixel centres are at integer coordinates; the object is filled on a SUPERSAMPLING times finer
-    grid and area-averaged, so a pixel's value is the share of it the object covers.
+    grid and area-averaged, so a pixel's value is the share of it the object covers. The inset is
+    the object shrunk by INSET_DEPTH of its largest inscribed radius: the same shape, inside it.
+
+    Returns:
+        (object, inset), each (S, S) float32 in [0, 1]; the inset is inside the object.
     """
     area = rng.uniform(*TARGET_AREA) * size * size
     radius = float(np.sqrt(area / UNIT_AREAS[name]))
@@ -166,14 +173,23 @@ def _object_coverage(rng: np.random.Generator, name: str, size: int) -> np.ndarr
     cv2.fillPoly(fine, [place(outline)], 255, cv2.LINE_8, SUBPIXEL_BITS)
     if hole is not None:
         cv2.fillPoly(fine, [place(hole)], 0, cv2.LINE_8, SUBPIXEL_BITS)
-    return cv2.resize(fine, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    depth = cv2.distanceTransform(fine, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    inset = np.where(depth > INSET_DEPTH * depth.max(), np.uint8(255), np.uint8(0))
+
+    def area_averaged(layer: np.ndarray) -> np.ndarray:
+        return cv2.resize(layer, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+    return area_averaged(fine), area_averaged(inset)
 
 
-def _object_colour(rng: np.random.Generator, image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """(3,) float32: the first of 16 random colours at least MIN_CONTRAST from the background under
-    the object (the most distant one if none is)."""
-    weights = alpha / alpha.sum()
-    under = np.tensordot(weights, image, axes=([0, 1], [0, 1]))
+def _mean_colour(image: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """(3,) float32: the mean colour of ``image`` (S, S, 3) under the coverage ``alpha`` (S, S)."""
+    return np.tensordot(alpha / alpha.sum(), image, axes=([0, 1], [0, 1]))
+
+
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """(3,) float32: the first of 16 random colours at least MIN_CONTRAST from ``under`` (3,) (the
+    most distant one if none is)."""
     candidates = _random_colours(rng, 16)
     distances = np.linalg.norm(candidates - under, axis=1)
     far_enough = np.flatnonzero(distances >= MIN_CONTRAST)
@@ -210,8 +226,10 @@ def shapes_sample(index: int, split: str = "test", size: int = 128) -> ShapeSamp
     clutter = _background(rng, size)
     _draw_clutter(rng, clutter)
     image = clutter.astype(np.float32) / 255.0
-    alpha = _object_coverage(rng, SHAPE_CLASSES[label], size)
-    _composite(image, alpha, _object_colour(rng, image, alpha))
+    alpha, inset = _object_coverage(rng, SHAPE_CLASSES[label], size)
+    colour = _contrasting_colour(rng, _mean_colour(image, alpha))
+    _composite(image, alpha, colour)
+    _composite(image, inset, _contrasting_colour(rng, colour))
     image += PIXEL_NOISE * rng.standard_normal(image.shape, dtype=np.float32)
     pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
     return ShapeSample(pixels=pixels, label=label, mask=torch.from_numpy(alpha >= 0.5))

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from ptame.manifest import ModelEntry, load_manifest, load_model
 from ptame.metrics import pointing_game
 from ptame.shapes import (
+    INSET_DEPTH,
     MAX_AREA,
     MIN_AREA,
     SHAPE_CLASSES,
@@ -71,14 +72,25 @@ def test_rings_have_a_hole_and_other_shapes_do_not() -> None:
         assert holes == (1 if SHAPE_CLASSES[sample.label] == "ring" else 0)
 
 
-def test_the_object_is_drawn_in_its_mask() -> None:
-    """The object's pixels are (up to noise) one colour, unlike the background around it."""
+def test_the_object_is_drawn_in_its_mask_in_two_colours() -> None:
+    """The object's outer band is one colour and its inset (the same shape, inside it) another, up
+    to noise; the band differs from the background around the object."""
+    both_seen = 0
     for index in range(12):
         sample = shapes_sample(index)
-        inside = sample.pixels[:, ~_dilate(~sample.mask, 1)]  # the mask without its anti-aliased edge
-        ring = _dilate(sample.mask, 3) & ~_dilate(sample.mask, 1)
-        assert inside.std(dim=1).max() < 0.06
-        assert (sample.pixels[:, ring].mean(dim=1) - inside.mean(dim=1)).norm() > 0.15
+        depth = cv2.distanceTransform(sample.mask.numpy().astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        inset_edge = INSET_DEPTH * depth.max()
+        band = torch.from_numpy((depth >= 2) & (depth < inset_edge - 1.5))
+        inset = torch.from_numpy(depth > inset_edge + 1.5)
+        outside = _dilate(sample.mask, 3) & ~_dilate(sample.mask, 1)
+        if band.sum() < 5 or inset.sum() < 5:
+            continue
+        both_seen += 1
+        band_pixels, inset_pixels = sample.pixels[:, band], sample.pixels[:, inset]
+        assert band_pixels.std(dim=1).max() < 0.06 and inset_pixels.std(dim=1).max() < 0.06
+        assert (band_pixels.mean(dim=1) - inset_pixels.mean(dim=1)).norm() > 0.3
+        assert (sample.pixels[:, outside].mean(dim=1) - band_pixels.mean(dim=1)).norm() > 0.15
+    assert both_seen >= 10
 
 
 def test_dataset_items_and_errors() -> None:
@@ -248,8 +260,8 @@ def test_the_committed_classifier_sees_no_class_in_an_object_shaped_hole() -> No
 @needs_committed_checkpoint
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 3 is open: the shapes explainer's pointing game is 0.754, below its 0.90 target; "
-    "its peaks sit on the objects' outlines, often a pixel or two outside (README, The shapes world)",
+    reason="issue 3 is open: the shapes explainer's pointing game is 0.840, below its 0.90 target; "
+    "0.96 to 1.00 on five classes, but on rings (0.12) its maps peak in the hole (README, The shapes world)",
 )
 def test_the_committed_explainer_meets_the_pointing_target() -> None:
     metrics = json.loads((CHECKPOINT / "explainer" / "metrics.json").read_text())
@@ -258,9 +270,10 @@ def test_the_committed_explainer_meets_the_pointing_target() -> None:
 
 @needs_committed_checkpoint
 def test_the_committed_checkpoint_loads_offline_and_points_at_the_objects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through the app's loader, with the Hub off: the maps of fixed test images peak on their
-    objects (at least half of them) or within Zhang et al.'s tolerance, 15 pixels at 224 and so 9
-    here (all but one; 98.6% of the 500 evaluation images)."""
+    """Through the app's loader, with the Hub off: the maps of fixed test images peak within
+    Zhang et al.'s tolerance of their objects (15 pixels at 224, so 9 here; 97.2% of the 500
+    evaluation images), and on the object itself for every class but the ring, whose maps peak in
+    its hole (README, The shapes world)."""
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     entry = load_manifest()[0]
     assert entry.key == "shapes"
@@ -272,5 +285,6 @@ def test_the_committed_checkpoint_loads_offline_and_points_at_the_objects(monkey
         predictions = loaded.backbone.logits(pixels).argmax(dim=1)
         maps = loaded.explainer.explain(pixels, predictions)
     assert predictions.tolist() == [sample.label for sample in samples]
-    assert pointing_game(maps, masks, tolerance=9).sum() >= 11
-    assert pointing_game(maps, masks).sum() >= 6
+    assert pointing_game(maps, masks, tolerance=9).all()
+    not_rings = torch.tensor([SHAPE_CLASSES[sample.label] != "ring" for sample in samples])
+    assert pointing_game(maps, masks)[not_rings].all()
