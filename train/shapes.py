@@ -61,13 +61,14 @@ class ShapesRecipe:
     ``masked_share`` of each batch is masked by ``masked_views`` (the object kept, on black or on
     parts of its background); the first ``cutout_share`` of each batch is added again with its
     object cut out (``cutout_views``), and an all-black image is added too, both trained towards
-    the uniform distribution with weight ``blank_weight``. Without the masked views and the black
-    image, the classifier (outline-driven) called an all-black image a triangle (p 0.64), so an
-    empty map "explained" every triangle; P-TAME's pointing game was 0.57, with them 0.70. The
-    cut-outs teach it that an object-shaped hole is no object: its evidence is the object's own
-    pixels, not the background around the outline (with the explainer's recipe unchanged: AD 50%
-    8.8 -> 4.4, pointing 0.70 -> 0.72). The explainer's area weight is 4 (pointing 0.72 at 1, 0.74
-    at 2, 0.75 at 4, 0.73 at 8; README, The shapes world).
+    the uniform distribution with weight ``blank_weight``. Measured on one-colour objects (before
+    the inset of ``ptame.shapes``): without the masked views and the black image, the classifier
+    called an all-black image a triangle (p 0.64), so an empty map "explained" every triangle;
+    P-TAME's pointing game was 0.57, with them 0.70. The cut-outs teach it that an object-shaped
+    hole is no object: its evidence is the object's own pixels, not the background around the
+    outline (with the explainer's recipe unchanged: AD 50% 8.8 -> 4.4, pointing 0.70 -> 0.72). The
+    explainer's area weight is 4 (pointing 0.72 at 1, 0.74 at 2, 0.75 at 4, 0.73 at 8; on
+    two-colour objects 0.84 at 4 and 0.85 at 8; README, The shapes world).
     """
 
     image_size: int = 128
