@@ -10,6 +10,7 @@ are unavailable and why. This file builds the UI and wires events; the work is d
 
 import argparse
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -21,22 +22,19 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from ptame.explain_session import (
-    DEFAULT_METHODS,
-    METHOD_NAMES,
-    STREAMED_METHODS,
-    Analysis,
-    ExplainSession,
-    Explanation,
-    display_class_names,
-    format_seconds,
-    threads_per_lane,
-)
-from ptame.export import caption, prune_folder, save_maps
-from ptame.images import MAX_FILE_BYTES, CheckedImage, ImageInputError
-from ptame.manifest import DEFAULT_MANIFEST
-from ptame.registry import ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
-from ptame.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
+from ptame.methods import METHODS, default_method_keys, get_method
+from ptame.serving.captions import display_class_names, format_seconds, method_caption
+from ptame.serving.export import prune_folder, save_maps
+from ptame.serving.images import MAX_FILE_BYTES, CheckedImage
+from ptame.serving.lanes import threads_per_lane
+from ptame.serving.manifest import DEFAULT_MANIFEST
+from ptame.serving.models import ModelRegistry, build_registry, model_dirs_from_env
+from ptame.serving.results import Analysis, Explanation
+from ptame.serving.session import ExplainSession
+from ptame.serving.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = Path(__file__).resolve().parent / "checkpoints" / "examples"
 DEMO_MODEL = "shapes"  # loaded before serving; every other model loads in the background
@@ -45,7 +43,7 @@ OVERLAY_HEIGHT = 280  # pixels: the shapes demo's 128-pixel maps are shown enlar
 KEPT_DOWNLOADS = 256  # .npz files kept for download; older ones are deleted
 GRADIO_CACHE_CLEANING = (3600, 3600)  # every hour, delete uploads and outputs older than an hour
 MODEL_QUEUE = "models"  # one queue for every event that runs a model
-MODEL_CONCURRENCY = 4  # requests in flight; ptame.explain_session runs one fast and one slow computation at a time
+MODEL_CONCURRENCY = 4  # requests in flight; ptame.serving.session runs one fast and one slow computation at a time
 QUEUE_OPTIONS = {"max_size": 64}  # requests waiting beyond this are told the queue is full
 LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_BYTES, "theme": gr.themes.Soft()}
 PROGRESS = gr.Progress()  # Gradio gives each call its own tracker in place of this default
@@ -65,7 +63,7 @@ FileData = dict[str, Any]  # an upload as Gradio sends it when preprocess=False:
 
 def uploaded_path(upload: FileData | str | None) -> str | None:
     """The server-side path of an uploaded image (events skip Gradio's preprocessing, which would
-    decode the file before ``ptame.images`` can check it)."""
+    decode the file before ``ptame.serving.images`` can check it)."""
     if isinstance(upload, dict):
         return upload.get("path")
     return upload
@@ -103,10 +101,10 @@ class Handlers:
 
     @staticmethod
     def _methods(methods: Sequence[str] | None) -> list[str]:
-        chosen = [m for m in METHOD_NAMES if m in (methods or ())]
-        unknown = sorted(set(methods or ()) - set(METHOD_NAMES))
+        chosen = [m for m in METHODS if m in (methods or ())]
+        unknown = sorted(set(methods or ()) - set(METHODS))
         if unknown:
-            raise gr.Error(f"Unknown methods {unknown}; choose from {', '.join(METHOD_NAMES)}.")
+            raise gr.Error(f"Unknown methods {unknown}; choose from {', '.join(METHODS)}.")
         if not chosen:
             raise gr.Error("Choose at least one method to explain with.")
         return chosen
@@ -134,14 +132,15 @@ class Handlers:
         colormap: str,
     ) -> list[Any]:
         updates = []
-        for method in METHOD_NAMES:
-            if method not in methods:
+        for method in METHODS.values():
+            if method.key not in methods:
                 updates.append(gr.Image(value=None, visible=False))
-            elif method in explanations:
-                picture = overlay(analysis.picture, explanations[method].saliency, opacity, colormap)
-                updates.append(gr.Image(value=picture, label=caption(explanations[method]), visible=True))
+            elif method.key in explanations:
+                done = explanations[method.key]
+                picture = overlay(analysis.picture, done.saliency, opacity, colormap)
+                updates.append(gr.Image(value=picture, label=method_caption(done.method, done.seconds), visible=True))
             else:
-                label = f"{METHOD_NAMES[method]} · computing, about {format_seconds(expected[method])}"
+                label = f"{method.name} · computing, about {format_seconds(expected[method.key])}"
                 updates.append(gr.Image(value=None, label=label, visible=True))
         return updates
 
@@ -185,7 +184,8 @@ class Handlers:
 
     def explain_example(self, image: FileData | str, model_key: str) -> Iterator[tuple[Any, ...]]:
         """The default explanation of an example image (cached by Gradio)."""
-        yield from self._explain(image, model_key, None, DEFAULT_METHODS, DEFAULT_OPACITY, DEFAULT_COLORMAP, None)
+        methods = default_method_keys()
+        yield from self._explain(image, model_key, None, methods, DEFAULT_OPACITY, DEFAULT_COLORMAP, None)
 
     def _explain(
         self,
@@ -207,30 +207,24 @@ class Handlers:
         class_menu = gr.Dropdown(
             choices=[(f"{names[i]} · {analysis.probabilities[i]:.1%}", i) for i in ranked], value=index
         )
+        heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
         try:
-            explanations = {
-                m: self.session.explain(image, model_key, index, m) for m in methods if m not in STREAMED_METHODS
-            }
-            for method in methods:
-                known = self.session.cached(image, model_key, index, method)
-                if method in STREAMED_METHODS and known is not None:
-                    explanations[method] = known
-            pending = [m for m in methods if m not in explanations]
-            expected = {m: self.session.expected_seconds(image, model_key, m) for m in pending}
-            heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
-            while pending:
-                waiting = ", ".join(f"{METHOD_NAMES[m]} (about {format_seconds(expected[m])})" for m in pending)
-                status = f"{heading} Still computing: {waiting}."
-                overlays = self._overlays(analysis, methods, explanations, expected, opacity, colormap)
-                yield (predictions, class_menu, *overlays, None, status)
-                method = pending.pop(0)
-                explanations[method] = self.session.explain(
-                    image, model_key, index, method, progress=_reporter(progress, METHOD_NAMES[method])
+            for update in self.session.explain_stream(image, model_key, index, methods, _progress_for(progress)):
+                if update.done:
+                    break
+                waiting = ", ".join(
+                    f"{get_method(m).name} (about {format_seconds(update.expected_seconds[m])})" for m in update.pending
                 )
+                status = f"{heading} Still computing: {waiting}."
+                overlays = self._overlays(
+                    analysis, methods, update.explanations, update.expected_seconds, opacity, colormap
+                )
+                yield (predictions, class_menu, *overlays, None, status)
         except ModelUnavailable as error:
             raise gr.Error(str(error), title="Model unavailable") from error
-        except RuntimeError as error:
-            raise gr.Error(f"The model failed on this image: {error}", title="Explaining failed") from error
+        except MethodFailed as error:
+            raise gr.Error(str(error), title="Explaining failed") from error
+        explanations = update.explanations
         overlays = self._overlays(analysis, methods, explanations, {}, opacity, colormap)
         maps_file = self._maps_file(analysis, image, model_key, index, explanations)
         status = f"Explained **{names[index]}** (class {index}); pick another class above to compare."
@@ -246,7 +240,7 @@ class Handlers:
         colormap: str,
     ) -> list[Any]:
         """Re-draw the overlays from cached maps with a new opacity or colormap (no model runs)."""
-        skipped = [gr.skip() for _ in METHOD_NAMES]
+        skipped = [gr.skip() for _ in METHODS]
         if image is None or class_index is None or colormap not in COLORMAPS:
             return skipped
         try:
@@ -261,7 +255,7 @@ class Handlers:
         if analysis is None:
             return skipped
         updates = []
-        for method in METHOD_NAMES:
+        for method in METHODS:
             known = self.session.cached(checked, model_key, index, method) if method in methods else None
             if known is None:
                 updates.append(gr.skip())
@@ -287,12 +281,14 @@ class Handlers:
         rows = []
         table = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) |", "|---|---|---|"]
         for done, method in enumerate(methods):
-            progress((done, len(methods)), desc=f"Deletion and insertion: {METHOD_NAMES[method]}")
+            name = get_method(method).name
+            progress((done, len(methods)), desc=f"Deletion and insertion: {name}")
             try:
                 result = self.session.curves(checked, model_key, index, method)
             except ModelUnavailable as error:
                 raise gr.Error(str(error), title="Model unavailable") from error
-            name = METHOD_NAMES[method]
+            except MethodFailed as error:
+                raise gr.Error(str(error), title="Curves failed") from error
             for curve, values in (("deletion", result.deletion), ("insertion", result.insertion)):
                 rows += [
                     {"fraction": float(f), "probability": float(p), "curve": curve, "method": name}
@@ -309,14 +305,20 @@ class Handlers:
         return gr.Dropdown(choices=choices, value=value), model_status(self.session.registry), gr.Timer(active=loading)
 
 
-def _reporter(progress: gr.Progress | None, name: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
+def _progress_for(progress: gr.Progress | None) -> Callable[[str], Callable[[int, int], None] | None]:
+    """Method key -> a callback that shows that method's passes on Gradio's progress bar."""
 
-    def report(done: int, total: int) -> None:
-        progress((done, total), desc=name, unit="passes")
+    def reporter(method: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        name = get_method(method).name
 
-    return report
+        def report(done: int, total: int) -> None:
+            progress((done, total), desc=name, unit="passes")
+
+        return report
+
+    return reporter
 
 
 def model_choices(registry: ModelRegistry, current: str | None = None) -> tuple[list[tuple[str, str]], str | None]:
@@ -369,7 +371,7 @@ def build_demo(
     """
     handlers = Handlers(session, downloads or Path(tempfile.mkdtemp(prefix="ptame-downloads-")))
     registry = session.registry
-    method_choices = [(name, key) for key, name in METHOD_NAMES.items()]
+    method_choices = [(method.name, key) for key, method in METHODS.items()]
     with gr.Blocks(title="P-TAME explainer", delete_cache=GRADIO_CACHE_CLEANING) as demo:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
@@ -383,7 +385,7 @@ def build_demo(
                 )
                 choices, value = model_choices(registry, DEMO_MODEL)
                 model = gr.Dropdown(choices, value=value, label="Model", interactive=True, allow_custom_value=True)
-                methods = gr.CheckboxGroup(method_choices, value=list(DEFAULT_METHODS), label="Methods")
+                methods = gr.CheckboxGroup(method_choices, value=list(default_method_keys()), label="Methods")
                 run = gr.Button("Explain", variant="primary")
             with gr.Column(scale=2, min_width=300):
                 predictions = gr.Label(num_top_classes=TOP_CLASSES, label="Top-5 predictions")
@@ -394,14 +396,14 @@ def build_demo(
                 with gr.Row():
                     overlays = [
                         gr.Image(
-                            label=name,
+                            label=method.name,
                             interactive=False,
-                            visible=key in DEFAULT_METHODS,
+                            visible=method.default,
                             height=OVERLAY_HEIGHT,
                             min_width=160,
                             elem_id=f"overlay-{key.replace('+', 'p')}",
                         )
-                        for key, name in METHOD_NAMES.items()
+                        for key, method in METHODS.items()
                     ]
                 with gr.Row():
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity")
@@ -439,7 +441,7 @@ def build_demo(
 
         # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
         model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
-        slow_overlays = [o for key, o in zip(METHOD_NAMES, overlays) if key in STREAMED_METHODS]
+        slow_overlays = [o for method, o in zip(METHODS.values(), overlays) if method.streamed]
         run.click(
             handlers.explain,
             [image, model, methods, opacity, colormap],
@@ -505,19 +507,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
     registry, problems = build_registry(args.manifest, [*model_dirs_from_env(), *args.model_dir], args.device)
     if DEMO_MODEL in registry.entries:
         try:
             registry.load(DEMO_MODEL)
         except ModelUnavailable as error:
-            print(f"warning: {error}")
+            logger.warning("%s", error)
     if "GRADIO_EXAMPLES_CACHE" not in os.environ:  # fresh per run: never results of older checkpoints
         cache = tempfile.mkdtemp(prefix="ptame-examples-")
         atexit.register(shutil.rmtree, cache, ignore_errors=True)
         os.environ["GRADIO_EXAMPLES_CACHE"] = cache
     for problem in problems:
-        print(f"warning: {problem}")
+        logger.warning("%s", problem)
     demo = build_demo(ExplainSession(registry, lane_threads=max(1, args.threads)), problems)
     demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **LAUNCH_OPTIONS)
     registry.load_in_background()  # after the server is up: start-up does not share the CPU with it

@@ -8,26 +8,26 @@ of the app: the manifest's keys, or a folder with classifier/ and explainer/.
 """
 
 import argparse
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ptame.explain_session import (
-    DEFAULT_METHODS,
-    METHOD_NAMES,
-    STREAMED_METHODS,
-    ExplainSession,
-    Explanation,
-    display_class_names,
-)
-from ptame.export import figure, save_maps, save_png
-from ptame.images import CheckedImage, ImageInputError
-from ptame.manifest import DEFAULT_MANIFEST, ModelEntry
-from ptame.registry import ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
-from ptame.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
+from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
+from ptame.methods import default_method_keys, get_method, method_keys
+from ptame.serving.captions import display_class_names
+from ptame.serving.export import figure, save_maps, save_png
+from ptame.serving.images import CheckedImage
+from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
+from ptame.serving.models import ModelRegistry, build_registry, model_dirs_from_env
+from ptame.serving.results import StreamUpdate
+from ptame.serving.session import ExplainSession
+from ptame.serving.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -60,11 +60,11 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def parse_methods(text: str) -> list[str]:
-    """ "ptame,gradcam" -> ["ptame", "gradcam"], checked against METHOD_NAMES."""
+    """ "ptame,gradcam" -> ["ptame", "gradcam"], checked against the registered methods."""
     methods = [m.strip().lower() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    unknown = [m for m in methods if m not in method_keys()]
     if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"methods must be a comma-separated subset of {','.join(METHOD_NAMES)}")
+        raise argparse.ArgumentTypeError(f"methods must be a comma-separated subset of {','.join(method_keys())}")
     return list(dict.fromkeys(methods))
 
 
@@ -73,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
     parser.add_argument("--model", default="shapes", help="a manifest key (e.g. shapes, resnet50) or a model folder")
     parser.add_argument(
-        "--methods", type=parse_methods, default=list(DEFAULT_METHODS), help=f"from {','.join(METHOD_NAMES)}"
+        "--methods",
+        type=parse_methods,
+        default=list(default_method_keys()),
+        help=f"comma-separated, from {','.join(method_keys())} (default: {','.join(default_method_keys())})",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--class-index", type=int, default=None, help="class to explain (default: top-1 of each)")
@@ -91,21 +94,34 @@ def _registry(args: argparse.Namespace) -> tuple[ModelRegistry, str]:
         return ModelRegistry([entry], device=args.device), entry.key
     registry, problems = build_registry(args.manifest, model_dirs_from_env(), args.device)
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        logger.warning("%s", problem)
     return registry, args.model
 
 
-def explain_with_bar(session: ExplainSession, image: CheckedImage, key: str, index: int, method: str) -> Explanation:
-    """``session.explain``, with a progress bar of its passes for the slow methods."""
-    if method not in STREAMED_METHODS:
-        return session.explain(image, key, index, method)
-    with tqdm(desc=METHOD_NAMES[method], unit="pass", leave=False) as bar:
+def explain_with_bars(
+    session: ExplainSession, image: CheckedImage, key: str, index: int | None, methods: list[str]
+) -> StreamUpdate:
+    """``session.explain_stream`` to its end, with a progress bar of each streamed method's passes."""
+    bars: list[tqdm] = []
+
+    def progress_for(method: str) -> Callable[[int, int], None]:
+        for bar in bars:
+            bar.close()
+        bar = tqdm(desc=get_method(method).name, unit="pass", leave=False)
+        bars.append(bar)
 
         def report(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        return session.explain(image, key, index, method, progress=report)
+        return report
+
+    try:
+        *_, final = session.explain_stream(image, key, index, methods, progress_for)
+    finally:
+        for bar in bars:
+            bar.close()
+    return final
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,13 +150,12 @@ def run(args: argparse.Namespace) -> int:
     for path, stem in tqdm(list(zip(paths, output_stems(paths))), desc="explaining", unit="image"):
         try:
             image = session.read(path)
-            analysis = session.analyse(image, key)
-            index = analysis.top(1)[0] if args.class_index is None else args.class_index
-            explanations = [explain_with_bar(session, image, key, index, method) for method in args.methods]
-        except ImageInputError as error:
+            result = explain_with_bars(session, image, key, args.class_index, args.methods)
+        except (ImageInputError, MethodFailed) as error:
             tqdm.write(f"skipped {path}: {error}", file=sys.stderr)
             failures += 1
             continue
+        analysis, index, explanations = result.analysis, result.class_index, list(result.explanations.values())
         title = f"{names[index]} · {analysis.probabilities[index]:.1%}"
         save_png(args.out / f"{stem}.png", figure(analysis.picture, explanations, title, args.opacity, args.colormap))
         save_maps(
@@ -158,4 +173,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.formatter_class = argparse.RawDescriptionHelpFormatter
     add_arguments(explain)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     return run(args)

@@ -12,9 +12,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
+from ptame.errors import CheckpointError
 from ptame.head import AttentionHead
-from ptame.hub import CheckpointError, resolve_file
-from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize, resize_maps
+from ptame.hub import resolve_file
+from ptame.maps import normalize_maps
+from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -114,7 +116,7 @@ class PTAME(
             self.auxiliary_name = auxiliary
             self.auxiliary = build_auxiliary(auxiliary, feature_levels, pretrained_auxiliary, auxiliary_root)
         # channels_last: the convolutions of a CNN auxiliary network run ~15% faster on CPU
-        # (measured by ptame.bench), and faster with bf16 on CUDA; the values do not change.
+        # (measured by ptame.bench.overhead), and faster with bf16 on CUDA; the values do not change.
         self.auxiliary.requires_grad_(False).eval().to(memory_format=torch.channels_last)
         self.feature_levels = tuple(feature_levels)
         self.auxiliary_mean = tuple(auxiliary_mean)
@@ -301,20 +303,3 @@ class PTAME(
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values (corrupted?)")
         self.head.load_state_dict(tensors, strict=True)
-
-
-def normalize_maps(raw_maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Inference-time normalisation: bilinear resize, then per-map min-max.
-
-    Args:
-        raw_maps: (B, h, w) or (B, K, h, w) raw maps.
-        size: (H, W) to resize to first, or None to keep (h, w).
-
-    Returns:
-        Same rank as the input, each map in [0, 1] (a constant map becomes all zeros).
-    """
-    maps = resize_maps(raw_maps.float(), size) if size is not None else raw_maps.float()
-    flat = maps.flatten(-2)
-    low = flat.amin(-1, keepdim=True)
-    span = (flat.amax(-1, keepdim=True) - low).clamp_min(torch.finfo(flat.dtype).tiny)
-    return ((flat - low) / span).view_as(maps)

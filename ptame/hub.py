@@ -12,11 +12,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ptame.errors import CheckpointError
+
 HUB_TIMEOUT_S = 10.0  # per request to the Hub; an unreachable Hub fails after this, no hang
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found, read, or does not match the model asked for."""
 
 
 def resolve_file(

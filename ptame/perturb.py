@@ -7,7 +7,8 @@ and auxiliary networks see normalised images, made here with their own mean and 
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from ptame.maps import resize_maps
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -26,24 +27,6 @@ def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     mean_t = torch.as_tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
     return (pixels - mean_t) / std_t
-
-
-def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize saliency maps.
-
-    Args:
-        maps: (B, h, w) or (B, K, h, w).
-        size: (H, W) of the result.
-
-    Returns:
-        (B, H, W) or (B, K, H, W), matching the input's rank. Values stay within each map's
-        [min, max] (bilinear interpolation is a convex combination).
-    """
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    if maps.dim() == 3:
-        return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def mask_pixels(pixels: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

@@ -17,16 +17,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ptame.errors import TrainingDiverged
 from ptame.explainer import PTAME
 from ptame.loss import LossWeights, ptame_loss
 from ptame.perturb import masked_logits, normalize
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 TargetGatherer = Callable[[torch.Tensor], torch.Tensor]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)

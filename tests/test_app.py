@@ -23,12 +23,14 @@ from PIL import Image
 
 import app
 from ptame import PTAME
-from ptame.explain_session import ExplainSession
-from ptame.images import MAX_FILE_BYTES
-from ptame.manifest import ModelEntry
+from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from ptame.errors import ModelUnavailable
+from ptame.methods import METHODS
 from ptame.metrics import pointing_game
-from ptame.registry import MODEL_DIR_ENV, ModelRegistry, ModelUnavailable, build_registry, model_dirs_from_env
-from ptame.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from ptame.serving.images import MAX_FILE_BYTES
+from ptame.serving.manifest import ModelEntry
+from ptame.serving.models import MODEL_DIR_ENV, ModelRegistry, build_registry, model_dirs_from_env
+from ptame.serving.session import ExplainSession
 from train import shapes as shapes_recipe
 
 TRAINED_DEMO = Path(app.__file__).resolve().parent / "checkpoints" / "shapes"
@@ -151,13 +153,13 @@ def test_explain_shows_fast_maps_first_and_streams_score_cam(
     path = shapes_file(images, 200)
     steps = list(handlers.explain(str(path), "shapes", ALL_THREE))
     first, last = steps[0], steps[-1]
-    overlays = dict(zip(app.METHOD_NAMES, first[2:7]))
+    overlays = dict(zip(METHODS, first[2:7]))
     assert overlays["ptame"].value is not None and overlays["gradcam"].value is not None
     assert overlays["scorecam"].value is None and "computing, about" in overlays["scorecam"].label
     assert overlays["rise"].visible is False and first[7] is None
-    done = dict(zip(app.METHOD_NAMES, last[2:7]))
+    done = dict(zip(METHODS, last[2:7]))
     for method in ALL_THREE:
-        assert done[method].value is not None and done[method].label.startswith(app.METHOD_NAMES[method])
+        assert done[method].value is not None and done[method].label.startswith(METHODS[method].name)
     with np.load(last[7]) as saved:
         assert {"ptame", "gradcam", "scorecam", "image"} <= set(saved.files)
         assert int(saved["class_index"]) == last[1].value
@@ -192,10 +194,10 @@ def test_reblend_redraws_cached_maps_only(handlers: app.Handlers, session: Expla
     index = result[1].value
     plain = handlers.reblend(path, "shapes", index, ["ptame", "gradcam", "scorecam"], 0.0, "turbo")
     picture = session.cached_analysis(session.read(path), "shapes").picture
-    by_method = dict(zip(app.METHOD_NAMES, plain))
+    by_method = dict(zip(METHODS, plain))
     np.testing.assert_array_equal(by_method["ptame"], picture)
     assert by_method["scorecam"] == gr.skip()  # never computed: left as it is
-    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * len(app.METHOD_NAMES)
+    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * len(METHODS)
 
 
 def test_curves_give_both_plots_and_areas(handlers: app.Handlers, images: Path) -> None:

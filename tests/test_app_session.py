@@ -12,11 +12,14 @@ import torch
 from PIL import Image
 
 from ptame import PTAME, Backbone, CheckpointError, Preprocessing
-from ptame.explain_session import ExplainSession, LRUCache, display_class_names, format_seconds, threads_per_lane
-from ptame.export import figure, prune_folder, save_maps
-from ptame.images import NotAnImage
-from ptame.manifest import LoadedModel, ModelEntry
-from ptame.registry import ModelRegistry, ModelUnavailable, build_registry
+from ptame.errors import ModelUnavailable, NotAnImage
+from ptame.serving.cache import LRUCache
+from ptame.serving.captions import display_class_names, format_seconds
+from ptame.serving.export import figure, prune_folder, save_maps
+from ptame.serving.lanes import threads_per_lane
+from ptame.serving.manifest import LoadedModel, ModelEntry
+from ptame.serving.models import ModelRegistry, build_registry
+from ptame.serving.session import ExplainSession
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "crane"]
 

@@ -13,11 +13,15 @@ from torch import nn
 
 from ptame import create_backbone
 from ptame.backbones import Backbone, Preprocessing, tokens_to_grid
-from ptame.baselines import BASELINES, grad_cam, grad_cam_plus_plus
+from ptame.methods import METHODS
+from ptame.methods.grad_cam import grad_cam
+from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
+from ptame.methods.hooks import capture_target_layer
+from ptame.methods.rise import rise, rise_grids, rise_masks
+from ptame.methods.score_cam import distinct_channel_maps, score_cam
 from ptame.perturb import normalize
-from ptame.rise import rise, rise_grids, rise_masks
-from ptame.saliency import capture_target_layer
-from ptame.score_cam import distinct_channel_maps, score_cam
+
+BASELINES = {key: method for key, method in METHODS.items() if not method.uses_explainer}  # need no explainer
 
 NUM_CLASSES = 10
 SIZE = 32

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ptame.cli import image_paths, main, output_stems, parse_methods
-from ptame.shapes import shapes_sample
+from ptame.datasets.shapes import shapes_sample
 from tests.test_app import random_shapes_demo
 
 ROOT = Path(__file__).resolve().parents[1]

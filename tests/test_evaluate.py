@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ptame import PTAME
-from ptame.shapes import SHAPE_CLASSES
+from ptame.datasets.shapes import SHAPE_CLASSES
 from tests.conftest import save_timm_checkpoint
 from train import evaluate
 

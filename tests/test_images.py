@@ -6,16 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ptame import images
-from ptame.images import (
-    CorruptImage,
-    ImageInputError,
-    ImageTooLarge,
-    ImageTooSmall,
-    NoImage,
-    NotAnImage,
-    read_image,
-)
+from ptame.errors import CorruptImage, ImageInputError, ImageTooLarge, ImageTooSmall, NoImage, NotAnImage
+from ptame.serving import images
+from ptame.serving.images import read_image
 
 
 def noise(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from ptame import PTAME, CheckpointError
-from ptame.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, hub_reachable, load_manifest, load_model
+from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, hub_reachable, load_manifest, load_model
 from tests.conftest import save_timm_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_unreachable_hub_switches_to_the_cache_only_and_restores_the_setting(
 ) -> None:
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
-    monkeypatch.setattr("ptame.manifest.hub_reachable", lambda: False)
+    monkeypatch.setattr("ptame.serving.manifest.hub_reachable", lambda: False)
     entry = ModelEntry("r50", "ResNet-50", "resnet50", "ptame/ptame-resnet50", "main")
     with pytest.raises(CheckpointError, match="the Hub is unreachable or offline mode is on"):
         load_model(entry)

@@ -14,7 +14,7 @@ from ptame.metrics import (
     road,
     road_auc,
 )
-from ptame.road import impute, ranked_pixels
+from ptame.metrics.remove_and_debias import impute, ranked_pixels
 
 SIZE = 32
 

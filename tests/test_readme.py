@@ -34,7 +34,7 @@ def space_header() -> dict[str, str | list[str]]:
 
 
 def test_space_header_matches_requirements_and_manifest() -> None:
-    from ptame.manifest import load_manifest
+    from ptame.serving.manifest import load_manifest
 
     header = space_header()
     assert header["sdk"] == "gradio" and header["app_file"] == "app.py"

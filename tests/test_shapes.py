@@ -9,9 +9,7 @@ import torch
 from huggingface_hub import constants as hub_constants
 from safetensors.torch import load_file
 
-from ptame.manifest import ModelEntry, load_manifest, load_model
-from ptame.metrics import pointing_game
-from ptame.shapes import (
+from ptame.datasets.shapes import (
     INSET_DEPTH,
     MAX_AREA,
     MIN_AREA,
@@ -21,6 +19,8 @@ from ptame.shapes import (
     ShapesDataset,
     shapes_sample,
 )
+from ptame.metrics import pointing_game
+from ptame.serving.manifest import ModelEntry, load_manifest, load_model
 from train.shapes import ShapesRecipe, cutout_views, masked_views, train_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_each_image_has_one_object_of_three_to_twelve_percent(split: str) -> Non
 
 def test_every_object_is_solid() -> None:
     """No class has a hole: the background around an object is one region (4-connectivity, the
-    dual of the object's 8), so a class's evidence lies on its mask (ptame.shapes.OUTLINES)."""
+    dual of the object's 8), so a class's evidence lies on its mask (ptame.datasets.shapes.OUTLINES)."""
     for index in range(60):
         sample = shapes_sample(index)
         assert _components(~sample.mask.numpy(), 4) == 1, f"image {index} ({SHAPE_CLASSES[sample.label]}) has a hole"

@@ -5,7 +5,7 @@ import torch
 
 from ptame import PTAME, CheckpointError, TrainSettings
 from ptame.training import make_optimizer, make_scheduler
-from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint, write_atomically
+from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 
 SETTINGS = TrainSettings(lr=1e-2, weight_decay=0.1)
 
@@ -79,16 +79,17 @@ def test_a_checkpoint_of_another_explainer_does_not_load(tmp_path: Path) -> None
         load_checkpoint(path, other, other_optimizer, make_scheduler(other_optimizer, SETTINGS, 10))
 
 
-def test_an_interrupted_write_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "file.json"
-    write_atomically(path, b"first")
-    assert path.read_bytes() == b"first" and oct(path.stat().st_mode & 0o777) == "0o644"
+def test_an_interrupted_write_leaves_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    explainer, optimizer, scheduler = trained_state(seed=0)
+    path = tmp_path / "checkpoint.safetensors"
+    save_checkpoint(path, explainer, optimizer, scheduler, step=2, run={})
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
 
     def interrupted(source: str, destination: Path) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr("os.replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_atomically(path, b"second")
-    assert path.read_bytes() == b"first"
-    assert [p.name for p in tmp_path.iterdir()] == ["file.json"]
+        save_checkpoint(path, explainer, optimizer, scheduler, step=3, run={})
+    assert read_checkpoint_info(path).step == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.safetensors"]

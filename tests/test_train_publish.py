@@ -6,7 +6,7 @@ import timm
 import torch
 from PIL import Image
 
-from ptame.manifest import ModelEntry, load_model
+from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import save_timm_checkpoint
 from tests.test_train_imagenet import make_image_tree, run_command, train_tiny
 from train import publish

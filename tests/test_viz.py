@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ptame.viz import CAPTION_HEIGHT, COLORMAPS, PANEL_GAP, colorize, overlay, side_by_side
+from ptame.serving.viz import CAPTION_HEIGHT, COLORMAPS, PANEL_GAP, colorize, overlay, side_by_side
 
 
 def test_colorize_maps_low_and_high_to_the_colormap_ends() -> None:

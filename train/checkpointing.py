@@ -3,13 +3,12 @@
 Tensors: the head's weights (``head.*``), the optimiser's state (``optimizer.<param>.<name>``)
 and the random number generators' states (``rng.*``). The safetensors metadata holds, as JSON,
 the step, the optimiser's parameter groups, the schedule's state and the run's description.
-Nothing is pickled. Files are written to a temporary file, then renamed over the old one, so a
-run killed while writing leaves the previous checkpoint intact.
+Nothing is pickled. Files are written atomically (``ptame.files.atomic_write_bytes``: a synced
+temporary file renamed over the old one), so a run killed while writing leaves the previous
+checkpoint intact.
 """
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,27 +16,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from ptame.errors import CheckpointError
 from ptame.explainer import PTAME
-from ptame.hub import CheckpointError
+from ptame.files import atomic_write_bytes
 
 FORMAT = "ptame-training-v1"
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -81,7 +64,7 @@ def save_checkpoint(
         "optimizer_param_groups": optimizer_state["param_groups"],
         "scheduler": scheduler.state_dict(),
     }
-    write_atomically(path, save(tensors, metadata={"format": FORMAT, "state": json.dumps(state)}))
+    atomic_write_bytes(path, save(tensors, metadata={"format": FORMAT, "state": json.dumps(state)}))
 
 
 def _read_state(path: Path) -> dict[str, object]:

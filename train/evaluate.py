@@ -15,9 +15,8 @@ import argparse
 import csv
 import io
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,24 +24,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ptame.baselines import BASELINES
-from ptame.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
+from ptame.bench.timing import synchronize
+from ptame.datasets.shapes import SPLIT_SEEDS, ShapesDataset
+from ptame.files import atomic_write_text
+from ptame.methods import get_method, method_keys
 from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
-from ptame.shapes import SPLIT_SEEDS, ShapesDataset
+from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
 from train.data import ImageFiles, evaluation_subset, image_files
 
-METHODS = ("ptame", *BASELINES)
 METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
 AD_IC_FRACTIONS = (1.0, 0.5, 0.15)
 ROAD_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
 POINTING_TOLERANCE = 15 / 224  # Zhang et al.'s 15 pixels at 224x224, as a fraction of the side
-DISPLAY_NAMES = {
-    "ptame": "P-TAME",
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "scorecam": "Score-CAM",
-    "rise": "RISE",
-}
 
 # Markdown columns: (CSV column, header, decimals); arrows say which direction is better.
 MARKDOWN_COLUMNS = (
@@ -67,12 +60,17 @@ MARKDOWN_COLUMNS = (
 class EvaluationSettings:
     """What to compute: methods, metrics and their parameters."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = field(default_factory=method_keys)
     metrics: tuple[str, ...] = METRICS
     rise_masks: int = 4000
     deletion_steps: int = 50
     road_imputation: str = "linear"
     seed: int = 0
+
+    def options(self, method: str) -> Mapping[str, object]:
+        """The keyword options a method is called with in this evaluation (RISE: its masks and seed;
+        every other method its function's defaults)."""
+        return {"num_masks": self.rise_masks, "seed": self.seed} if method == "rise" else {}
 
 
 @dataclass
@@ -95,22 +93,15 @@ class MethodTotals:
         return row
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that wall time measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def method_maps(
     method: str, model: LoadedModel, pixels: torch.Tensor, classes: torch.Tensor, settings: EvaluationSettings
 ) -> torch.Tensor:
-    """(B, H, W) maps in [0, 1] of one method for a batch."""
-    if method == "ptame":
-        with torch.inference_mode():
-            return model.explainer.explain(pixels, classes)
-    if method == "rise":
-        return BASELINES["rise"](model.backbone, pixels, classes, num_masks=settings.rise_masks, seed=settings.seed)
-    return BASELINES[method](model.backbone, pixels, classes)
+    """(B, H, W) maps in [0, 1] of one registered method for a batch."""
+    chosen = get_method(method)
+    options = dict(settings.options(method))
+    if chosen.uses_explainer:
+        options["explainer"] = model.explainer
+    return chosen(model.backbone, pixels, classes, **options)
 
 
 def score_batch(
@@ -165,9 +156,9 @@ def evaluate(
         (rows, accuracy): one row per method (figures averaged over the images; AD, IC and the
         pointing game in percent), and the classifier's top-1 accuracy in percent (None without labels).
     """
-    unknown = sorted(set(settings.methods) - set(METHODS)) + sorted(set(settings.metrics) - set(METRICS))
+    unknown = sorted(set(settings.methods) - set(method_keys())) + sorted(set(settings.metrics) - set(METRICS))
     if unknown:
-        raise ValueError(f"unknown methods or metrics {unknown}; methods: {METHODS}, metrics: {METRICS}")
+        raise ValueError(f"unknown methods or metrics {unknown}; methods: {method_keys()}, metrics: {METRICS}")
     totals = {method: MethodTotals() for method in settings.methods}
     correct, labelled = 0, 0
     for pixels, labels, masks in batches:
@@ -205,19 +196,6 @@ def folder_batches(paths: Sequence[Path], model: LoadedModel, batch_size: int) -
         yield pixels, None, None
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write a text file through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def csv_text(rows: list[dict[str, float | str]]) -> str:
     """The rows as CSV, one column per figure (union over rows, in first-seen order)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
@@ -237,7 +215,7 @@ def markdown_text(rows: list[dict[str, float | str]], description: list[str]) ->
     lines.append("|---|" + "---:|" * len(columns))
     for row in rows:
         cells = [f"{row[key]:.{decimals}f}" if key in row else "" for key, _, decimals in columns]
-        lines.append(f"| {DISPLAY_NAMES.get(row['method'], row['method'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {get_method(str(row['method'])).name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -288,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--data folder: the fixed 2000-image test / validation subset, or every image",
     )
     parser.add_argument("--images", type=int, default=500, help="number of images evaluated (default: 500)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(method_keys()), choices=method_keys())
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     parser.add_argument("--rise-masks", type=int, default=4000, help="RISE masks per image (default: 4000)")
     parser.add_argument("--deletion-steps", type=int, default=50, help="steps of the deletion/insertion curves")
@@ -357,7 +335,7 @@ def run(args: argparse.Namespace) -> None:
     description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {data}; device {device}.")
     markdown = markdown_text(rows, description)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomically(args.out / "evaluation.csv", csv_text(rows))
-    write_atomically(args.out / "evaluation.md", markdown)
+    atomic_write_text(args.out / "evaluation.csv", csv_text(rows))
+    atomic_write_text(args.out / "evaluation.md", markdown)
     print(markdown)
     print(f"wrote {args.out / 'evaluation.csv'} and {args.out / 'evaluation.md'}")

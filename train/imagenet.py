@@ -32,29 +32,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ptame.backbones import create_backbone
+from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
-from ptame.hub import CheckpointError
+from ptame.files import atomic_write_text, replace_folder
 from ptame.training import make_optimizer, make_scheduler, train_explainer
-from train.checkpointing import (
-    load_checkpoint,
-    read_checkpoint_info,
-    save_checkpoint,
-    write_atomically,
-)
+from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
-from train.recipes import Recipe, recipe_for
+from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
 from train.runs import (
+    BACKBONE_DISPLAY_NAMES,
     CHECKPOINT_NAME,
-    DISPLAY_NAMES,
     EXPLAINER_FOLDER,
     LOG_NAME,
     MANIFEST_NAME,
     RUN_NAME,
     manifest_entry,
 )
-
-LOSS_FLAGS = ("ce", "area", "smooth", "area_power", "smooth_power", "border")
-RECIPE_FLAGS = ("lr", "weight_decay", "batch_size", "epochs", "resize", "crop", "seed", "amp", "auxiliary")
 
 
 def positive_int(text: str) -> int:
@@ -179,16 +172,16 @@ def truncate_log(path: Path, last_step: int) -> None:
     """Drop log records after ``last_step`` (written after the checkpoint a run resumes from)."""
     if path.is_file():
         lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-        write_atomically(path, "".join(line + "\n" for line in lines).encode())
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def save_explainer(explainer: PTAME, folder: Path) -> None:
-    """``explainer.save_pretrained(folder)`` through a temporary folder, never half-written."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    explainer.save_pretrained(temporary)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(temporary, folder)
+    """``explainer.save_pretrained(folder)`` into a temporary sibling folder, then swapped in
+    (``ptame.files.replace_folder``): ``folder`` is never half-written."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    explainer.save_pretrained(staging)
+    replace_folder(staging, folder)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -326,16 +319,14 @@ def train(args: argparse.Namespace, processes: Processes) -> None:
             "versions": {"torch": torch.__version__, "timm": timm.__version__},
             "arguments": vars(args) | {"data": str(args.data), "out": str(args.out)},
         }
-        write_atomically(out / RUN_NAME, (json.dumps(config, indent=2) + "\n").encode())
+        atomic_write_text(out / RUN_NAME, json.dumps(config, indent=2) + "\n")
         entry = manifest_entry(
             key=out.resolve().name,
-            display_name=f"{DISPLAY_NAMES.get(args.backbone, args.backbone)} ({out})",
+            display_name=f"{BACKBONE_DISPLAY_NAMES.get(args.backbone, args.backbone)} ({out})",
             classifier=absolute_source(args.backbone),
             explainer=EXPLAINER_FOLDER,
         )
-        write_atomically(
-            out / MANIFEST_NAME, f"# This run's explainer, for python -m train evaluate.\n{entry}\n".encode()
-        )
+        atomic_write_text(out / MANIFEST_NAME, f"# This run's explainer, for python -m train evaluate.\n{entry}\n")
         print(f"explainer written to {out / EXPLAINER_FOLDER}", file=sys.stderr)
     elif processes.is_main:
         print(f"stopped after step {stop_step}; continue with --resume", file=sys.stderr)

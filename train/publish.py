@@ -22,13 +22,15 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 
+from ptame.errors import PublishError
 from ptame.explainer import CONFIG_NAME, WEIGHTS_NAME
-from train.imagenet import LOSS_FLAGS, RECIPE_FLAGS
-from train.runs import DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
+from ptame.files import replace_folder
+from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
+from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
 
 CARD_NAME = "README.md"
 PUBLISH_FOLDER = "publish"
-HUB_TIMEOUT_S = 60.0
+UPLOAD_TIMEOUT_S = 60.0  # per Hub request of an upload (ptame.hub.HUB_TIMEOUT_S: downloads)
 CITATION = """\
 @article{ntrougkas2025ptame,
   title   = {P-TAME: Explain Any Image Classifier with Trained Perturbations},
@@ -38,10 +40,6 @@ CITATION = """\
   doi     = {10.1109/OJSP.2025.3568756},
   note    = {arXiv:2501.17813}
 }"""
-
-
-class PublishError(RuntimeError):
-    """The run cannot be published (not finished, unreadable files, Hub refused or unreachable)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", default="apache-2.0", help="license of the head's weights (model card)")
     parser.add_argument("--key", help="manifest key (default: the run folder's name)")
     parser.add_argument("--display-name", help="name in the app's model selector")
-    parser.add_argument("--timeout", type=float, default=HUB_TIMEOUT_S, help="seconds per Hub request")
+    parser.add_argument("--timeout", type=float, default=UPLOAD_TIMEOUT_S, help="seconds per Hub request")
 
 
 def read_run(run_dir: Path) -> dict[str, object]:
@@ -108,7 +106,7 @@ def model_card(run: dict[str, object], repo_id: str, license_name: str, evaluati
     recipe = run["recipe"]
     loss = recipe["loss"]
     backbone = run["backbone"]
-    name = DISPLAY_NAMES.get(backbone, backbone)
+    name = BACKBONE_DISPLAY_NAMES.get(backbone, backbone)
     weights = recipe["classifier_weights"] if run["pretrained"] else "RANDOM initialisation (a test run)"
     if run["pretrained"] and run.get("timm_weights"):
         weights += f" (timm `{run['timm_weights']}`)"
@@ -191,15 +189,15 @@ own licenses; ImageNet's terms of access apply to anything trained on it.
 
 
 def write_folder(run_dir: Path, folder: Path, card: str) -> None:
-    """Write the repo's files to ``folder`` through a temporary folder (never half-written)."""
-    temporary = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
+    """Write the repo's files into a temporary sibling folder, then swap it in for ``folder``
+    (``ptame.files.replace_folder``): ``folder`` is never half-written."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
-        shutil.copyfile(run_dir / EXPLAINER_FOLDER / name, temporary / name)
-    (temporary / CARD_NAME).write_text(card, encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    temporary.replace(folder)
+        shutil.copyfile(run_dir / EXPLAINER_FOLDER / name, staging / name)
+    (staging / CARD_NAME).write_text(card, encoding="utf-8")
+    replace_folder(staging, folder)
 
 
 def push(folder: Path, repo_id: str, token: str | None, private: bool, timeout: float) -> str:
@@ -260,7 +258,7 @@ def publish(args: argparse.Namespace) -> None:
     print(
         manifest_entry(
             key=args.key or run_dir.resolve().name,
-            display_name=args.display_name or DISPLAY_NAMES.get(backbone, backbone),
+            display_name=args.display_name or BACKBONE_DISPLAY_NAMES.get(backbone, backbone),
             classifier=backbone,
             explainer=args.repo_id,
             revision=revision,

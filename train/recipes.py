@@ -63,6 +63,17 @@ class Recipe:
         return values
 
 
+# The recipe values that ``python -m train imagenet`` sets with one flag each (``--weight-decay``
+# for ``weight_decay``), and that train/publish.py writes back into a run's command line: every
+# loss coefficient, and every recipe field but loss (its coefficients are flags of their own),
+# feature_levels (a list, handled on its own) and classifier_weights and source (descriptions).
+LOSS_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LossWeights))
+RECIPE_FLAGS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(Recipe)
+    if f.name not in {"loss", "feature_levels", "classifier_weights", "source"}
+)
+
 PAPER_RECIPES: dict[str, Recipe] = {
     "vgg16": Recipe(
         lr=1e-4,

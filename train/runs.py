@@ -8,11 +8,11 @@ RUN_NAME = "run.json"  # the finished run's full configuration
 EXPLAINER_FOLDER = "explainer"  # PTAME.save_pretrained of the finished run
 MANIFEST_NAME = "manifest.toml"  # a one-entry manifest of the finished run (for python -m train evaluate)
 EVALUATION_NAME = "evaluation.md"  # written by python -m train evaluate --out RUN
-DISPLAY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "vit_b_16": "ViT-B/16"}
+BACKBONE_DISPLAY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "vit_b_16": "ViT-B/16"}
 
 
 def manifest_entry(key: str, display_name: str, classifier: str, explainer: str, revision: str | None = None) -> str:
-    """A [[models]] table of a manifest (checkpoints/manifest.toml; ptame.manifest.ModelEntry's fields).
+    """A [[models]] table of a manifest (checkpoints/manifest.toml; ptame.serving.manifest.ModelEntry's fields).
 
     Args:
         key: the entry's key. display_name: its name in the app.

@@ -1,7 +1,7 @@
 """Train the offline shapes demo: classifier, auxiliary network and P-TAME explainer, into one folder.
 
 ``python -m train shapes --out checkpoints/shapes`` trains, from random initialisation and on
-generated images (ptame.shapes), a small classifier, a separately trained auxiliary network of
+generated images (ptame.datasets.shapes), a small classifier, a separately trained auxiliary network of
 another architecture, and a P-TAME explainer of the classifier (a black box to it). It writes
 
     OUT/classifier/  timm folder: config.json (class names, preprocessing) + model.safetensors
@@ -31,9 +31,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ptame import PTAME, Backbone, LossWeights, TrainSettings, create_backbone, train_explainer
+from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+from ptame.files import replace_folder
 from ptame.metrics import ad_ic, energy_pointing_game, pointing_game
 from ptame.perturb import normalize
-from ptame.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
 # Both are ResNet-10-T with a 16-channel stem, of different widths: the classifier has half the
 # standard width, the auxiliary network a quarter.
@@ -62,7 +63,7 @@ class ShapesRecipe:
     parts of its background); the first ``cutout_share`` of each batch is added again with its
     object cut out (``cutout_views``), and an all-black image is added too, both trained towards
     the uniform distribution with weight ``blank_weight``. Measured on one-colour objects (before
-    the inset of ``ptame.shapes``): without the masked views and the black image, the classifier
+    the inset of ``ptame.datasets.shapes``): without the masked views and the black image, the classifier
     called an all-black image a triangle (p 0.64), so an empty map "explained" every triangle;
     P-TAME's pointing game was 0.57, with them 0.70. The cut-outs teach it that an object-shaped
     hole is no object: its evidence is the object's own pixels, not the background around the
@@ -279,6 +280,7 @@ def _network_card(part: str, architecture: str, metrics: dict, recipe: ShapesRec
         if part == "classifier"
         else "The auxiliary network of the shapes explainer: a feature extractor only (layers 1-4)."
     )
+    size = f"{recipe.image_size}x{recipe.image_size}"
     return f"""---
 library_name: timm
 tags: [image-classification, synthetic, ptame]
@@ -286,7 +288,7 @@ tags: [image-classification, synthetic, ptame]
 # Shapes {part}: `{architecture}`, trained from scratch
 
 {role} Trained by `python -m train shapes` on
-{metrics["train_images"]} generated images of the shapes world (`ptame.shapes`, {recipe.image_size}x{recipe.image_size},
+{metrics["train_images"]} generated images of the shapes world (`ptame.datasets.shapes`, {size},
 classes: {", ".join(SHAPE_CLASSES)}); random initialisation, no pretrained weights.
 
 | test images | test accuracy |
@@ -355,7 +357,7 @@ def train_shapes(out: Path, recipe: ShapesRecipe = ShapesRecipe(), progress: boo
     staging.chmod(0o755)
     try:
         metrics = _train_into(staging, recipe, progress)
-        _replace(staging, out)
+        replace_folder(staging, out)
     finally:
         torch.set_num_threads(threads)
         shutil.rmtree(staging, ignore_errors=True)
@@ -439,17 +441,6 @@ def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str,
     for part, values in metrics.items():
         _write_json(folder / part / "metrics.json", values)
     return metrics
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Move the finished ``staging`` folder to ``out``; an existing ``out`` is removed only after."""
-    if out.exists():
-        old = staging.with_name(staging.name + ".old")
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,35 +13,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ptame.errors import CorruptImage, ImageTooLarge, ImageTooSmall, NoImage, NotAnImage
+
 MAX_FILE_BYTES = 25 * 1024 * 1024  # the app's upload limit too (launch(max_file_size=...))
 MAX_PIXELS = 8192 * 8192  # 67 MP: larger images are refused before decoding (decompression bombs)
 MIN_SIDE = 16  # a smaller image holds too little for a classifier or a map
 WORKING_SIDE = 1024  # larger images are scaled down to this shorter side (models use <= 256)
 SUPPORTED = "PNG, JPEG, WebP, GIF, BMP or TIFF"
-
-
-class ImageInputError(ValueError):
-    """An image file that cannot be explained; the message says why, for the user."""
-
-
-class NoImage(ImageInputError):
-    """Nothing was given."""
-
-
-class NotAnImage(ImageInputError):
-    """The file is not an image format Pillow can read."""
-
-
-class CorruptImage(ImageInputError):
-    """The file claims to be an image but cannot be decoded (truncated or damaged)."""
-
-
-class ImageTooSmall(ImageInputError):
-    """The image's shorter side is below ``MIN_SIDE``."""
-
-
-class ImageTooLarge(ImageInputError):
-    """The file or its pixel count is over the limits (refused without decoding)."""
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ptame.hub import CheckpointError
-from ptame.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
+from ptame.errors import CheckpointError, ModelUnavailable
+from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
 
 State = Literal["waiting", "loading", "ready", "unavailable"]
-
-
-class ModelUnavailable(CheckpointError):
-    """A model was asked for that is unknown, still loading, or failed to load (says why)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class ModelRegistry:
     Args:
         entries: the models, in display order; keys must be unique.
         device: where loaded models live ("cpu", "cuda").
-        loader: entry -> loaded model (``ptame.manifest.load_model``; tests pass their own).
+        loader: entry -> loaded model (``ptame.serving.manifest.load_model``; tests pass their own).
     """
 
     def __init__(

@@ -1,14 +1,8 @@
-"""Plumbing shared by the saliency baselines and the metrics: input checks, target-layer capture, map finishing."""
-
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+"""Input checks shared by the saliency methods and the metrics: image batches, classes, maps."""
 
 import torch
 
-from ptame.backbones import Backbone
-from ptame.explainer import normalize_maps
-from ptame.perturb import resize_maps
+from ptame.maps import resize_maps
 
 
 def check_inputs(pixels: torch.Tensor, classes: torch.Tensor | list[int]) -> torch.Tensor:
@@ -44,64 +38,6 @@ def check_classes_fit(classes: torch.Tensor, num_classes: int) -> None:
     """Raise ValueError if a class index is >= ``num_classes`` (the classifier's output size)."""
     if classes.numel() and int(classes.max()) >= num_classes:
         raise ValueError(f"class index {int(classes.max())} is out of range: the classifier has {num_classes} classes")
-
-
-@contextmanager
-def capture_target_layer(backbone: Backbone) -> Iterator[list[torch.Tensor]]:
-    """Record the outputs of ``backbone.target_layer`` during forward passes run by this thread.
-
-    The hook ignores forward passes of other threads (a demo serving several users at once runs the
-    same model concurrently) and is removed on exit, also when an error is raised.
-
-    Yields:
-        A list that receives each raw output of the target layer, in order.
-    """
-    outputs: list[torch.Tensor] = []
-    owner = threading.get_ident()
-
-    def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if threading.get_ident() == owner:
-            outputs.append(output)
-
-    handle = backbone.target_layer.register_forward_hook(record)
-    try:
-        yield outputs
-    finally:
-        handle.remove()
-
-
-def single_output(outputs: list[torch.Tensor], backbone: Backbone) -> torch.Tensor:
-    """The one target-layer output of a forward pass; ValueError if the layer ran 0 or several times."""
-    if len(outputs) != 1:
-        raise ValueError(
-            f"the target layer of {backbone.name} ran {len(outputs)} times in one forward pass; "
-            "CAM methods need a layer that runs exactly once"
-        )
-    return outputs[0]
-
-
-def as_feature_grid(backbone: Backbone, output: torch.Tensor) -> torch.Tensor:
-    """A target-layer output as a (B, C, h, w) feature map (tokens reshaped to their grid for transformers)."""
-    grid = backbone.reshape_transform(output) if backbone.reshape_transform is not None else output
-    if grid.dim() != 4:
-        raise ValueError(
-            f"the target layer of {backbone.name} gives a {grid.dim()}-D output; a (B, C, h, w) map is needed "
-            "(a transformer backbone needs a reshape_transform)"
-        )
-    return grid
-
-
-def finish_maps(class_activation_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """ReLU, bilinear resize to the input size, per-map min-max (as pytorch-grad-cam finishes a CAM).
-
-    Args:
-        class_activation_maps: (B, h, w) real values.
-        size: (H, W) of the input.
-
-    Returns:
-        (B, H, W) float32 in [0, 1]; a map with no positive value becomes all zeros.
-    """
-    return normalize_maps(class_activation_maps.float().clamp_min(0), size)
 
 
 def check_maps(pixels: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:

@@ -19,16 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from ptame.backbones import Backbone
+from ptame.checks import check_classes_fit, check_inputs
+from ptame.methods.hooks import as_feature_grid, capture_target_layer, finish_maps, single_output
+from ptame.methods.registry import register_method
 from ptame.perturb import normalize
-from ptame.saliency import (
-    as_feature_grid,
-    capture_target_layer,
-    check_classes_fit,
-    check_inputs,
-    finish_maps,
-    single_output,
-)
 
+INTERACTIVE_BATCH = 32  # masked copies per forward pass in the app: bounded memory on a CPU Space
 MASK_EPS = 1e-8  # pytorch-grad-cam's constant in the min-max normalisation of the masks
 
 
@@ -66,6 +62,14 @@ def channel_masks(channel_maps: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return (upsampled - low) / (high - low + MASK_EPS)
 
 
+@register_method(
+    "scorecam",
+    "Score-CAM",
+    passes=lambda channels, options: channels + 1,
+    streamed=True,
+    default=True,
+    options={"batch_size": INTERACTIVE_BATCH},
+)
 def score_cam(
     backbone: Backbone,
     pixels: torch.Tensor,

@@ -22,10 +22,10 @@ import torchvision
 from huggingface_hub import constants as hub_constants
 
 from ptame.backbones import Backbone, create_backbone
+from ptame.errors import CheckpointError
 from ptame.explainer import CONFIG_NAME, LOCAL_DIR_PREFIX, PTAME
-from ptame.hub import CheckpointError
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.toml"
+DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier", "explainer")
 OPTIONAL_FIELDS = ("explainer_revision",)
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")

@@ -1,4 +1,4 @@
-"""ROAD (Rong et al. 2022): remove the most / least relevant pixels, fill them by imputation, re-classify.
+"""ROAD, RemOve And Debias (Rong et al. 2022): remove the most / least relevant pixels, impute them, re-classify.
 
 Removing pixels by blacking them out leaks the mask's shape to the classifier; ROAD fills them from
 their surroundings instead. Noisy linear imputation (the ROAD paper's choice) solves, for the removed
@@ -18,7 +18,7 @@ from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 
 from ptame.backbones import Backbone
-from ptame.saliency import check_classes_fit, check_inputs, check_maps
+from ptame.checks import check_classes_fit, check_inputs, check_maps
 
 IMPUTATIONS = ("linear", "telea")
 LINEAR_NOISE_STD = 0.01  # Rong et al. 2022 (absolute; here in pixel units, images in [0, 1])

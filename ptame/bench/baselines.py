@@ -1,7 +1,7 @@
 """Benchmark of the baselines: streamed Score-CAM against pytorch-grad-cam's, and the cost of every method.
 
-    python -m ptame.bench_baselines [--batch-size 8] [--device cpu]
-    python -m ptame.bench_baselines --costs [--backbones vgg16 resnet50 vit_b_16] [--rise-masks 128]
+    python -m ptame.bench.baselines [--batch-size 8] [--device cpu]
+    python -m ptame.bench.baselines --costs [--backbones vgg16 resnet50 vit_b_16] [--rise-masks 128]
 
 Default: one 224x224 image, random-initialised ResNet-50 (seed 0), its top-1 class. ptame's
 ``score_cam`` (``--batch-size`` masked inputs per pass) and pytorch-grad-cam's ``ScoreCAM`` (its
@@ -26,32 +26,26 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ptame.backbones import create_backbone
-from ptame.baselines import grad_cam, grad_cam_plus_plus
+from ptame.bench.timing import median_seconds, synchronize
 from ptame.explainer import PTAME
+from ptame.methods.grad_cam import grad_cam
+from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
+from ptame.methods.rise import rise
+from ptame.methods.score_cam import score_cam
 from ptame.perturb import normalize
-from ptame.rise import rise
-from ptame.score_cam import score_cam
 
 SCORE_CAM_TARGETS = {"correlation": 0.999, "memory": 0.3, "time (CPU)": 0.8, "time (GPU)": 0.3}
 WORKERS = ("ptame", "pytorch-grad-cam")
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work, so that wall time measures it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_resident_mb() -> float:
@@ -95,7 +89,7 @@ def score_cam_worker(worker: str, batch_size: int, device: torch.device, result:
 def run_worker(worker: str, batch_size: int, device: str, folder: Path) -> tuple[dict[str, float], np.ndarray]:
     """Run ``score_cam_worker`` in a fresh Python process; its figures and map."""
     result = folder / f"{worker}.json"
-    command = [sys.executable, "-m", "ptame.bench_baselines", "--worker", worker, "--result", str(result)]
+    command = [sys.executable, "-m", "ptame.bench.baselines", "--worker", worker, "--result", str(result)]
     command += ["--batch-size", str(batch_size), "--device", device, "--threads", str(torch.get_num_threads())]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
@@ -135,19 +129,6 @@ def compare_score_cams(batch_size: int, device: str) -> None:
     for name, value, target, met in rows:
         bound = ">=" if name == "map correlation" else "<="
         print(f"{name:<30} {value:>8.4f}  target {bound} {target}  {'ok' if met else 'MISSED'}")
-
-
-def median_seconds(function: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``function()`` over ``repeats`` calls, after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def method_costs(

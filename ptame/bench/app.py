@@ -1,6 +1,6 @@
 """Benchmark of the demo app, offline, on this machine's CPU.
 
-    python -m ptame.bench_app [--requests 5] [--repeats 5]
+    python -m ptame.bench.app [--requests 5] [--repeats 5]
 
 Measured in one run and printed against the targets:
 1. start-up: ``python app.py`` (HF_HUB_OFFLINE=1) from process start until its URL answers;
@@ -27,14 +27,15 @@ import torch
 from PIL import Image
 
 from ptame.backbones import create_backbone
-from ptame.explain_session import ExplainSession, threads_per_lane
+from ptame.datasets.shapes import shapes_sample
 from ptame.explainer import PTAME
-from ptame.images import read_image
-from ptame.manifest import LoadedModel, ModelEntry
-from ptame.registry import ModelRegistry
-from ptame.shapes import shapes_sample
+from ptame.serving.images import read_image
+from ptame.serving.lanes import threads_per_lane
+from ptame.serving.manifest import LoadedModel, ModelEntry
+from ptame.serving.models import ModelRegistry
+from ptame.serving.session import ExplainSession
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TARGET_STARTUP_S = 15.0
 TARGET_SHAPES_REQUEST_S = 2.0
 TARGET_RESNET50_PTAME_S = 0.5

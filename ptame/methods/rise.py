@@ -15,9 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from ptame.backbones import Backbone
-from ptame.explainer import normalize_maps
+from ptame.checks import check_classes_fit, check_inputs
+from ptame.maps import normalize_maps
+from ptame.methods.registry import register_method
 from ptame.perturb import normalize
-from ptame.saliency import check_classes_fit, check_inputs
+
+INTERACTIVE_MASKS = 2000  # fewer than the paper's 8000: a demo answer in seconds, not minutes
+INTERACTIVE_BATCH = 32  # masked inputs per forward pass in the app
 
 
 def rise_grids(
@@ -69,6 +73,13 @@ def rise_masks(patterns: torch.Tensor, shifts: torch.Tensor, size: tuple[int, in
     )
 
 
+@register_method(
+    "rise",
+    "RISE",
+    passes=lambda channels, options: options["num_masks"],
+    streamed=True,
+    options={"num_masks": INTERACTIVE_MASKS, "batch_size": INTERACTIVE_BATCH},
+)
 def rise(
     backbone: Backbone,
     pixels: torch.Tensor,

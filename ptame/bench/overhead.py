@@ -1,6 +1,7 @@
 """Benchmark: cost of explaining the top-1 class with P-TAME, as a ratio to a bare forward pass.
 
-    python -m ptame.bench [--backbones vgg16 resnet50 vit_b_16] [--repeats 20]
+    python -m ptame.bench.overhead [--backbones vgg16 resnet50 vit_b_16] [--repeats 20]
+    python -m ptame.bench [the same options]
 
 For each random-initialised backbone (ResNet-18 auxiliary, batch 1, 224x224, CPU unless
 --device says otherwise), measured in the same run: the median time of a bare backbone forward,
@@ -8,28 +9,14 @@ and of a backbone forward followed by ``explain`` for its top-1 class.
 """
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
 from ptame.backbones import create_backbone
+from ptame.bench.timing import median_seconds
 from ptame.explainer import PTAME
 
 TARGETS = {"vgg16": 1.15, "resnet50": 1.5, "vit_b_16": 1.15}
-
-
-def median_seconds(function: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``function()`` over ``repeats`` calls, after ``warmup`` calls."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def explain_overhead(name: str, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -45,20 +32,12 @@ def explain_overhead(name: str, repeats: int, device: torch.device) -> tuple[flo
         top1 = backbone.logits(pixels).argmax(dim=1)
         return explainer.explain(pixels, top1)
 
-    def synced(function: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        def run() -> None:
-            function()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
-        return run
-
     with torch.inference_mode():
         # Interleave the two measurements so that machine noise hits both alike.
         bare, explained = [], []
         for _ in range(3):
-            bare.append(median_seconds(synced(forward), repeats))
-            explained.append(median_seconds(synced(forward_and_explain), repeats))
+            bare.append(median_seconds(forward, device, repeats, warmup=3))
+            explained.append(median_seconds(forward_and_explain, device, repeats, warmup=3))
     return min(bare), min(explained)
 
 

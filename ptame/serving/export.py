@@ -1,23 +1,18 @@
 """Saving explanations: raw maps as .npz, overlays side by side as .png (atomic writes)."""
 
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from ptame.explain_session import METHOD_NAMES, Explanation, format_seconds
-from ptame.viz import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay, side_by_side
+from ptame.files import atomic_write
+from ptame.serving.captions import method_caption
+from ptame.serving.results import Explanation
+from ptame.serving.viz import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay, side_by_side
 
 FIGURE_PANEL_SIDE = 256  # smaller model inputs (the shapes demo's 128) are enlarged in figures
-
-
-def caption(explanation: Explanation) -> str:
-    """ "P-TAME · 12 ms": the method's name and its compute time."""
-    return f"{METHOD_NAMES[explanation.method]} · {format_seconds(explanation.seconds)}"
 
 
 def figure(
@@ -42,27 +37,15 @@ def figure(
         scale = FIGURE_PANEL_SIDE / height
         picture = cv2.resize(picture, (round(width * scale), FIGURE_PANEL_SIDE), interpolation=cv2.INTER_CUBIC)
     panels = [(title, picture)]
-    panels += [(caption(e), overlay(picture, e.saliency, opacity, colormap)) for e in explanations]
+    panels += [
+        (method_caption(e.method, e.seconds), overlay(picture, e.saliency, opacity, colormap)) for e in explanations
+    ]
     return side_by_side(panels)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write a (H, W, 3) uint8 RGB array as a PNG, atomically. Returns the path."""
-    return _atomic_write(Path(path), lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
+    return atomic_write(Path(path), lambda temporary: Image.fromarray(image).save(temporary, format="PNG"))
 
 
 def save_maps(
@@ -96,7 +79,7 @@ def save_maps(
         with open(temporary, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 
-    return _atomic_write(Path(path), write)
+    return atomic_write(Path(path), write)
 
 
 def prune_folder(folder: str | Path, keep: int, pattern: str = "*.npz") -> int:

@@ -1,0 +1,39 @@
+"""Saliency-map arithmetic: bilinear resizing and per-map min-max normalisation."""
+
+import torch
+import torch.nn.functional as F
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize saliency maps.
+
+    Args:
+        maps: (B, h, w) or (B, K, h, w).
+        size: (H, W) of the result.
+
+    Returns:
+        (B, H, W) or (B, K, H, W), matching the input's rank. Values stay within each map's
+        [min, max] (bilinear interpolation is a convex combination).
+    """
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    if maps.dim() == 3:
+        return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def normalize_maps(raw_maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Inference-time normalisation: bilinear resize, then per-map min-max.
+
+    Args:
+        raw_maps: (B, h, w) or (B, K, h, w) raw maps.
+        size: (H, W) to resize to first, or None to keep (h, w).
+
+    Returns:
+        Same rank as the input, each map in [0, 1] (a constant map becomes all zeros).
+    """
+    maps = resize_maps(raw_maps.float(), size) if size is not None else raw_maps.float()
+    flat = maps.flatten(-2)
+    low = flat.amin(-1, keepdim=True)
+    span = (flat.amax(-1, keepdim=True) - low).clamp_min(torch.finfo(flat.dtype).tiny)
+    return ((flat - low) / span).view_as(maps)

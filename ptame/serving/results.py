@@ -1,0 +1,90 @@
+"""What the serving layer returns: an image's analysis, a method's map, curves, a stream's state."""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What one pass over an image gives, for one model.
+
+    Attributes:
+        pixels: (1, 3, S, S) in [0, 1], the model's input (its preprocessing's centre crop).
+        picture: (S, S, 3) uint8, the same image for display.
+        probabilities: (K,) float, softmax of the classifier's logits.
+        ptame_maps: (K, h, w) raw P-TAME maps of every class.
+        predict_seconds: time of the classifier's forward pass.
+        ptame_seconds: time of the explainer's pass (all K classes).
+        cam_channels: channels of the classifier's CAM target layer (Score-CAM's passes).
+    """
+
+    pixels: torch.Tensor
+    picture: np.ndarray
+    probabilities: np.ndarray
+    ptame_maps: torch.Tensor
+    predict_seconds: float
+    ptame_seconds: float
+    cam_channels: int
+
+    def top(self, count: int) -> list[int]:
+        """The ``count`` most probable class indices, most probable first."""
+        return [int(i) for i in np.argsort(-self.probabilities, kind="stable")[:count]]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One method's saliency map for one class.
+
+    Attributes:
+        method: a registered method's key (``ptame.methods``).
+        class_index: the explained class.
+        saliency: (S, S) float32 in [0, 1], on the model's input crop.
+        seconds: compute time (P-TAME: its one pass, which mapped every class).
+    """
+
+    method: str
+    class_index: int
+    saliency: np.ndarray
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Curves:
+    """Deletion and insertion curves of one map: class probability vs. fraction of pixels.
+
+    ``fractions``, ``deletion``, ``insertion``: (steps + 1,) float; AUCs in [0, 1] (deletion:
+    lower is better; insertion: higher is better).
+    """
+
+    method: str
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_auc: float
+    insertion_auc: float
+
+
+@dataclass(frozen=True)
+class StreamUpdate:
+    """Where a multi-method explanation stands (``ExplainSession.explain_stream``).
+
+    Attributes:
+        analysis: the image's analysis for the model.
+        class_index: the explained class.
+        explanations: the maps done so far, by method key, in the order asked for once complete.
+        pending: the methods still to compute, in the order they will be computed.
+        expected_seconds: each pending method's expected compute time.
+    """
+
+    analysis: Analysis
+    class_index: int
+    explanations: dict[str, Explanation]
+    pending: list[str] = field(default_factory=list)
+    expected_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Whether every method asked for is done."""
+        return not self.pending
