@@ -1,36 +1,36 @@
 """PTAME: a frozen auxiliary feature extractor + a trainable attention head, Hub-loadable."""
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
+from ptame.checkpoint import WEIGHTS_NAME, checkpoint_files, read_config, read_head_weights, write_head_weights
 from ptame.errors import CheckpointError
 from ptame.head import AttentionHead
-from ptame.hub import resolve_file
 from ptame.maps import normalize_maps
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 CUSTOM_PREFIX = "custom:"
 LOCAL_DIR_PREFIX = "local-dir:"
 PROBE_SIZE = 64  # side of the dummy image that reveals a custom auxiliary network's channels
 
 
 def _encode_module(module: nn.Module) -> str:
+    """config.json's record of a custom auxiliary network: its class name (its weights are the user's)."""
     return CUSTOM_PREFIX + type(module).__qualname__
 
 
-def _decode_module(value: str) -> str:
-    return value
+def _custom_module_error(value: str) -> nn.Module:
+    """A custom auxiliary network cannot be rebuilt from its name: say how to pass it instead."""
+    raise CheckpointError(
+        f"this explainer was trained on a custom auxiliary network ({value.removeprefix(CUSTOM_PREFIX)}); "
+        "pass the same network: PTAME.from_pretrained(path, auxiliary=your_module)"
+    )
 
 
 def build_auxiliary(
@@ -51,10 +51,7 @@ def build_auxiliary(
         (torch.fx): the same function up to float rounding, ~1 ms faster per image on CPU.
     """
     if name.startswith(CUSTOM_PREFIX):
-        raise CheckpointError(
-            f"this explainer was trained on a custom auxiliary network ({name[len(CUSTOM_PREFIX) :]}); "
-            "pass the same network: PTAME.from_pretrained(path, auxiliary=your_module)"
-        )
+        _custom_module_error(name)
     if name.startswith(LOCAL_DIR_PREFIX) and folder is not None:
         path = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser()
         name = LOCAL_DIR_PREFIX + str(path if path.is_absolute() else (Path(folder) / path).resolve())
@@ -74,7 +71,7 @@ class PTAME(
     tags=["explainability", "saliency", "p-tame", "image-classification"],
     license="apache-2.0",
     paper_url="https://arxiv.org/abs/2501.17813",
-    coders={nn.Module: (_encode_module, _decode_module)},
+    coders={nn.Module: (_encode_module, _custom_module_error)},
 ):
     """P-TAME explainer (Ntrougkas, Mezaris, Patras, 2025) for one classifier.
 
@@ -191,19 +188,18 @@ class PTAME(
         own = raw[torch.arange(pixels.shape[0], device=pixels.device), inverse]
         return normalize_maps(own, tuple(pixels.shape[-2:]))
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write the head's weights (and the explainer's identity as metadata) to safetensors."""
-        tensors = {key: value.detach().contiguous().cpu() for key, value in self.head.state_dict().items()}
-        save_file(tensors, str(Path(save_directory) / WEIGHTS_NAME), metadata=self._identity())
-
-    def _identity(self) -> dict[str, str]:
+    def identity(self) -> dict[str, str]:
+        """What the head's weights fit: auxiliary network, feature levels, channels, class count."""
         return {
-            "format": "ptame-head-v1",
             "auxiliary": self.auxiliary_name,
             "feature_levels": ",".join(map(str, self.feature_levels)),
             "channels": ",".join(map(str, self.head.channels)),
             "num_classes": str(self.num_classes),
         }
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write the head's weights, with the explainer's identity as metadata (the Hub mixin writes config.json)."""
+        write_head_weights(Path(save_directory) / WEIGHTS_NAME, self.head.state_dict(), self.identity())
 
     @classmethod
     def from_pretrained(
@@ -234,72 +230,22 @@ class PTAME(
             CheckpointError: files missing or unreadable, or weights that do not match the
                 explainer the config describes (names the mismatching part).
         """
-        options = dict(
+        config_path, weights_path = checkpoint_files(
+            pretrained_model_name_or_path,
             revision=revision,
             cache_dir=cache_dir,
             force_download=force_download,
             token=token,
             local_files_only=local_files_only,
         )
-        config_path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **options)
-        weights_path = resolve_file(pretrained_model_name_or_path, WEIGHTS_NAME, **options)
+        config = read_config(config_path, set(cls._hub_mixin_init_parameters) - {"self", "auxiliary_root"})
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{config_path} must hold a JSON object, not {type(config).__name__}")
-        known = set(cls._hub_mixin_init_parameters) - {"self", "auxiliary_root"}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise CheckpointError(f"{config_path} has unknown keys {unknown}: not a P-TAME explainer config?")
-        arguments = {"auxiliary_root": weights_path.parent, **config, **model_kwargs}
-        try:
-            model = cls(**arguments)
+            model = cls(**{"auxiliary_root": weights_path.parent, **config, **model_kwargs})
+        except CheckpointError:
+            raise
         except (TypeError, ValueError, RuntimeError) as error:
-            if isinstance(error, CheckpointError):
-                raise
             raise CheckpointError(f"cannot build the explainer described by {config_path}: {error}") from error
-        model.load_head(weights_path, map_location)
+        model.head.load_state_dict(
+            read_head_weights(weights_path, model.identity(), model.head.state_dict(), map_location)
+        )
         return model.eval()
-
-    def load_head(self, weights_path: str | Path, map_location: str | torch.device = "cpu") -> None:
-        """Load head weights from a safetensors file, checking that they fit exactly.
-
-        Raises:
-            CheckpointError: unreadable file, non-finite values, another auxiliary network,
-                missing or unexpected tensors, or different shapes (e.g. class counts).
-        """
-        path = Path(weights_path)
-        try:
-            tensors = load_file(str(path), device=str(map_location))
-            with open(path, "rb") as handle:
-                header_size = int.from_bytes(handle.read(8), "little")
-                metadata = json.loads(handle.read(header_size)).get("__metadata__", {}) or {}
-        except (SafetensorError, OSError, ValueError) as error:
-            raise CheckpointError(
-                f"{path} is not a readable safetensors file (truncated or corrupted?): {error}"
-            ) from error
-        expected_identity = self._identity()
-        for key in ("auxiliary", "feature_levels", "channels", "num_classes"):
-            if key in metadata and metadata[key] != expected_identity[key]:
-                raise CheckpointError(
-                    f"{path} was trained for {key} = {metadata[key]}, but this explainer has "
-                    f"{key} = {expected_identity[key]}"
-                )
-        expected = self.head.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path} does not match the head: missing tensors {missing}, unexpected tensors {unexpected}"
-            )
-        for key, value in tensors.items():
-            if value.shape != expected[key].shape:
-                raise CheckpointError(
-                    f"{path}: tensor {key} has shape {tuple(value.shape)}, the head expects "
-                    f"{tuple(expected[key].shape)} (class count or auxiliary channels differ)"
-                )
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values (corrupted?)")
-        self.head.load_state_dict(tensors, strict=True)

@@ -22,8 +22,8 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 
+from ptame.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ptame.errors import PublishError
-from ptame.explainer import CONFIG_NAME, WEIGHTS_NAME
 from ptame.files import replace_folder
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
 from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry

@@ -22,8 +22,9 @@ import torchvision
 from huggingface_hub import constants as hub_constants
 
 from ptame.backbones import Backbone, create_backbone
+from ptame.checkpoint import CONFIG_NAME
 from ptame.errors import CheckpointError
-from ptame.explainer import CONFIG_NAME, LOCAL_DIR_PREFIX, PTAME
+from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier", "explainer")
