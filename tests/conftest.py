@@ -1,16 +1,67 @@
-"""Shared fixtures: tiny offline models, saved checkpoints, a seeded Hugging Face cache."""
+"""Shared test helpers and fixtures: tiny offline models, saved checkpoints, a seeded Hugging Face
+cache, generated images, tiny training runs.
 
+Test modules take the plain helpers with ``from tests.conftest import ...`` (never from another
+test module). pytest imports this file as ``tests.conftest`` (tests/ is a package, so the
+repository root goes on sys.path), so that import finds the module pytest already loaded.
+"""
+
+# Offline before anything imports huggingface_hub or gradio (timm, imported below, imports
+# huggingface_hub, which reads HF_HUB_OFFLINE once, at import), so that a plain
+# `python -m pytest` never reaches the network:
+# - HF_HUB_OFFLINE=1: huggingface_hub reads the local cache only (setdefault: an HF_HUB_OFFLINE
+#   already in the environment wins).
+# - GRADIO_ANALYTICS_ENABLED=False: no telemetry from gradio or gradio_client, and no version
+#   check: gradio has no setting of its own for that; Blocks starts analytics.version_check (a
+#   request to api.gradio.app/pkg-version) only when analytics are enabled.
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import argparse
 import shutil
+import socket
+import struct
+import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from timm.models import save_for_hf
 
 from ptame import PTAME
+from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from train import imagenet
+from train import shapes as shapes_recipe
 
+ROOT = Path(__file__).resolve().parents[1]
+TRAINED_DEMO = ROOT / "checkpoints" / "shapes"  # python -m train shapes --out checkpoints/shapes
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+# Tiny, random-initialised timm networks and 32x32 crops: a run of a few steps takes seconds.
+TINY_RUN = [
+    "--backbone", "test_resnet", "--auxiliary", "test_resnet", "--no-pretrained",
+    "--resize", "40", "--crop", "32", "--batch-size", "4", "--steps", "4",
+    "--workers", "0", "--log-every", "2", "--checkpoint-every", "2", "--no-progress",
+]  # fmt: skip
+
+
+# Models and checkpoints.
+
+
+def randomise_head(explainer: PTAME) -> PTAME:
+    """Draw the explainer head's parameters from N(0, 0.05^2) (from torch's global generator), so
+    that its maps differ between pixels and classes."""
+    for parameter in explainer.head.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    return explainer
 
 
 def save_timm_checkpoint(model: torch.nn.Module, folder: Path) -> Path:
@@ -31,6 +82,30 @@ def seed_hf_cache(cache: Path, repo_id: str, source: Path, revisions: tuple[str,
     return cache
 
 
+def random_shapes_demo(folder: Path) -> Path:
+    """A model folder laid out as `python -m train shapes` writes the demo (classifier/, auxiliary/,
+    explainer/), with the same networks and seeded random weights. Its key is the folder's name."""
+    torch.manual_seed(0)
+    classes = len(SHAPE_CLASSES)
+    for part, architecture, arguments in (
+        ("classifier", shapes_recipe.CLASSIFIER_ARCHITECTURE, shapes_recipe.CLASSIFIER_ARGS),
+        ("auxiliary", shapes_recipe.AUXILIARY_ARCHITECTURE, shapes_recipe.AUXILIARY_ARGS),
+    ):
+        network = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
+        shapes_recipe.save_network(network, folder / part, 128)
+    explainer = PTAME(
+        num_classes=classes,
+        auxiliary="local-dir:../auxiliary",
+        feature_levels=shapes_recipe.FEATURE_LEVELS,
+        auxiliary_mean=SHAPES_MEAN,
+        auxiliary_std=SHAPES_STD,
+        class_names=SHAPE_CLASSES,
+        auxiliary_root=folder / "explainer",
+    )
+    randomise_head(explainer).save_pretrained(folder / "explainer")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def auxiliary_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-initialised ResNet-18 saved in timm's folder format."""
@@ -42,10 +117,86 @@ def auxiliary_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def explainer(auxiliary_folder: Path) -> PTAME:
     """A 10-class explainer on the saved ResNet-18, with a randomised head."""
     torch.manual_seed(1)
-    model = PTAME(num_classes=10, auxiliary=f"local-dir:{auxiliary_folder}")
-    for parameter in model.head.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
+    model = randomise_head(PTAME(num_classes=10, auxiliary=f"local-dir:{auxiliary_folder}"))
     for level in model.head.levels:
         level.norm.running_mean.normal_()
         level.norm.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+# Images.
+
+
+def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Uniform random RGB pixels, (height, width, 3) uint8, from a generator seeded with ``seed``."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def shapes_pixels(index: int) -> np.ndarray:
+    """Shapes-world test image ``index`` at 128 x 128, as (H, W, 3) uint8 (as its PNG file holds it)."""
+    return (shapes_sample(index, "test", 128).pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def shapes_file(folder: Path, index: int, name: str | None = None) -> Path:
+    """Save shapes-world test image ``index`` (128 x 128) as folder/name, by default
+    folder/shapes-INDEX.png (the format follows the name's suffix); folders are created."""
+    path = folder / (name or f"shapes-{index}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(shapes_pixels(index)).save(path)
+    return path
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A small valid PNG whose header is rewritten to claim width x height: a decompression bomb."""
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def make_image_tree(root: Path, classes: int = 3, per_class: int = 6) -> Path:
+    """ImageNet's layout in miniature: root/train/CLASS/*.jpg|png, noise images of varied sizes."""
+    generator = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / "train" / f"n{label:08d}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = generator.integers(0, 256, (36 + index, 44, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"image{index}.{'png' if index % 2 else 'jpg'}")
+    return root
+
+
+# Commands, ports and threads.
+
+
+def run_command(module: ModuleType, argv: list[str]) -> None:
+    """``python -m train NAME argv`` for one command module."""
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    module.run(parser.parse_args(argv))
+
+
+def train_tiny(data: Path, out: Path, *extra: str) -> None:
+    """``python -m train imagenet`` with TINY_RUN on ``data``, into ``out``."""
+    run_command(imagenet, [*TINY_RUN, "--data", str(data), "--out", str(out), *extra])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run_in_threads(work: Callable[[int], object], count: int) -> None:
+    """Call work(0), ..., work(count - 1), each in a thread of its own, all started before any is
+    joined; returns when all have finished."""
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -5,25 +5,20 @@ Offline. The app's mechanics are tested on the shapes demo's networks with seede
 object is tested on the trained demo of the repository (checkpoints/shapes).
 """
 
-import socket
-import struct
 import threading
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
-import timm
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-from ptame import PTAME
-from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
 from ptame.errors import ModelUnavailable
 from ptame.methods import METHODS
 from ptame.metrics import pointing_game
@@ -31,40 +26,20 @@ from ptame.serving.images import MAX_FILE_BYTES
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import MODEL_DIR_ENV, ModelRegistry, build_registry, model_dirs_from_env
 from ptame.serving.session import ExplainSession
-from train import shapes as shapes_recipe
-
-TRAINED_DEMO = Path(app.__file__).resolve().parent / "checkpoints" / "shapes"
+from tests.conftest import (
+    TRAINED_DEMO,
+    free_port,
+    png_claiming_size,
+    random_shapes_demo,
+    run_in_threads,
+    shapes_file,
+    shapes_pixels,
+)
 
 ALL_THREE = ["ptame", "gradcam", "scorecam"]
 POINTING_IMAGES = 12  # shapes test images checked through the served app
 POINTING_HIT_RATE = {"ptame": 0.75, "gradcam": 0.75, "scorecam": 0.75}  # least share of peaks at the object
 POINTING_TOLERANCE = 9  # pixels at 128: Zhang et al.'s pointing game allows 15 pixels at 224
-
-
-def random_shapes_demo(folder: Path) -> Path:
-    """A model folder laid out as `python -m train shapes` writes the demo (classifier/, auxiliary/,
-    explainer/), with the same networks and seeded random weights. Its key is the folder's name."""
-    torch.manual_seed(0)
-    classes = len(SHAPE_CLASSES)
-    for part, architecture, arguments in (
-        ("classifier", shapes_recipe.CLASSIFIER_ARCHITECTURE, shapes_recipe.CLASSIFIER_ARGS),
-        ("auxiliary", shapes_recipe.AUXILIARY_ARCHITECTURE, shapes_recipe.AUXILIARY_ARGS),
-    ):
-        network = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
-        shapes_recipe.save_network(network, folder / part, 128)
-    explainer = PTAME(
-        num_classes=classes,
-        auxiliary="local-dir:../auxiliary",
-        feature_levels=shapes_recipe.FEATURE_LEVELS,
-        auxiliary_mean=SHAPES_MEAN,
-        auxiliary_std=SHAPES_STD,
-        class_names=SHAPE_CLASSES,
-        auxiliary_root=folder / "explainer",
-    )
-    for parameter in explainer.head.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    explainer.save_pretrained(folder / "explainer")
-    return folder
 
 
 def demo_session(folder: Path) -> ExplainSession:
@@ -82,25 +57,11 @@ def served(session: ExplainSession, downloads: Path) -> gr.Blocks:
     return demo
 
 
-def shapes_file(folder: Path, index: int) -> Path:
-    """A shapes-world test image as a PNG file."""
-    sample = shapes_sample(index, "test", 128)
-    path = folder / f"shapes-{index}.png"
-    Image.fromarray((sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(path)
-    return path
-
-
 def object_mask(index: int, session: ExplainSession) -> torch.Tensor:
     """The ground-truth mask of a shapes test image, cropped as the shapes classifier crops its input."""
     mask = shapes_sample(index, "test", 128).mask
     transform = session.registry.get("shapes").backbone.preprocessing.transform()
     return transform(Image.fromarray(mask.numpy().astype(np.uint8) * 255))[0] > 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def final(outputs: Iterator[tuple]) -> tuple:
@@ -143,8 +104,7 @@ def test_example_images_are_the_shapes_test_images() -> None:
         index, name = path.stem.split("-")[2:]
         sample = shapes_sample(int(index), "test", 128)
         assert SHAPE_CLASSES[sample.label] == name
-        expected = (sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        np.testing.assert_array_equal(np.asarray(Image.open(path)), expected)
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), shapes_pixels(int(index)))
 
 
 def test_explain_shows_fast_maps_first_and_streams_score_cam(
@@ -253,16 +213,6 @@ def test_maps_of_the_trained_demo_point_at_the_objects(images: Path, tmp_path: P
     for method in ALL_THREE:
         hits = pointing_game(torch.stack(maps[method]), torch.stack(masks), POINTING_TOLERANCE)
         assert hits.float().mean() >= POINTING_HIT_RATE[method], f"{method}: {hits.tolist()}"
-
-
-def png_claiming_size(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims width x height pixels: a decompression bomb."""
-    Image.new("L", (8, 8)).save(path)
-    data = bytearray(path.read_bytes())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def bad_files(folder: Path) -> dict[str, tuple[Path | None, str]]:
@@ -407,11 +357,7 @@ def test_8_concurrent_clients_get_the_serial_maps(client: Client, images: Path, 
             except Exception as error:  # any failure: collected and reported below
                 errors.append((number, k, error))
 
-    threads = [threading.Thread(target=one_client, args=(c,)) for c in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(one_client, 8)
     assert errors == [] and sorted(results) == sorted(requests)
     for request, maps in results.items():
         for method in ALL_THREE:

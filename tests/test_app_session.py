@@ -20,6 +20,7 @@ from ptame.serving.lanes import threads_per_lane
 from ptame.serving.manifest import LoadedModel, ModelEntry
 from ptame.serving.models import ModelRegistry, build_registry
 from ptame.serving.session import ExplainSession
+from tests.conftest import noise, randomise_head, run_in_threads
 
 CLASSES = ["circle", "square", "triangle", "star", "cross", "crane"]
 
@@ -37,10 +38,8 @@ def tiny_model(key: str = "tiny") -> LoadedModel:
         class_names=list(CLASSES),
     )
     explainer = PTAME(num_classes=len(CLASSES), auxiliary="test_resnet", pretrained_auxiliary=False)
-    for parameter in explainer.head.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
     entry = ModelEntry(key, f"Tiny {key}", "test_resnet", "unused", None)
-    return LoadedModel(entry=entry, backbone=backbone, explainer=explainer.eval())
+    return LoadedModel(entry=entry, backbone=backbone, explainer=randomise_head(explainer).eval())
 
 
 def registry_of(*models: LoadedModel) -> ModelRegistry:
@@ -62,9 +61,8 @@ def session(model: LoadedModel) -> ExplainSession:
 
 @pytest.fixture
 def image_file(tmp_path: Path) -> Path:
-    pixels = np.random.default_rng(0).integers(0, 256, (80, 100, 3), dtype=np.uint8)
     path = tmp_path / "photo.png"
-    Image.fromarray(pixels).save(path)
+    Image.fromarray(noise(80, 100)).save(path)
     return path
 
 
@@ -82,11 +80,7 @@ def test_registry_loads_each_model_once_across_threads(model: LoadedModel) -> No
 
     registry = ModelRegistry([entry("a")], loader=slow_loader)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(registry.load("a"))) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(lambda _: results.append(registry.load("a")), 4)
     assert calls == ["a"] and len(results) == 4 and all(r is model for r in results)
     assert registry.ready_keys() == ["a"] and registry.get("a") is model
 
@@ -193,9 +187,8 @@ def test_read_remembers_files_and_digests_pixels(session: ExplainSession, image_
 def test_concurrent_requests_give_the_serial_maps(model: LoadedModel, tmp_path: Path) -> None:
     paths = []
     for seed in range(6):
-        pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
         paths.append(tmp_path / f"{seed}.png")
-        Image.fromarray(pixels).save(paths[-1])
+        Image.fromarray(noise(64, 64, seed)).save(paths[-1])
     serial_session = ExplainSession(registry_of(model))
     serial_session.registry.load("tiny")
     serial = [serial_session.explain(serial_session.read(p), "tiny", 0, "gradcam").saliency for p in paths]
@@ -207,11 +200,7 @@ def test_concurrent_requests_give_the_serial_maps(model: LoadedModel, tmp_path: 
         image = parallel_session.read(paths[index])
         results[index] = parallel_session.explain(image, "tiny", 0, "gradcam").saliency
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work, len(paths))
     for index, expected in enumerate(serial):
         np.testing.assert_array_equal(results[index], expected)
 

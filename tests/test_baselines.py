@@ -20,6 +20,7 @@ from ptame.methods.hooks import capture_target_layer
 from ptame.methods.rise import rise, rise_grids, rise_masks
 from ptame.methods.score_cam import distinct_channel_maps, score_cam
 from ptame.perturb import normalize
+from tests.conftest import run_in_threads
 
 BASELINES = {key: method for key, method in METHODS.items() if not method.uses_explainer}  # need no explainer
 
@@ -165,11 +166,7 @@ def test_concurrent_calls_give_the_sequential_results() -> None:
         for _ in range(5):
             results[index] = grad_cam(backbone, batches[index], [1, 2])
 
-    threads = [threading.Thread(target=explain, args=(index,)) for index in range(len(batches))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(explain, len(batches))
     for index, maps in enumerate(expected):
         assert torch.equal(results[index], maps)
 

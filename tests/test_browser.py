@@ -7,7 +7,6 @@ the app gets the demo's networks with seeded random weights through $PTAME_MODEL
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,9 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_app import TRAINED_DEMO, random_shapes_demo
+from tests.conftest import ROOT, TRAINED_DEMO, free_port, random_shapes_demo
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -38,12 +36,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium)"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ptame import PTAME, CheckpointError
-from tests.conftest import seed_hf_cache
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, seed_hf_cache
 
 
 @pytest.fixture

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from ptame.cli import image_paths, main, output_stems, parse_methods
-from ptame.datasets.shapes import shapes_sample
-from tests.test_app import random_shapes_demo
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shapes_file(path: Path, index: int) -> Path:
-    sample = shapes_sample(index, "test", 128)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(path)
-    return path
+from tests.conftest import ROOT, random_shapes_demo, shapes_file
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +20,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_image_paths_expand_folders_and_drop_repeats(tmp_path: Path) -> None:
-    first = shapes_file(tmp_path / "a" / "one.png", 0)
-    second = shapes_file(tmp_path / "a" / "deeper" / "two.JPG", 1)
+    first = shapes_file(tmp_path / "a", 0, "one.png")
+    second = shapes_file(tmp_path / "a" / "deeper", 1, "two.JPG")
     (tmp_path / "a" / "readme.txt").write_text("not an image")
     assert image_paths([tmp_path / "a", first]) == [second, first]  # sorted: "deeper/" < "one.png"
     with pytest.raises(FileNotFoundError, match="missing.png does not exist"):
@@ -52,7 +41,7 @@ def test_parse_methods() -> None:
 def test_explain_writes_a_figure_and_the_maps_per_image(
     model: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    images = [shapes_file(tmp_path / "in" / f"shape-{i}.png", i) for i in range(2)]
+    images = [shapes_file(tmp_path / "in", i, f"shape-{i}.png") for i in range(2)]
     broken = tmp_path / "in" / "broken.png"
     broken.write_bytes(images[0].read_bytes()[:500])
     out = tmp_path / "out"
@@ -70,7 +59,7 @@ def test_explain_writes_a_figure_and_the_maps_per_image(
 
 
 def test_explain_a_chosen_class(model: str, tmp_path: Path) -> None:
-    image = shapes_file(tmp_path / "star.png", 3)
+    image = shapes_file(tmp_path, 3, "star.png")
     out = tmp_path / "o"
     assert (
         main(["explain", str(image), "--model", model, "--methods", "ptame", "--class-index", "1", "--out", str(out)])
@@ -92,13 +81,13 @@ def test_explain_a_chosen_class(model: str, tmp_path: Path) -> None:
 def test_bad_arguments_exit_with_a_message(
     model: str, tmp_path: Path, capsys: pytest.CaptureFixture, arguments, message
 ) -> None:
-    image = shapes_file(tmp_path / "x.png", 0)
+    image = shapes_file(tmp_path, 0, "x.png")
     assert main(["explain", str(image), "--out", str(tmp_path / "o"), "--model", model, *arguments]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_python_dash_m_ptame_runs(model: str, tmp_path: Path) -> None:
-    image = shapes_file(tmp_path / "x.png", 5)
+    image = shapes_file(tmp_path, 5, "x.png")
     result = subprocess.run(
         [sys.executable, "-m", "ptame", "explain", str(image), "--model", model, "--methods", "ptame"]
         + ["--threads", "1", "--out", str(tmp_path / "o")],

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ptame import PTAME
 from ptame.datasets.shapes import SHAPE_CLASSES
-from tests.conftest import save_timm_checkpoint
+from tests.conftest import randomise_head, save_timm_checkpoint
 from train import evaluate
 
 SIZE = 32
@@ -37,9 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_timm_checkpoint(tiny_resnet(len(SHAPE_CLASSES)), folder / "classifier")
     auxiliary = save_timm_checkpoint(tiny_resnet(len(SHAPE_CLASSES)), folder / "auxiliary")
     explainer = PTAME(num_classes=len(SHAPE_CLASSES), auxiliary=f"local-dir:{auxiliary}", class_names=SHAPE_CLASSES)
-    for parameter in explainer.head.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    explainer.save_pretrained(folder / "explainer")
+    randomise_head(explainer).save_pretrained(folder / "explainer")
     return folder
 
 

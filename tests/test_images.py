@@ -1,5 +1,3 @@
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +7,11 @@ from PIL import Image
 from ptame.errors import CorruptImage, ImageInputError, ImageTooLarge, ImageTooSmall, NoImage, NotAnImage
 from ptame.serving import images
 from ptame.serving.images import read_image
-
-
-def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+from tests.conftest import noise, png_claiming_size
 
 
 def save(image: Image.Image, path: Path, **options: object) -> Path:
     image.save(path, **options)
-    return path
-
-
-def png_claiming_size(path: Path, width: int, height: int) -> Path:
-    """A small valid PNG whose header is rewritten to claim width x height (a decompression bomb)."""
-    data = bytearray(Path(save(Image.new("L", (8, 8)), path)).read_bytes())
-    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
-    path.write_bytes(bytes(data))
     return path
 
 

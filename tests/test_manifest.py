@@ -10,9 +10,8 @@ from huggingface_hub import constants as hub_constants
 
 from ptame import PTAME, CheckpointError
 from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, hub_reachable, load_manifest, load_model
-from tests.conftest import save_timm_checkpoint
+from tests.conftest import ROOT, save_timm_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 ONE_MODEL = """
 [[models]]
 key = "demo"

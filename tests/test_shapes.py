@@ -21,12 +21,11 @@ from ptame.datasets.shapes import (
 )
 from ptame.metrics import pointing_game
 from ptame.serving.manifest import ModelEntry, load_manifest, load_model
+from tests.conftest import TRAINED_DEMO
 from train.shapes import ShapesRecipe, cutout_views, masked_views, train_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINT = ROOT / "checkpoints" / "shapes"
 needs_committed_checkpoint = pytest.mark.skipif(
-    not (CHECKPOINT / "explainer" / "model.safetensors").is_file(),
+    not (TRAINED_DEMO / "explainer" / "model.safetensors").is_file(),
     reason="checkpoints/shapes is not trained yet: python -m train shapes --out checkpoints/shapes",
 )
 
@@ -226,11 +225,11 @@ def test_a_failed_run_leaves_the_previous_checkpoint_untouched(tmp_path: Path, m
 
 @needs_committed_checkpoint
 def test_the_committed_checkpoint_is_accurate_small_and_reproducible_in_its_metrics() -> None:
-    metrics = {part: json.loads((CHECKPOINT / part / "metrics.json").read_text()) for part in PARTS}
+    metrics = {part: json.loads((TRAINED_DEMO / part / "metrics.json").read_text()) for part in PARTS}
     assert metrics["classifier"]["test_images"] == metrics["explainer"]["test_images"] == 500
     assert metrics["classifier"]["test_accuracy"] >= 0.97
     assert metrics["explainer"]["classifier_accuracy"] == metrics["classifier"]["test_accuracy"]
-    size = sum(path.stat().st_size for path in CHECKPOINT.rglob("*") if path.is_file())
+    size = sum(path.stat().st_size for path in TRAINED_DEMO.rglob("*") if path.is_file())
     assert size <= 25 * 2**20
 
 
@@ -262,7 +261,7 @@ def test_the_committed_classifier_sees_no_class_in_an_object_shaped_hole() -> No
 def test_the_committed_explainer_meets_the_pointing_target() -> None:
     """Pointing game >= 0.90 on the 500 test images of metrics.json, and on 120 of them recomputed
     here through the app's loader, with every class at least 0.8."""
-    metrics = json.loads((CHECKPOINT / "explainer" / "metrics.json").read_text())
+    metrics = json.loads((TRAINED_DEMO / "explainer" / "metrics.json").read_text())
     assert metrics["pointing_game"] >= 0.90
     loaded = load_model(load_manifest()[0])
     samples = [shapes_sample(index, "test") for index in range(120)]

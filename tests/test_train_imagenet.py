@@ -1,52 +1,19 @@
 import argparse
 import json
 import os
-import socket
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import ptame.training
 from ptame import PTAME
+from tests.conftest import TINY_RUN, free_port, make_image_tree, run_command, train_tiny
 from train import imagenet
 from train.checkpointing import read_checkpoint_info
 from train.runs import CHECKPOINT_NAME
-
-# Tiny, random-initialised timm networks and 32x32 crops: a run of a few steps takes seconds.
-TINY_RUN = [
-    "--backbone", "test_resnet", "--auxiliary", "test_resnet", "--no-pretrained",
-    "--resize", "40", "--crop", "32", "--batch-size", "4", "--steps", "4",
-    "--workers", "0", "--log-every", "2", "--checkpoint-every", "2", "--no-progress",
-]  # fmt: skip
-
-
-def make_image_tree(root: Path, classes: int = 3, per_class: int = 6) -> Path:
-    """ImageNet's layout in miniature: root/train/CLASS/*.jpg|png, noise images of varied sizes."""
-    generator = np.random.default_rng(0)
-    for label in range(classes):
-        folder = root / "train" / f"n{label:08d}"
-        folder.mkdir(parents=True)
-        for index in range(per_class):
-            pixels = generator.integers(0, 256, (36 + index, 44, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(folder / f"image{index}.{'png' if index % 2 else 'jpg'}")
-    return root
-
-
-def run_command(module: ModuleType, argv: list[str]) -> None:
-    """``python -m train NAME argv`` for one command module."""
-    parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    module.run(parser.parse_args(argv))
-
-
-def train_tiny(data: Path, out: Path, *extra: str) -> None:
-    run_command(imagenet, [*TINY_RUN, "--data", str(data), "--out", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +142,6 @@ def _train_as_rank(rank: int, world_size: int, port: int, argv: list[str]) -> No
     )
     torch.set_num_threads(1)
     run_command(imagenet, argv)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

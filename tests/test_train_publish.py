@@ -7,8 +7,7 @@ import torch
 from PIL import Image
 
 from ptame.serving.manifest import ModelEntry, load_model
-from tests.conftest import save_timm_checkpoint
-from tests.test_train_imagenet import make_image_tree, run_command, train_tiny
+from tests.conftest import make_image_tree, run_command, save_timm_checkpoint, train_tiny
 from train import publish
 
 

@@ -16,15 +16,10 @@ GRAD_CAM_PLUS_PLUS_EPS = 1e-6  # pytorch-grad-cam's constant in the denominator 
 
 @register_method("gradcam++", "Grad-CAM++", passes=lambda channels, options: 2)
 def grad_cam_plus_plus(backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19 with exponential scores, as pytorch-grad-cam).
-
-    Args:
-        backbone: the classifier.
-        pixels: (B, 3, H, W) in [0, 1].
-        classes: (B,) int64, the class to explain for each image.
+    """Grad-CAM++ maps (Eq. 19 with exponential scores, as pytorch-grad-cam), with ``grad_cam``'s inputs.
 
     Returns:
-        (B, H, W) in [0, 1].
+        (B, H, W) in [0, 1] for pixels (B, 3, H, W) in [0, 1] and classes (B,) int64.
     """
     classes = check_inputs(pixels, classes)
     activations, gradients = target_layer_gradients(backbone, pixels, classes)
