@@ -21,7 +21,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import argparse
 import shutil
-import socket
 import struct
 import threading
 import zlib
@@ -134,7 +133,7 @@ def noise(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def shapes_pixels(index: int) -> np.ndarray:
     """Shapes-world test image ``index`` at 128 x 128, as (H, W, 3) uint8 (as its PNG file holds it)."""
-    return (shapes_sample(index, "test", 128).pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    return shapes_sample(index, "test", 128).picture()
 
 
 def shapes_file(folder: Path, index: int, name: str | None = None) -> Path:
@@ -183,13 +182,6 @@ def run_command(module: ModuleType, argv: list[str]) -> None:
 def train_tiny(data: Path, out: Path, *extra: str) -> None:
     """``python -m train imagenet`` with TINY_RUN on ``data``, into ``out``."""
     run_command(imagenet, [*TINY_RUN, "--data", str(data), "--out", str(out), *extra])
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_in_threads(work: Callable[[int], object], count: int) -> None:

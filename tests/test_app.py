@@ -18,6 +18,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
+from ptame.bench.app import free_port
 from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
 from ptame.errors import ModelUnavailable
 from ptame.methods import METHODS
@@ -28,7 +29,6 @@ from ptame.serving.models import MODEL_DIR_ENV, ModelRegistry, build_registry, m
 from ptame.serving.session import ExplainSession
 from tests.conftest import (
     TRAINED_DEMO,
-    free_port,
     png_claiming_size,
     random_shapes_demo,
     run_in_threads,

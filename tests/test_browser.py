@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ROOT, TRAINED_DEMO, free_port, random_shapes_demo
+from ptame.bench.app import free_port
+from tests.conftest import ROOT, TRAINED_DEMO, random_shapes_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

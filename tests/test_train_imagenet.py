@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import ptame.training
 from ptame import PTAME
-from tests.conftest import TINY_RUN, free_port, make_image_tree, run_command, train_tiny
+from ptame.bench.app import free_port
+from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny
 from train import imagenet
 from train.checkpointing import read_checkpoint_info
 from train.runs import CHECKPOINT_NAME

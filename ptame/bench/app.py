@@ -99,10 +99,8 @@ def shapes_request_seconds(port: int, requests: int, folder: Path) -> list[float
 
 
 def _shapes_file(folder: Path, index: int) -> str:
-    sample = shapes_sample(index, "test", 128)
     path = folder / f"shapes-{index}.png"
-    pixels = (sample.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-    Image.fromarray(pixels).save(path)
+    Image.fromarray(shapes_sample(index, "test", 128).picture()).save(path)
     return str(path)
 
 

@@ -50,6 +50,10 @@ class ShapeSample:
     label: int
     mask: torch.Tensor
 
+    def picture(self) -> np.ndarray:
+        """The image as (S, S, 3) uint8, as its PNG file holds it (``pixels * 255``, rounded)."""
+        return (self.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
 
 def _regular_polygon(corners: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
     angles = phase + np.arange(corners) * 2 * np.pi / corners
