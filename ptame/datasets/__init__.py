@@ -1,0 +1,1 @@
+"""Generated datasets with ground truth: the shapes world (``ptame.datasets.shapes``)."""
