@@ -22,9 +22,34 @@ class FeatureLevel(nn.Module):
         return F.relu(self.norm(self.conv(features)) + features)
 
 
+def upsample_to_finest(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling as the official head does it: repeated x2 steps, then an exact resize.
+
+    The official code applies ``nn.Upsample(scale_factor=2, mode="bilinear")`` (align_corners
+    False) log2(H / h) times, 7 -> 14 -> 28 -> 56 for layer4 at 224 pixels; one direct 7 -> 56
+    resize is a different operator. Where a level's size is not a power-of-two fraction of the
+    finest level's (other input sizes, other auxiliary networks), x2 steps are taken while both
+    sides stay within the target, then one bilinear resize reaches the exact size.
+
+    Args:
+        maps: (B, C, h, w), any real values.
+        size: (H, W) with H >= h and W >= w.
+
+    Returns:
+        (B, C, H, W).
+    """
+    height, width = size
+    while 2 * maps.shape[-2] <= height and 2 * maps.shape[-1] <= width:
+        maps = F.interpolate(maps, scale_factor=2.0, mode="bilinear", align_corners=False)
+    if tuple(maps.shape[-2:]) != (height, width):
+        maps = F.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
+    return maps
+
+
 class AttentionHead(nn.Module):
-    """Per-level blocks, bilinear upsampling to the finest level, concatenation, and a bias-free
-    1x1 "fuser" convolution to one channel per class.
+    """Per-level blocks, bilinear upsampling to the finest level (``upsample_to_finest``: the
+    official cascade of x2 steps), concatenation, and a bias-free 1x1 "fuser" convolution to one
+    channel per class.
 
     The fuser is linear and bilinear upsampling acts on each channel with the same weights, so
     fusing each level at its own resolution and upsampling the fused maps gives the same maps as
@@ -57,7 +82,6 @@ class AttentionHead(nn.Module):
         maps = None
         for level, block, level_weight in zip(features, self.levels, weight.split(self.channels, dim=1)):
             fused = F.conv2d(block(level), level_weight.to(level.dtype))
-            if tuple(fused.shape[-2:]) != tuple(size):
-                fused = F.interpolate(fused, size=tuple(size), mode="bilinear", align_corners=False)
+            fused = upsample_to_finest(fused, tuple(size))
             maps = fused if maps is None else maps + fused
         return maps

@@ -1,19 +1,114 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ptame import PTAME
-from ptame.head import AttentionHead
+from ptame.head import AttentionHead, upsample_to_finest
+from tests.conftest import TRAINED_DEMO, randomise_head
+
+
+class OfficialHead(torch.nn.Module):
+    """The attention head as the method's text describes the official one, built without ptame's
+    head: per level a 1x1 conv (bias) + BatchNorm, the residual, ReLU, then x2 bilinear
+    ``nn.Upsample`` steps (align_corners False), log2(finest / h) of them; the levels concatenated
+    and one bias-free 1x1 fuser over all of them, all K classes."""
+
+    def __init__(self, channels: list[int], num_classes: int, finest: int, sides: list[int]) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(c, c, 1) for c in channels)
+        self.norms = torch.nn.ModuleList(torch.nn.BatchNorm2d(c) for c in channels)
+        self.upsamples = torch.nn.ModuleList(
+            torch.nn.Sequential(
+                *[torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+                * int(math.log2(finest // side))
+            )
+            for side in sides
+        )
+        self.fuser = torch.nn.Conv2d(sum(channels), num_classes, 1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        levels = [
+            upsample(torch.relu(norm(conv(f)) + f))
+            for f, conv, norm, upsample in zip(features, self.convs, self.norms, self.upsamples)
+        ]
+        return self.fuser(torch.cat(levels, dim=1))
+
+
+def official_head_like(head: AttentionHead, features: list[torch.Tensor]) -> OfficialHead:
+    """An OfficialHead holding ``head``'s weights and BatchNorm statistics, in ``head``'s mode."""
+    sides = [f.shape[-1] for f in features]
+    official = OfficialHead(list(head.channels), head.num_classes, max(sides), sides)
+    for index, level in enumerate(head.levels):
+        official.convs[index].load_state_dict(level.conv.state_dict())
+        official.norms[index].load_state_dict(level.norm.state_dict())
+    official.fuser.load_state_dict(head.fuser.state_dict())
+    return official.train(head.training)
+
+
+def give_batchnorm_statistics(head: AttentionHead) -> None:
+    """Non-trivial BatchNorm running statistics and affine parameters (seeded)."""
+    generator = torch.Generator().manual_seed(3)
+    for level in head.levels:
+        c = level.norm.num_features
+        level.norm.running_mean.copy_(torch.randn(c, generator=generator) * 0.5)
+        level.norm.running_var.copy_(torch.rand(c, generator=generator) * 2 + 0.2)
+        level.norm.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+        level.norm.bias.data.copy_(torch.randn(c, generator=generator) * 0.3)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize(
+    "make_explainer, side",
+    [
+        (lambda: PTAME(num_classes=20, pretrained_auxiliary=False), 224),
+        (lambda: PTAME.from_pretrained(TRAINED_DEMO / "explainer"), 128),
+    ],
+    ids=["resnet18-224", "shapes-128"],
+)
+def test_raw_maps_equal_the_official_head(make_explainer, side: int) -> None:
+    torch.manual_seed(0)
+    explainer = randomise_head(make_explainer()).eval()
+    with torch.no_grad():
+        give_batchnorm_statistics(explainer.head)
+        features = [f.double() for f in explainer.features(torch.rand(2, 3, side, side))]
+        head = explainer.head.double()
+        want = official_head_like(head, features).double()(features)
+        got = head(features)
+    assert got.shape == want.shape == (2, head.num_classes, side // 4, side // 4)
+    assert relative_error(got, want) < 1e-5
+
+
+def test_head_upsampling_is_not_one_direct_resize() -> None:
+    """The cascade 7 -> 14 -> 28 -> 56 differs from one 7 -> 56 resize; the head must take the cascade."""
+    coarse = torch.rand(1, 1, 7, 7, generator=torch.Generator().manual_seed(0))
+    cascade = coarse
+    for _ in range(3):
+        cascade = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)(cascade)
+    direct = F.interpolate(coarse, size=(56, 56), mode="bilinear", align_corners=False)
+    assert relative_error(direct, cascade) > 1e-2
+    assert relative_error(upsample_to_finest(coarse, (56, 56)), cascade) < 1e-6
+
+
+def test_sizes_that_are_not_powers_of_two_take_x2_steps_then_one_exact_resize() -> None:
+    """At 200 pixels the levels are 50, 25, 13, 7: 13 -> 26 then a resize to 50; 7 -> 14 -> 28, then to 50."""
+    level = torch.rand(1, 2, 13, 13, generator=torch.Generator().manual_seed(1))
+    up = torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+    want = F.interpolate(up(level), size=(50, 50), mode="bilinear", align_corners=False)
+    assert relative_error(upsample_to_finest(level, (50, 50)), want) < 1e-6
+    coarsest = torch.rand(1, 2, 7, 7, generator=torch.Generator().manual_seed(2))
+    want = F.interpolate(up(up(coarsest)), size=(50, 50), mode="bilinear", align_corners=False)
+    assert relative_error(upsample_to_finest(coarsest, (50, 50)), want) < 1e-6
+    assert upsample_to_finest(torch.rand(1, 1, 6, 9), (24, 40)).shape == (1, 1, 24, 40)
 
 
 def reference_maps(head: AttentionHead, features: list[torch.Tensor]) -> torch.Tensor:
-    """The method doc's head, literally: upsample every level, concatenate, fuse all K classes."""
-    size = features[0].shape[-2:]
-    levels = [
-        F.interpolate(block(level), size=size, mode="bilinear", align_corners=False)
-        for level, block in zip(features, head.levels)
-    ]
-    return head.fuser(torch.cat(levels, dim=1))
+    """All K maps through the official construction (upsample every level, concatenate, fuse)."""
+    return official_head_like(head, features)(features)
 
 
 def test_trainable_parameters_match_the_paper() -> None:
@@ -52,19 +147,20 @@ def test_class_subset_equals_reference_values_and_gradients(explainer: PTAME) ->
     features = explainer.features(torch.rand(2, 3, 128, 128))
     classes = torch.tensor([7, 2, 7, 0])
     weights = torch.randn(2, 4, 32, 32)
+    official = official_head_like(explainer.head, features)
 
     subset = explainer.head(features, classes)
     (subset * weights).sum().backward()
-    subset_grads = [p.grad.clone() for p in explainer.head.parameters()]
-    explainer.head.zero_grad()
-
-    full = reference_maps(explainer.head, features)[:, classes]
+    full = official(features)[:, classes]
     (full * weights).sum().backward()
-    full_grads = [p.grad.clone() for p in explainer.head.parameters()]
 
     assert torch.allclose(subset, full, atol=1e-5)
-    for got, want in zip(subset_grads, full_grads):
-        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    pairs = [(explainer.head.fuser, official.fuser)]
+    for level, conv, norm in zip(explainer.head.levels, official.convs, official.norms):
+        pairs += [(level.conv, conv), (level.norm, norm)]
+    for ours, theirs in pairs:
+        for got, want in zip(ours.parameters(), theirs.parameters()):
+            assert torch.allclose(got.grad, want.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_all_classes_equal_reference(explainer: PTAME) -> None:
