@@ -9,6 +9,7 @@ from ptame.errors import CheckpointError, ImageInputError, ModelUnavailable, Pta
 from ptame.explainer import PTAME
 from ptame.loss import LossWeights
 from ptame.maps import normalize_maps
+from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.p_tame import p_tame
@@ -27,6 +28,7 @@ __all__ = [
     "PtameError",
     "TrainSettings",
     "TrainingDiverged",
+    "ablation_cam",
     "create_backbone",
     "grad_cam",
     "grad_cam_plus_plus",

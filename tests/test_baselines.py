@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam import AblationCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ptame import create_backbone
 from ptame.backbones import Backbone, Preprocessing, tokens_to_grid
 from ptame.methods import METHODS
+from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.hooks import capture_target_layer
@@ -26,7 +28,8 @@ BASELINES = {key: method for key, method in METHODS.items() if not method.uses_e
 
 NUM_CLASSES = 10
 SIZE = 32
-REFERENCES = {grad_cam: GradCAM, grad_cam_plus_plus: GradCAMPlusPlus, score_cam: ScoreCAM}
+REFERENCES = {grad_cam: GradCAM, grad_cam_plus_plus: GradCAMPlusPlus, score_cam: ScoreCAM, ablation_cam: AblationCAM}
+GRADIENT_FREE = (score_cam, ablation_cam)
 
 
 def tiny_cnn() -> Backbone:
@@ -64,9 +67,14 @@ BACKBONES = {"cnn": tiny_cnn, "vit": tiny_vit}
 def reference_maps(method, backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's maps for the same model and input."""
     normalized = normalize(pixels, backbone.preprocessing.mean, backbone.preprocessing.std)
-    cam = REFERENCES[method](backbone.model, [backbone.target_layer], reshape_transform=backbone.reshape_transform)
+    options = {}
+    if method is ablation_cam:
+        options["ablation_layer"] = AblationLayer() if backbone.reshape_transform is None else AblationLayerVit()
+    cam = REFERENCES[method](
+        backbone.model, [backbone.target_layer], reshape_transform=backbone.reshape_transform, **options
+    )
     try:
-        inputs = normalized if method is score_cam else normalized.clone().requires_grad_(True)
+        inputs = normalized if method in GRADIENT_FREE else normalized.clone().requires_grad_(True)
         maps = cam(inputs, [ClassifierOutputTarget(int(c)) for c in classes])
     finally:
         cam.activations_and_grads.release()
@@ -87,7 +95,7 @@ def assert_same_maps(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("kind", list(BACKBONES))
-@pytest.mark.parametrize("method", [grad_cam, grad_cam_plus_plus, score_cam], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("method", list(REFERENCES), ids=lambda m: m.__name__)
 def test_equal_to_pytorch_grad_cam(method, kind: str) -> None:
     backbone = BACKBONES[kind]()
     pixels = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
@@ -209,6 +217,24 @@ def test_score_cam_streams_batches_and_reports_progress() -> None:
     assert batch_sizes[0] == 2 and max(batch_sizes[1:]) <= 5  # one clean pass, then masked batches
     assert sum(batch_sizes[1:]) == total
     assert torch.allclose(maps, score_cam(backbone, pixels, [3, 4], batch_size=64), atol=1e-6)
+
+
+def test_ablation_cam_streams_batches_and_reports_progress() -> None:
+    backbone = tiny_cnn()
+    pixels = torch.rand(2, 3, SIZE, SIZE)
+    batch_sizes = []
+    hook = backbone.model.register_forward_hook(lambda module, inputs, output: batch_sizes.append(output.shape[0]))
+    calls: list[tuple[int, int]] = []
+    try:
+        maps = ablation_cam(
+            backbone, pixels, [3, 4], batch_size=5, progress=lambda done, total: calls.append((done, total))
+        )
+    finally:
+        hook.remove()
+    total = 2 * 24  # every channel of each image, once
+    assert calls[0] == (0, total) and calls[-1] == (total, total)
+    assert batch_sizes == [2] + [5, 5, 5, 5, 4] * 2  # one clean pass, then ablated batches per image
+    assert torch.allclose(maps, ablation_cam(backbone, pixels, [3, 4], batch_size=64), atol=1e-6)
 
 
 def test_score_cam_scores_each_distinct_mask_once() -> None:

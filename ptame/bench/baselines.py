@@ -14,8 +14,8 @@ process, and of the method alone (peak minus the mark reached before the call: i
 libraries, model and warm-up are the same for both).
 
 ``--costs``: per-image time of P-TAME (``explain`` of one class, random ResNet-18 auxiliary network),
-Grad-CAM, Grad-CAM++, Score-CAM and RISE for random-initialised backbones, as a ratio to one forward
-pass of that backbone (batch 1, 224x224). RISE is timed with ``--rise-masks`` masks and extrapolated
+Grad-CAM, Grad-CAM++, Score-CAM, Ablation-CAM and RISE for random-initialised backbones, as a ratio
+to one forward pass of that backbone (batch 1, 224x224). RISE is timed with ``--rise-masks`` masks and extrapolated
 linearly per mask to ``--rise-target`` masks; the table says so.
 
 On a CPU shared with other work, ``--threads 1`` gives steadier figures: with several threads, every
@@ -38,6 +38,7 @@ import torch
 from ptame.backbones import create_backbone
 from ptame.bench.timing import median_seconds, synchronize
 from ptame.explainer import PTAME
+from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.rise import rise
@@ -162,6 +163,10 @@ def method_costs(
     synchronize(device)
     costs["Score-CAM"] = time.perf_counter() - start
     start = time.perf_counter()
+    ablation_cam(backbone, pixels, classes, batch_size=batch_size)
+    synchronize(device)
+    costs["Ablation-CAM"] = time.perf_counter() - start
+    start = time.perf_counter()
     rise(backbone, pixels, classes, num_masks=rise_masks, batch_size=batch_size)
     synchronize(device)
     costs[f"RISE ({rise_target} masks, extrapolated from {rise_masks})"] = (
@@ -178,7 +183,10 @@ def print_costs(
         f"per-image time / one forward pass; batch 1, 224x224, random init, device {device}, "
         f"{torch.get_num_threads()} torch threads, load {os.getloadavg()}"
     )
-    print(f"Score-CAM and RISE run once, {batch_size} masked inputs per pass; the others: median of {repeats} runs")
+    print(
+        f"Score-CAM, Ablation-CAM and RISE run once, {batch_size} masked or ablated inputs per pass; "
+        f"the others: median of {repeats} runs"
+    )
     table = {
         name: method_costs(name, torch.device(device), batch_size, rise_masks, rise_target, repeats)
         for name in backbones
@@ -198,7 +206,9 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=["vgg16", "resnet50", "vit_b_16"])
     parser.add_argument("--batch-size", type=int, default=8, help="ptame's masked inputs per forward pass")
     parser.add_argument("--rise-masks", type=int, default=128, help="RISE masks actually run in --costs")
-    parser.add_argument("--rise-target", type=int, default=4000, help="RISE masks extrapolated to in --costs")
+    parser.add_argument(
+        "--rise-target", type=int, default=8000, help="RISE masks extrapolated to in --costs (paper: 8000)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

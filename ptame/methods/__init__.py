@@ -4,7 +4,7 @@ Each module registers its method when imported; this import order is the display
 functions are in their modules (``ptame.methods.grad_cam.grad_cam``) and in ``ptame``'s flat API.
 """
 
-from ptame.methods import p_tame, grad_cam, grad_cam_plus_plus, score_cam, rise  # noqa: F401, I001 (registers)
+from ptame.methods import p_tame, grad_cam, grad_cam_plus_plus, score_cam, ablation_cam, rise  # noqa: F401, I001 (registers)
 from ptame.methods.registry import (
     METHODS,
     Method,

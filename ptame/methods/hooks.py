@@ -35,6 +35,28 @@ def capture_target_layer(backbone: Backbone) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+@contextmanager
+def replace_target_layer_output(backbone: Backbone, replacement: torch.Tensor) -> Iterator[None]:
+    """Make ``backbone.target_layer`` return ``replacement`` in forward passes run by this thread.
+
+    The layer still runs (its output is discarded); other threads' passes are untouched, and the
+    hook is removed on exit, also when an error is raised.
+
+    Args:
+        replacement: a tensor of the layer's output shape for the batch that will be run.
+    """
+    owner = threading.get_ident()
+
+    def replace(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        return replacement if threading.get_ident() == owner else output
+
+    handle = backbone.target_layer.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def single_output(outputs: list[torch.Tensor], backbone: Backbone) -> torch.Tensor:
     """The one target-layer output of a forward pass; ValueError if the layer ran 0 or several times."""
     if len(outputs) != 1:
