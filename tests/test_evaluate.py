@@ -56,7 +56,7 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
     options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "2", "--batch-size", "2"]
     run_evaluate(*options, "--rise-masks", "8", "--deletion-steps", "2", "--out", str(tmp_path))
     rows = read_rows(tmp_path / "evaluation.csv")
-    assert [row["method"] for row in rows] == ["ptame", "gradcam", "gradcam++", "scorecam", "rise"]
+    assert [row["method"] for row in rows] == ["ptame", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise"]
     for row in rows:
         values = {key: float(value) for key, value in row.items() if key != "method"}
         assert values["images"] == 2 and values["seconds_per_image"] > 0
@@ -69,9 +69,12 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
             assert 0 <= values[key] <= 1, key
     markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
     assert "| Method | s / image | AD 100% ↓ |" in markdown and "Energy PG ↑ |" in markdown
-    for name in ("P-TAME", "Grad-CAM", "Grad-CAM++", "Score-CAM", "RISE"):
+    for name in ("P-TAME", "Grad-CAM", "Grad-CAM++", "Score-CAM", "Ablation-CAM", "RISE"):
         assert f"\n| {name} | " in markdown
     assert "top-1 accuracy" in markdown and "first 2 images" in markdown and "RISE: 8 masks" in markdown
+    protocol = next(line for line in markdown.splitlines() if line.startswith("- Protocol:"))
+    assert "except: the shapes world's test split, not ImageNet; RISE with 8 masks (paper 8000)." in protocol
+    assert "telea imputation" in markdown
     assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluation.csv", "evaluation.md"]
 
 
@@ -91,8 +94,48 @@ def test_a_folder_of_images_without_masks(checkpoint: Path, tmp_path: Path) -> N
     assert all(row["images"] == "2" for row in rows)
     assert "pointing_game" not in rows[0] and "road_morf_auc" not in rows[0]
     markdown = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert "except: every image (paper: its test subset)." in markdown
+    setup = "\n".join(line for line in markdown.splitlines() if not line.startswith("- Protocol:"))
     for absent in ("Pointing", "pointing", "top-1 accuracy", "ROAD", "RISE", "Deletion"):
-        assert absent not in markdown, absent
+        assert absent not in setup, absent
+
+
+def parse(*options: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    evaluate.add_arguments(parser)
+    return parser.parse_args(list(options))
+
+
+def test_defaults_are_the_papers_protocol() -> None:
+    args = parse("--model", "resnet50", "--data", "folder", "--images-root", "val", "--out", "out")
+    assert args.subset == "test" and args.images is None and args.labels is None  # all 2000 test images
+    assert args.ad_ic_percents == [100, 50, 15] and args.road_percents == [10, 30, 50, 70]
+    assert args.road_imputation == "telea" and args.rise_masks == 8000
+    assert "ablationcam" in args.methods and "rise" in args.methods
+    settings = evaluate.EvaluationSettings()
+    assert settings.ad_ic_fractions == (1.0, 0.5, 0.15) and settings.road_fractions == (0.1, 0.3, 0.5, 0.7)
+    assert (settings.road_imputation, settings.rise_masks) == ("telea", 8000)
+    assert settings.differences_from_the_paper() == []
+    line = evaluate.setup_description(settings, None, with_masks=False)[0]
+    assert line.startswith(
+        "Protocol: the P-TAME paper's (ImageNet val's test subset of 2000 images, AD/IC at 100/50/15%"
+    )
+    assert "except" not in line
+
+
+def test_every_protocol_choice_is_a_flag_and_the_report_says_which(checkpoint: Path, tmp_path: Path) -> None:
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "2", "--batch-size", "2"),
+        *("--methods", "gradcam", "--metrics", "ad_ic", "road", "--ad-ic-percents", "100", "25"),
+        *("--road-percents", "20", "60", "--road-imputation", "linear", "--out", str(tmp_path)),
+    )
+    row = read_rows(tmp_path / "evaluation.csv")[0]
+    assert {"ad_25", "ic_25", "road_morf_20", "road_lerf_60"} <= set(row) and "ad_50" not in row
+    markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
+    assert "| AD 100% ↓ | IC 100% ↑ | AD 25% ↓ | IC 25% ↑ |" in markdown
+    assert "AD/IC at 100/25% (paper 100/50/15%); ROAD at 20/60% (paper 10/30/50/70%); " in markdown
+    assert "ROAD with linear imputation (paper telea)." in markdown
+    assert "RISE" not in markdown.split(" except: ")[1]  # RISE did not run: no difference to report
 
 
 def test_bad_options_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
@@ -102,6 +145,30 @@ def test_bad_options_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
         run_evaluate("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "0", "--out", str(tmp_path))
     with pytest.raises(SystemExit):  # argparse: not a method
         run_evaluate("--checkpoint", str(checkpoint), "--data", "shapes", "--methods", "lime", "--out", str(tmp_path))
+    with pytest.raises(SystemExit, match="--road-percents must increase"):
+        run_evaluate(
+            "--checkpoint", str(checkpoint), "--data", "shapes", "--road-percents", "50", "10", "--out", str(tmp_path)
+        )
+    with pytest.raises(SystemExit, match="--ad-ic-percents"):
+        run_evaluate(
+            "--checkpoint", str(checkpoint), "--data", "shapes", "--ad-ic-percents", "0", "--out", str(tmp_path)
+        )
+    images = tmp_path / "val" / "n01440764"
+    images.mkdir(parents=True)
+    Image.new("RGB", (40, 36)).save(images / "ILSVRC2012_val_00000001.JPEG")
+    with pytest.raises(SystemExit, match="not ImageNet val's 50000"):  # the paper's subsets need the whole val
+        run_evaluate(
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            "folder",
+            "--images-root",
+            str(tmp_path / "val"),
+            "--out",
+            str(tmp_path),
+        )
+    with pytest.raises(SystemExit, match="--labels"):
+        run_evaluate("--checkpoint", str(checkpoint), "--data", "shapes", "--labels", "x.csv", "--out", str(tmp_path))
     assert not (tmp_path / "evaluation.csv").exists()
 
 

@@ -11,7 +11,6 @@ from train.data import (
     TrainingOrder,
     TrainTransform,
     augmentation_seed,
-    evaluation_subset,
     image_files,
 )
 
@@ -38,30 +37,6 @@ def test_image_files_errors_name_the_folder(tmp_path: Path) -> None:
         image_files(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no image files"):
         image_files(tmp_path)
-
-
-def test_evaluation_subsets_are_disjoint_fixed_and_layout_independent(tmp_path: Path) -> None:
-    names = [f"ILSVRC2012_val_{index:08d}.JPEG" for index in range(1, 31)]
-    flat = write_images(tmp_path / "flat", names, size=(4, 4))
-    write_images(tmp_path / "folders", [f"n{index % 3:08d}/{name}" for index, name in enumerate(names)], size=(4, 4))
-
-    validation = evaluation_subset(tmp_path / "flat", "validation", size=10)
-    test = evaluation_subset(tmp_path / "flat", "test", size=10)
-    assert len(validation) == len(test) == 10
-    assert not {path.name for path in validation} & {path.name for path in test}
-    assert validation == evaluation_subset(tmp_path / "flat", "validation", size=10)
-    assert [path.name for path in validation] != [path.name for path in flat[:10]]  # not the sorted order
-    for split in ("validation", "test"):
-        in_folders = evaluation_subset(tmp_path / "folders", split, size=10)
-        assert [p.name for p in in_folders] == [p.name for p in evaluation_subset(tmp_path / "flat", split, size=10)]
-
-
-def test_evaluation_subset_rejects_bad_requests(tmp_path: Path) -> None:
-    write_images(tmp_path, [f"{index}.png" for index in range(5)], size=(4, 4))
-    with pytest.raises(ValueError, match="validation"):
-        evaluation_subset(tmp_path, "train", size=2)
-    with pytest.raises(ValueError, match="holds 5 images"):
-        evaluation_subset(tmp_path, "test", size=3)
 
 
 def test_image_files_dataset_gives_pixels_and_names_unreadable_files(tmp_path: Path) -> None:

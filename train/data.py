@@ -1,4 +1,6 @@
-"""Image folders: file lists, the fixed evaluation subsets, training order and augmentation.
+"""Image folders: file lists, training order and augmentation.
+
+The fixed ImageNet val subsets of the evaluation are in train/imagenet_val.py.
 
 Labels are never read: any folder of images works (ImageNet's class-folder layout included).
 """
@@ -16,9 +18,6 @@ from torchvision.transforms.v2 import functional as F
 from ptame.backbones import INTERPOLATIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-EVALUATION_SPLITS = ("validation", "test")
-# Salt of the hash that orders ImageNet val for the evaluation subsets; changing it changes them.
-SUBSET_SALT = "ptame-evaluation-subsets-v1"
 
 
 def image_files(root: Path) -> list[Path]:
@@ -37,45 +36,6 @@ def image_files(root: Path) -> list[Path]:
     if not files:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return files
-
-
-def _subset_key(path: Path) -> str:
-    return hashlib.sha256(f"{SUBSET_SALT}/{path.name}".encode()).hexdigest()
-
-
-def evaluation_subset(val_root: Path, split: str, size: int = 2000) -> list[Path]:
-    """A fixed subset of ImageNet val: "validation" (model selection) or "test" (reported figures).
-
-    Definition: the image files under ``val_root`` ordered by SHA-256 of
-    ``"ptame-evaluation-subsets-v1/" + file name`` (ties: by relative path); "validation" is the
-    first ``size`` of that order, "test" the next ``size``. ImageNet val's file names
-    (ILSVRC2012_val_00000001.JPEG ...) are unique, so the subsets are the same for a flat or a
-    class-folder layout, on any machine, and disjoint.
-
-    Args:
-        val_root: a folder of images (e.g. DIR/val of ImageNet).
-        split: "validation" or "test".
-        size: images per subset.
-
-    Returns:
-        ``size`` paths, in the subset's order.
-
-    Raises:
-        ValueError: unknown split, or fewer than 2 * ``size`` images.
-        FileNotFoundError: no such folder, or no images in it.
-    """
-    if split not in EVALUATION_SPLITS:
-        raise ValueError(f"split must be one of {EVALUATION_SPLITS}, not {split!r}")
-    files = image_files(val_root)
-    if len(files) < 2 * size:
-        raise ValueError(
-            f"{val_root} holds {len(files)} images; two disjoint subsets of {size} need {2 * size} "
-            "(ImageNet val has 50,000)"
-        )
-    root = Path(val_root)
-    ordered = sorted(files, key=lambda path: (_subset_key(path), path.relative_to(root).as_posix()))
-    start = EVALUATION_SPLITS.index(split) * size
-    return ordered[start : start + size]
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -1,14 +1,18 @@
 """Evaluate P-TAME and the baselines: every method x every metric on a dataset, as CSV and Markdown.
 
     python -m train evaluate --checkpoint checkpoints/shapes --data shapes --images 500 --out checkpoints/shapes
-    python -m train evaluate --model resnet50 --data folder --images-root IMAGENET/val --subset test --out DIR
+    python -m train evaluate --model resnet50 --data folder --images-root IMAGENET/val --out DIR
 
 The classifier and its P-TAME explainer come from a manifest entry (``--model KEY``) or a folder with
 classifier/ and explainer/ (``--checkpoint``). Images: the shapes world's test split (with
-ground-truth masks, so the pointing games are scored too) or a folder of images (``--subset test``:
-the fixed 2000-image test subset of ImageNet val, see train/data.py; ``all``: every image). Every
-map explains the classifier's own prediction (the protocol of the P-TAME paper). Writes
-OUT/evaluation.csv (every figure) and OUT/evaluation.md (the table), and prints the table.
+ground-truth masks, so the pointing games are scored too) or a folder of images: ImageNet val, of
+which ``--subset test`` (the default) and ``val`` are the P-TAME paper's fixed 2000-image subsets
+(train/imagenet_val.py; a flat val folder needs ``--labels``), ``all`` every image of any folder.
+
+The defaults are the paper's protocol: every map explains the classifier's own prediction; AD/IC
+at 100/50/15%; ROAD MoRF/LeRF at 10/30/50/70% with OpenCV Telea inpainting; RISE with 8000 masks.
+Every choice has a flag, and the report's first lines say which protocol and settings made it.
+Writes OUT/evaluation.csv (every figure) and OUT/evaluation.md (the table), and prints the table.
 """
 
 import argparse
@@ -30,22 +34,22 @@ from ptame.files import atomic_write_text
 from ptame.methods import get_method, method_keys
 from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
 from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
-from train.data import ImageFiles, evaluation_subset, image_files
+from train.data import ImageFiles, image_files
+from train.imagenet_val import SUBSET_NAMES, paper_subset
 
 METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
-AD_IC_FRACTIONS = (1.0, 0.5, 0.15)
-ROAD_FRACTIONS = (0.1, 0.3, 0.5, 0.7)
+# The P-TAME paper's protocol (ptame-method.md, Evaluation protocol of the paper).
+PAPER_AD_IC_PERCENTS = (100, 50, 15)
+PAPER_ROAD_PERCENTS = (10, 30, 50, 70)
+PAPER_ROAD_IMPUTATION = "telea"
+PAPER_RISE_MASKS = 8000
+PAPER_SUBSET = "test"
 POINTING_TOLERANCE = 15 / 224  # Zhang et al.'s 15 pixels at 224x224, as a fraction of the side
 
-# Markdown columns: (CSV column, header, decimals); arrows say which direction is better.
+# Markdown columns: (CSV column, header, decimals); arrows say which direction is better. The AD/IC
+# columns, one pair per percentage of the settings, come after "s / image".
+FIRST_MARKDOWN_COLUMN = ("seconds_per_image", "s / image", 3)
 MARKDOWN_COLUMNS = (
-    ("seconds_per_image", "s / image", 3),
-    ("ad_100", "AD 100% ↓", 2),
-    ("ic_100", "IC 100% ↑", 2),
-    ("ad_50", "AD 50% ↓", 2),
-    ("ic_50", "IC 50% ↑", 2),
-    ("ad_15", "AD 15% ↓", 2),
-    ("ic_15", "IC 15% ↑", 2),
     ("road_morf_auc", "ROAD MoRF ↓", 3),
     ("road_lerf_auc", "ROAD LeRF ↑", 3),
     ("deletion_auc", "Deletion ↓", 3),
@@ -62,10 +66,35 @@ class EvaluationSettings:
 
     methods: tuple[str, ...] = field(default_factory=method_keys)
     metrics: tuple[str, ...] = METRICS
-    rise_masks: int = 4000
+    ad_ic_percents: tuple[int, ...] = PAPER_AD_IC_PERCENTS
+    road_percents: tuple[int, ...] = PAPER_ROAD_PERCENTS
+    road_imputation: str = PAPER_ROAD_IMPUTATION
+    rise_masks: int = PAPER_RISE_MASKS
     deletion_steps: int = 50
-    road_imputation: str = "linear"
     seed: int = 0
+
+    @property
+    def ad_ic_fractions(self) -> tuple[float, ...]:
+        """The AD/IC percentages as fractions in (0, 1]."""
+        return tuple(percent / 100 for percent in self.ad_ic_percents)
+
+    @property
+    def road_fractions(self) -> tuple[float, ...]:
+        """The ROAD percentages as fractions in (0, 1)."""
+        return tuple(percent / 100 for percent in self.road_percents)
+
+    def differences_from_the_paper(self) -> list[str]:
+        """The settings that differ from the P-TAME paper's protocol, each with the paper's value."""
+        differences = []
+        if "ad_ic" in self.metrics and self.ad_ic_percents != PAPER_AD_IC_PERCENTS:
+            differences.append(f"AD/IC at {_percents(self.ad_ic_percents)} (paper {_percents(PAPER_AD_IC_PERCENTS)})")
+        if "road" in self.metrics and self.road_percents != PAPER_ROAD_PERCENTS:
+            differences.append(f"ROAD at {_percents(self.road_percents)} (paper {_percents(PAPER_ROAD_PERCENTS)})")
+        if "road" in self.metrics and self.road_imputation != PAPER_ROAD_IMPUTATION:
+            differences.append(f"ROAD with {self.road_imputation} imputation (paper {PAPER_ROAD_IMPUTATION})")
+        if "rise" in self.methods and self.rise_masks != PAPER_RISE_MASKS:
+            differences.append(f"RISE with {self.rise_masks} masks (paper {PAPER_RISE_MASKS})")
+        return differences
 
     def options(self, method: str) -> Mapping[str, object]:
         """The keyword options a method is called with in this evaluation (RISE: its masks and seed;
@@ -116,14 +145,15 @@ def score_batch(
     """Every chosen metric of one method's maps for a batch, added to ``totals``."""
     backbone = model.backbone
     if "ad_ic" in settings.metrics:
-        for name, values in ad_ic(backbone, pixels, maps, classes, AD_IC_FRACTIONS).items():
+        for name, values in ad_ic(backbone, pixels, maps, classes, settings.ad_ic_fractions).items():
             totals.add(name, values * (100.0 if name.startswith("ic_") else 1.0))
     if "road" in settings.metrics:
-        curves = road(backbone, pixels, maps, classes, ROAD_FRACTIONS, settings.road_imputation, settings.seed)
+        fractions = settings.road_fractions
+        curves = road(backbone, pixels, maps, classes, fractions, settings.road_imputation, settings.seed)
         for order, outcomes in (("morf", curves.most_relevant_first), ("lerf", curves.least_relevant_first)):
-            totals.add(f"road_{order}_auc", road_auc(ROAD_FRACTIONS, outcomes))
-            for index, fraction in enumerate(ROAD_FRACTIONS):
-                totals.add(f"road_{order}_{round(fraction * 100)}", outcomes[:, index])
+            totals.add(f"road_{order}_auc", road_auc(fractions, outcomes))
+            for index, percent in enumerate(settings.road_percents):
+                totals.add(f"road_{order}_{percent}", outcomes[:, index])
     if "deletion_insertion" in settings.metrics:
         curves = deletion_insertion(backbone, pixels, maps, classes, steps=settings.deletion_steps)
         totals.add("deletion_auc", curves.deletion_auc)
@@ -207,9 +237,25 @@ def csv_text(rows: list[dict[str, float | str]]) -> str:
     return buffer.getvalue()
 
 
-def markdown_text(rows: list[dict[str, float | str]], description: list[str]) -> str:
+def _percents(percents: Sequence[int]) -> str:
+    return "/".join(str(percent) for percent in percents) + "%"
+
+
+def markdown_columns(ad_ic_percents: Sequence[int]) -> list[tuple[str, str, int]]:
+    """The table's columns, (CSV column, header, decimals): time, AD/IC per percentage, the rest."""
+    ad_ic_columns = [
+        column
+        for percent in ad_ic_percents
+        for column in ((f"ad_{percent}", f"AD {percent}% ↓", 2), (f"ic_{percent}", f"IC {percent}% ↑", 2))
+    ]
+    return [FIRST_MARKDOWN_COLUMN, *ad_ic_columns, *MARKDOWN_COLUMNS]
+
+
+def markdown_text(
+    rows: list[dict[str, float | str]], description: list[str], ad_ic_percents: Sequence[int] = PAPER_AD_IC_PERCENTS
+) -> str:
     """A Markdown section: the setup as a list, then a table of the main figures (only columns present)."""
-    columns = [column for column in MARKDOWN_COLUMNS if any(column[0] in row for row in rows)]
+    columns = [column for column in markdown_columns(ad_ic_percents) if any(column[0] in row for row in rows)]
     lines = ["## Evaluation", "", *[f"- {line}" for line in description], ""]
     lines.append("| Method | " + " | ".join(header for _, header, _ in columns) + " |")
     lines.append("|---|" + "---:|" * len(columns))
@@ -219,17 +265,35 @@ def markdown_text(rows: list[dict[str, float | str]], description: list[str]) ->
     return "\n".join(lines) + "\n"
 
 
-def setup_description(settings: EvaluationSettings, accuracy: float | None, with_masks: bool) -> list[str]:
-    """Lines that say how the figures of a table were measured (only for what was computed)."""
+def protocol_line(differences: Sequence[str]) -> str:
+    """The report's line on the protocol: the P-TAME paper's, or the paper's except ``differences``."""
+    paper = (
+        f"ImageNet val's {PAPER_SUBSET} subset of 2000 images, AD/IC at {_percents(PAPER_AD_IC_PERCENTS)}, "
+        f"ROAD MoRF/LeRF at {_percents(PAPER_ROAD_PERCENTS)} with {PAPER_ROAD_IMPUTATION} inpainting, "
+        f"RISE with {PAPER_RISE_MASKS} masks"
+    )
+    if not differences:
+        return f"Protocol: the P-TAME paper's ({paper})."
+    return f"Protocol: the P-TAME paper's ({paper}) except: " + "; ".join(differences) + "."
+
+
+def setup_description(
+    settings: EvaluationSettings, accuracy: float | None, with_masks: bool, data_differences: Sequence[str] = ()
+) -> list[str]:
+    """Lines that say how the figures of a table were measured (only for what was computed), the
+    protocol first: ``data_differences`` says where the images differ from the paper's test subset."""
     lines = [
+        protocol_line([*data_differences, *settings.differences_from_the_paper()]),
         "Every map explains the classifier's prediction"
         + (f" (top-1 accuracy {accuracy:.1f}%)." if accuracy is not None else "."),
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
     ]
     if "ad_ic" in settings.metrics:
-        lines.append("AD / IC: the top 100/50/15% of the map kept with its soft values; in percent.")
+        lines.append(
+            f"AD / IC: the top {_percents(settings.ad_ic_percents)} of the map kept with its soft values; in percent."
+        )
     if "road" in settings.metrics:
-        removed = ", ".join(f"{round(100 * fraction)}%" for fraction in ROAD_FRACTIONS)
+        removed = ", ".join(f"{percent}%" for percent in settings.road_percents)
         lines.append(
             f"ROAD: area under the accuracy curve at {removed} of the pixels removed ({settings.road_imputation} "
             "imputation), end points (0%, 1) and (100%, 0)."
@@ -261,16 +325,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images-root", type=Path, help="--data folder: a folder of images (e.g. ImageNet val)")
     parser.add_argument(
         "--subset",
-        choices=("test", "validation", "all"),
-        default="test",
-        help="--data folder: the fixed 2000-image test / validation subset, or every image",
+        choices=(*SUBSET_NAMES, "all"),
+        default=PAPER_SUBSET,
+        help="--data folder: the P-TAME paper's 2000-image test (default) or val subset of ImageNet val, "
+        "or every image of any folder",
     )
-    parser.add_argument("--images", type=int, default=500, help="number of images evaluated (default: 500)")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="--data folder with a flat ImageNet val folder: the ILSVRC2012 devkit folder, or a CSV of file -> "
+        "WordNet id (e.g. LOC_val_solution.csv); a class-folder layout needs none",
+    )
+    parser.add_argument(
+        "--images", type=int, help="number of images evaluated (default: the whole subset; shapes: 500)"
+    )
     parser.add_argument("--methods", nargs="+", default=list(method_keys()), choices=method_keys())
     parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
-    parser.add_argument("--rise-masks", type=int, default=4000, help="RISE masks per image (default: 4000)")
+    parser.add_argument(
+        "--ad-ic-percents",
+        type=int,
+        nargs="+",
+        default=list(PAPER_AD_IC_PERCENTS),
+        help="AD/IC: percentages of the map kept (default: the paper's 100 50 15)",
+    )
+    parser.add_argument(
+        "--road-percents",
+        type=int,
+        nargs="+",
+        default=list(PAPER_ROAD_PERCENTS),
+        help="ROAD: percentages of the pixels removed (default: the paper's 10 30 50 70)",
+    )
+    parser.add_argument(
+        "--road-imputation",
+        choices=("telea", "linear"),
+        default=PAPER_ROAD_IMPUTATION,
+        help="ROAD: OpenCV Telea inpainting (default, as the official code) or noisy linear imputation",
+    )
+    parser.add_argument(
+        "--rise-masks",
+        type=int,
+        default=PAPER_RISE_MASKS,
+        help=f"RISE masks per image (default: the paper's {PAPER_RISE_MASKS})",
+    )
     parser.add_argument("--deletion-steps", type=int, default=50, help="steps of the deletion/insertion curves")
-    parser.add_argument("--road-imputation", choices=("linear", "telea"), default="linear")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of RISE's masks and ROAD's noise")
     parser.add_argument("--device", default="cpu")
@@ -295,45 +392,75 @@ def relative_to_cwd(source: str) -> str:
     return source.replace(f"{Path.cwd()}{os.sep}", "")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Evaluate, print the table, write OUT/evaluation.csv and OUT/evaluation.md."""
-    if args.images < 1 or args.batch_size < 1 or args.rise_masks < 1 or args.deletion_steps < 1:
-        raise SystemExit("--images, --batch-size, --rise-masks and --deletion-steps must be >= 1")
+SHAPES_IMAGES = 500  # --data shapes: images evaluated by default
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if (args.images is not None and args.images < 1) or args.batch_size < 1 or args.rise_masks < 1:
+        raise SystemExit("--images, --batch-size and --rise-masks must be >= 1")
+    if args.deletion_steps < 1:
+        raise SystemExit("--deletion-steps must be >= 1")
+    if not all(0 < percent <= 100 for percent in args.ad_ic_percents):
+        raise SystemExit(f"--ad-ic-percents must be in 1..100, got {args.ad_ic_percents}")
+    road_percents = args.road_percents
+    if not all(0 < percent < 100 for percent in road_percents) or road_percents != sorted(set(road_percents)):
+        raise SystemExit(f"--road-percents must increase within 1..99, got {road_percents}")
     if args.data == "folder" and args.images_root is None:
         raise SystemExit("--data folder needs --images-root")
+    if args.labels is not None and (args.data != "folder" or args.subset == "all"):
+        raise SystemExit("--labels labels a flat ImageNet val folder: it needs --data folder and --subset val or test")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit("--threads must be >= 1")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate, print the table, write OUT/evaluation.csv and OUT/evaluation.md."""
+    _check_arguments(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     entry = _entry(args)
-    model = load_model(entry, args.device)
     settings = EvaluationSettings(
         methods=tuple(dict.fromkeys(args.methods)),
         metrics=tuple(dict.fromkeys(args.metrics)),
+        ad_ic_percents=tuple(dict.fromkeys(args.ad_ic_percents)),
+        road_percents=tuple(args.road_percents),
+        road_imputation=args.road_imputation,
         rise_masks=args.rise_masks,
         deletion_steps=args.deletion_steps,
-        road_imputation=args.road_imputation,
         seed=args.seed,
     )
+    if args.data == "folder":
+        try:
+            if args.subset == "all":
+                paths = image_files(args.images_root)
+            else:
+                paths = paper_subset(args.images_root, args.subset, args.labels)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(str(error)) from error
+    model = load_model(entry, args.device)
     if args.data == "shapes":
-        count = args.images
+        count = args.images or SHAPES_IMAGES
         batches = shapes_batches(args.split, count, model.backbone.preprocessing.crop, args.batch_size)
         data = f"shapes world, split {args.split}, first {count} images at {model.backbone.preprocessing.crop} px"
+        data_differences = [f"the shapes world's {args.split} split, not ImageNet"]
     else:
-        if args.subset == "all":
-            paths = image_files(args.images_root)[: args.images]
-        else:
-            paths = evaluation_subset(args.images_root, args.subset)[: args.images]
-        count = len(paths)
-        batches = folder_batches(paths, model, args.batch_size)
-        data = f"{count} images of {args.images_root} ({args.subset} subset)"
+        chosen = paths[: args.images]
+        count = len(chosen)
+        batches = folder_batches(chosen, model, args.batch_size)
+        subset = "every image" if args.subset == "all" else f"the paper's {args.subset} subset"
+        data = f"{count} images of {args.images_root} ({subset}{'' if count == len(paths) else ', the first ones'})"
+        data_differences = []
+        if args.subset != PAPER_SUBSET:
+            data_differences.append(f"{subset} (paper: its {PAPER_SUBSET} subset)")
+        elif count < len(paths):
+            data_differences.append(f"the first {count} of the {len(paths)} images")
     with tqdm(total=count, desc="evaluate", unit="image") as bar:
         rows, accuracy = evaluate(model, batches, settings, device, progress=bar.update)
-    description = setup_description(settings, accuracy, with_masks=args.data == "shapes")
+    description = setup_description(settings, accuracy, args.data == "shapes", data_differences)
     classifier, explainer = relative_to_cwd(entry.classifier), relative_to_cwd(entry.explainer)
     description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {data}; device {device}.")
-    markdown = markdown_text(rows, description)
+    markdown = markdown_text(rows, description, settings.ad_ic_percents)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "evaluation.csv", csv_text(rows))
     atomic_write_text(args.out / "evaluation.md", markdown)
