@@ -15,10 +15,10 @@ from ptame.methods import METHODS, default_method_keys, get_method, method_keys,
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
+from tests.conftest import ROOT, TRAINED_DEMO
 from train import evaluate
 
-TRAINED_DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes"
-EXAMPLE = Path(__file__).resolve().parents[1] / "checkpoints" / "examples" / "shapes-test-0-circle.png"
+EXAMPLE = ROOT / "checkpoints" / "examples" / "shapes-test-0-circle.png"
 KEY, NAME = "centre-test", "Centre prior (test)"
 
 
