@@ -1,11 +1,13 @@
 """P-TAME demo: upload an image and see why the classifier decided, beside Grad-CAM and Score-CAM.
 
-    python app.py [--model-dir FOLDER]... [--manifest PATH] [--device cpu]
+    python app.py [--model-dir FOLDER]... [--classifier NAME [--explainer SPEC]]... [--manifest PATH] [--device cpu]
 
 Serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860). The shapes demo is
 loaded before serving; the other models of checkpoints/manifest.toml (and of --model-dir /
-$PTAME_MODEL_DIR folders) load in the background once the server is up, and the page says which
-are unavailable and why. This file builds the UI and wires events; the work is done by ptame.
+$PTAME_MODEL_DIR folders, and --classifier ones) load in the background once the server is up,
+and the page says which are unavailable and why. A model whose classifier loads but whose
+explainer does not is offered with the baselines only, and gets P-TAME once its explainer can be
+loaded. This file builds the UI and wires events; the work is done by ptame.
 """
 
 import argparse
@@ -22,13 +24,13 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
+from ptame.errors import ExplainerMissing, ImageInputError, MethodFailed, ModelUnavailable
 from ptame.methods import METHODS, default_method_keys, get_method
 from ptame.serving.captions import display_class_names, format_seconds, method_caption
 from ptame.serving.export import prune_folder, save_maps
 from ptame.serving.images import MAX_FILE_BYTES, CheckedImage
 from ptame.serving.lanes import threads_per_lane
-from ptame.serving.manifest import DEFAULT_MANIFEST
+from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
 from ptame.serving.models import ModelRegistry, build_registry, model_dirs_from_env
 from ptame.serving.results import Analysis, Explanation
 from ptame.serving.session import ExplainSession
@@ -38,7 +40,10 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES = Path(__file__).resolve().parent / "checkpoints" / "examples"
 DEMO_MODEL = "shapes"  # loaded before serving; every other model loads in the background
-TOP_CLASSES = 5
+TOP_CLASSES = 5  # predictions listed
+GALLERY_CLASSES = 5  # P-TAME maps in the gallery by default
+MAX_GALLERY_CLASSES = 12
+GALLERY_HEIGHT = 200  # pixels: one row of five maps, more rows scroll
 OVERLAY_HEIGHT = 280  # pixels: the shapes demo's 128-pixel maps are shown enlarged
 KEPT_DOWNLOADS = 256  # .npz files kept for download; older ones are deleted
 GRADIO_CACHE_CLEANING = (3600, 3600)  # every hour, delete uploads and outputs older than an hour
@@ -54,8 +59,13 @@ Upload an image (or paste one, or use the webcam), pick a model and press **Expl
 **P-TAME** ([Ntrougkas, Mezaris, Patras, 2025](https://arxiv.org/abs/2501.17813)) maps every
 class in one pass of a small trained head; **Grad-CAM** reads the classifier's gradients;
 **Score-CAM** runs the classifier once per feature channel, so it is slow and arrives last.
-Maps are drawn on the model's centre crop.
+Maps are drawn on the model's centre crop; below them, P-TAME's maps of the top classes from its
+one pass: click one to explain that class with every method.
 """
+PHOTOS_WITHOUT_MODEL = (
+    "The photos are for the ImageNet models, and none is ready here (see **Models**). "
+    "The model selected now will explain them, but it does not know photos."
+)
 
 
 FileData = dict[str, Any]  # an upload as Gradio sends it when preprocess=False: {"path": ..., ...}
@@ -120,6 +130,14 @@ class Handlers:
             raise gr.Error(f"The class index {index} is outside [0, {count}).")
         return index
 
+    @staticmethod
+    def _gallery_size(value: int | float | None) -> int:
+        try:
+            count = int(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return GALLERY_CLASSES
+        return min(max(count, 1), MAX_GALLERY_CLASSES)
+
     # Outputs
 
     def _overlays(
@@ -128,6 +146,7 @@ class Handlers:
         methods: Sequence[str],
         explanations: dict[str, Explanation],
         expected: dict[str, float],
+        unavailable: dict[str, str],
         opacity: float,
         colormap: str,
     ) -> list[Any]:
@@ -135,6 +154,8 @@ class Handlers:
         for method in METHODS.values():
             if method.key not in methods:
                 updates.append(gr.Image(value=None, visible=False))
+            elif method.key in unavailable:
+                updates.append(gr.Image(value=None, label=f"{method.name} · no explainer (see below)", visible=True))
             elif method.key in explanations:
                 done = explanations[method.key]
                 picture = overlay(analysis.picture, done.saliency, opacity, colormap)
@@ -143,6 +164,34 @@ class Handlers:
                 label = f"{method.name} · computing, about {format_seconds(expected[method.key])}"
                 updates.append(gr.Image(value=None, label=label, visible=True))
         return updates
+
+    def _gallery(
+        self, image: CheckedImage, model_key: str, analysis: Analysis, count: int, opacity: float, colormap: str
+    ) -> tuple[Any, str]:
+        """P-TAME's maps of the top ``count`` classes from the analysis' one pass, and their caption."""
+        if analysis.ptame_maps is None:
+            return gr.Gallery(value=None, visible=False), ""
+        names = display_class_names(self.session.registry.get(model_key).backbone.class_names)
+        items = []
+        for index in analysis.top(count):
+            explanation = self.session.explain(image, model_key, index, "ptame")
+            picture = overlay(analysis.picture, explanation.saliency, opacity, colormap)
+            items.append((picture, f"{names[index]} · {analysis.probabilities[index]:.1%}"))
+        classes = analysis.probabilities.shape[0]
+        grad_cam = count * self.session.expected_seconds(image, model_key, "gradcam")
+        caption = (
+            f"P-TAME: these {count} maps in {format_seconds(analysis.ptame_seconds)}, from one pass that mapped all "
+            f"{classes} classes; Grad-CAM would take about {format_seconds(grad_cam)} for them (one forward and "
+            "one backward pass per class). Click a map to explain its class with every method."
+        )
+        return gr.Gallery(value=items, visible=True, selected_index=None), caption
+
+    def _notes(self, image: CheckedImage, model_key: str, unavailable: dict[str, str]) -> Any:
+        lines = list(dict.fromkeys(unavailable.values()))
+        domain = self.session.domain_note(image, model_key)
+        if domain:
+            lines.append(domain)
+        return gr.Markdown("\n\n".join(lines), visible=bool(lines))
 
     def _maps_file(
         self, analysis: Analysis, image: CheckedImage, model_key: str, index: int, explanations: dict[str, Explanation]
@@ -164,10 +213,11 @@ class Handlers:
         methods: Sequence[str],
         opacity: float = DEFAULT_OPACITY,
         colormap: str = DEFAULT_COLORMAP,
+        gallery_classes: int = GALLERY_CLASSES,
         progress: gr.Progress = PROGRESS,
     ) -> Iterator[tuple[Any, ...]]:
         """Predict, then explain the top-1 class; slow methods stream in when done."""
-        yield from self._explain(image, model_key, None, methods, opacity, colormap, progress)
+        yield from self._explain(image, model_key, None, methods, opacity, colormap, gallery_classes, progress)
 
     def explain_class(
         self,
@@ -177,15 +227,38 @@ class Handlers:
         methods: Sequence[str],
         opacity: float = DEFAULT_OPACITY,
         colormap: str = DEFAULT_COLORMAP,
+        gallery_classes: int = GALLERY_CLASSES,
         progress: gr.Progress = PROGRESS,
     ) -> Iterator[tuple[Any, ...]]:
         """Explain another class of the same image (P-TAME's map is already there)."""
-        yield from self._explain(image, model_key, class_index, methods, opacity, colormap, progress)
+        yield from self._explain(image, model_key, class_index, methods, opacity, colormap, gallery_classes, progress)
+
+    def explain_gallery_class(
+        self,
+        image: FileData | str | None,
+        model_key: str,
+        methods: Sequence[str],
+        opacity: float,
+        colormap: str,
+        gallery_classes: int,
+        selected: gr.SelectData,
+        progress: gr.Progress = PROGRESS,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Explain the class of the gallery map that was clicked, with every chosen method."""
+        checked = self._image(image, warn=False)
+        ranked = self._analysis(checked, model_key).top(self._gallery_size(gallery_classes))
+        position = selected.index if isinstance(selected.index, int) else 0
+        if not 0 <= position < len(ranked):
+            raise gr.Error("That map is no longer in the gallery: press Explain again.")
+        index = ranked[position]
+        yield from self._explain(image, model_key, index, methods, opacity, colormap, gallery_classes, progress)
 
     def explain_example(self, image: FileData | str, model_key: str) -> Iterator[tuple[Any, ...]]:
         """The default explanation of an example image (cached by Gradio)."""
         methods = default_method_keys()
-        yield from self._explain(image, model_key, None, methods, DEFAULT_OPACITY, DEFAULT_COLORMAP, None)
+        yield from self._explain(
+            image, model_key, None, methods, DEFAULT_OPACITY, DEFAULT_COLORMAP, GALLERY_CLASSES, None
+        )
 
     def _explain(
         self,
@@ -195,6 +268,7 @@ class Handlers:
         methods: Sequence[str],
         opacity: float,
         colormap: str,
+        gallery_classes: int,
         progress: gr.Progress | None,
     ) -> Iterator[tuple[Any, ...]]:
         methods = self._methods(methods)
@@ -207,6 +281,9 @@ class Handlers:
         class_menu = gr.Dropdown(
             choices=[(f"{names[i]} · {analysis.probabilities[i]:.1%}", i) for i in ranked], value=index
         )
+        gallery, gallery_caption = self._gallery(
+            image, model_key, analysis, self._gallery_size(gallery_classes), opacity, colormap
+        )
         heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
         try:
             for update in self.session.explain_stream(image, model_key, index, methods, _progress_for(progress)):
@@ -217,18 +294,26 @@ class Handlers:
                 )
                 status = f"{heading} Still computing: {waiting}."
                 overlays = self._overlays(
-                    analysis, methods, update.explanations, update.expected_seconds, opacity, colormap
+                    analysis,
+                    methods,
+                    update.explanations,
+                    update.expected_seconds,
+                    update.unavailable,
+                    opacity,
+                    colormap,
                 )
-                yield (predictions, class_menu, *overlays, None, status)
+                notes = self._notes(image, model_key, update.unavailable)
+                yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, None, status)
         except ModelUnavailable as error:
             raise gr.Error(str(error), title="Model unavailable") from error
         except MethodFailed as error:
             raise gr.Error(str(error), title="Explaining failed") from error
         explanations = update.explanations
-        overlays = self._overlays(analysis, methods, explanations, {}, opacity, colormap)
-        maps_file = self._maps_file(analysis, image, model_key, index, explanations)
-        status = f"Explained **{names[index]}** (class {index}); pick another class above to compare."
-        yield (predictions, class_menu, *overlays, maps_file, status)
+        overlays = self._overlays(analysis, methods, explanations, {}, update.unavailable, opacity, colormap)
+        notes = self._notes(image, model_key, update.unavailable)
+        maps_file = self._maps_file(analysis, image, model_key, index, explanations) if explanations else None
+        status = f"Explained **{names[index]}** (class {index}); pick another class above or in the gallery."
+        yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, maps_file, status)
 
     def reblend(
         self,
@@ -238,20 +323,18 @@ class Handlers:
         methods: Sequence[str],
         opacity: float,
         colormap: str,
+        gallery_classes: int = GALLERY_CLASSES,
     ) -> list[Any]:
-        """Re-draw the overlays from cached maps with a new opacity or colormap (no model runs)."""
-        skipped = [gr.skip() for _ in METHODS]
+        """Re-draw the overlays and the gallery from cached maps with a new opacity or colormap (no model runs)."""
+        skipped = [gr.skip() for _ in range(len(METHODS) + 1)]
         if image is None or class_index is None or colormap not in COLORMAPS:
             return skipped
         try:
             checked = self.session.read(uploaded_path(image))
-        except ImageInputError:
+            index = int(class_index)
+        except (ImageInputError, TypeError, ValueError):
             return skipped
         analysis = self.session.cached_analysis(checked, model_key)
-        try:
-            index = int(class_index)
-        except (TypeError, ValueError):
-            return skipped
         if analysis is None:
             return skipped
         updates = []
@@ -261,7 +344,12 @@ class Handlers:
                 updates.append(gr.skip())
             else:
                 updates.append(overlay(analysis.picture, known.saliency, float(opacity), colormap))
-        return updates
+        if analysis.ptame_maps is None:
+            return [*updates, gr.skip()]
+        gallery, _ = self._gallery(
+            checked, model_key, analysis, self._gallery_size(gallery_classes), float(opacity), colormap
+        )
+        return [*updates, gallery]
 
     def curves(
         self,
@@ -285,6 +373,9 @@ class Handlers:
             progress((done, len(methods)), desc=f"Deletion and insertion: {name}")
             try:
                 result = self.session.curves(checked, model_key, index, method)
+            except ExplainerMissing:
+                table.append(f"| {name} | no explainer for this model | |")
+                continue
             except ModelUnavailable as error:
                 raise gr.Error(str(error), title="Model unavailable") from error
             except MethodFailed as error:
@@ -295,14 +386,24 @@ class Handlers:
                     for f, p in zip(result.fractions, values)
                 ]
             table.append(f"| {name} | {result.deletion_auc:.3f} | {result.insertion_auc:.3f} |")
-        frame = pd.DataFrame(rows)
+        frame = pd.DataFrame(rows, columns=["fraction", "probability", "curve", "method"])
         return frame[frame.curve == "deletion"], frame[frame.curve == "insertion"], "\n".join(table)
+
+    def photo_model(self, current: str | None) -> tuple[Any, Any]:
+        """A photo example was picked: select an ImageNet model if one is ready, else say none is."""
+        key = self.session.photo_model()
+        if key is not None:
+            return gr.Dropdown(value=key), gr.Markdown(visible=False)
+        return gr.skip(), gr.Markdown(PHOTOS_WITHOUT_MODEL, visible=True)
 
     def refresh_models(self, current: str | None) -> tuple[Any, str, Any]:
         """The model menu (ready and loading models), the status text, and whether to poll again."""
-        choices, value = model_choices(self.session.registry, current)
-        loading = self.session.registry.loading()
-        return gr.Dropdown(choices=choices, value=value), model_status(self.session.registry), gr.Timer(active=loading)
+        registry = self.session.registry
+        for key in registry.ready_keys():
+            registry.get(key)  # starts a due retry of a missing explainer, in the background
+        choices, value = model_choices(registry, current)
+        polling = registry.loading() or registry.explainers_pending()
+        return gr.Dropdown(choices=choices, value=value), model_status(registry), gr.Timer(active=polling)
 
 
 def _progress_for(progress: gr.Progress | None) -> Callable[[str], Callable[[int, int], None] | None]:
@@ -325,7 +426,9 @@ def model_choices(registry: ModelRegistry, current: str | None = None) -> tuple[
     """The model menu's (label, key) choices, ready and loading models, and the value to show."""
     choices = []
     for status in registry.statuses():
-        if status.state == "ready":
+        if status.state == "ready" and status.explainer_problem:
+            choices.append((f"{status.display_name} (baselines only)", status.key))
+        elif status.state == "ready":
             choices.append((status.display_name, status.key))
         elif status.state in ("waiting", "loading"):
             choices.append((f"{status.display_name} (loading…)", status.key))
@@ -339,6 +442,11 @@ def model_status(registry: ModelRegistry, problems: Sequence[str] = ()) -> str:
     for status in registry.statuses():
         if status.state == "unavailable":
             lines.append(f"- **{status.display_name}**: unavailable: {status.reason}")
+        elif status.state == "ready" and status.explainer_problem:
+            lines.append(
+                f"- **{status.display_name}**: ready with the baselines only; no P-TAME explainer: "
+                f"{status.explainer_problem}"
+            )
         elif status.state == "ready":
             lines.append(f"- **{status.display_name}**: ready")
         else:
@@ -353,6 +461,18 @@ def example_rows(registry: ModelRegistry) -> tuple[list[list[str]], list[str]]:
     photos = sorted(EXAMPLES.glob("photo-*.jpg"))
     demo_ready = DEMO_MODEL in registry.ready_keys()
     return ([[str(path), DEMO_MODEL] for path in shapes] if demo_ready else []), [str(path) for path in photos]
+
+
+OUTPUT_NAMES = (
+    "predictions",
+    "class_menu",
+    *(f"overlay:{key}" for key in METHODS),
+    "gallery",
+    "gallery_caption",
+    "notes",
+    "maps_file",
+    "status",
+)  # the outputs of /explain, /explain_class and the gallery's clicks, in order
 
 
 def build_demo(
@@ -405,9 +525,23 @@ def build_demo(
                         )
                         for key, method in METHODS.items()
                     ]
+                notes = gr.Markdown(visible=False, elem_id="notes")
+                gallery = gr.Gallery(
+                    label="P-TAME: the top classes at a glance (click one to explain it)",
+                    columns=GALLERY_CLASSES,
+                    height=GALLERY_HEIGHT,
+                    allow_preview=False,
+                    object_fit="contain",
+                    visible=False,
+                    elem_id="gallery",
+                )
+                gallery_caption = gr.Markdown(elem_id="gallery-caption")
                 with gr.Row():
                     opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity")
                     colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
+                    gallery_classes = gr.Slider(
+                        1, MAX_GALLERY_CLASSES, value=GALLERY_CLASSES, step=1, label="Classes in the gallery"
+                    )
                 maps_file = gr.File(label="Raw maps (.npz)", interactive=False)
                 with gr.Accordion("Deletion / insertion curves (on demand)", open=False):
                     curves_button = gr.Button("Compute the curves for the explained class")
@@ -420,7 +554,7 @@ def build_demo(
                         )
                     auc_table = gr.Markdown(label="Areas under the curves")
         shape_rows, photo_rows = example_rows(registry)
-        outputs = [predictions, class_menu, *overlays, maps_file, status]
+        outputs = [predictions, class_menu, *overlays, gallery, gallery_caption, notes, maps_file, status]
         if shape_rows:
             gr.Examples(
                 shape_rows,
@@ -434,17 +568,20 @@ def build_demo(
                 examples_per_page=len(shape_rows),
             )
         if photo_rows:
-            gr.Examples(photo_rows, inputs=[image], label="Photos (for the ImageNet models)")
+            photos = gr.Examples(photo_rows, inputs=[image], label="Photos (for the ImageNet models)")
+            photos.dataset.click(
+                handlers.photo_model, [model], [model, notes], api_visibility="private", show_progress="hidden"
+            )
         with gr.Accordion("Models", open=False):
             models_status = gr.Markdown(model_status(registry, problems))
-        timer = gr.Timer(2.0, active=registry.loading())
+        timer = gr.Timer(2.0, active=registry.loading() or registry.explainers_pending())
 
         # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
         model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
         slow_overlays = [o for method, o in zip(METHODS.values(), overlays) if method.streamed]
         run.click(
             handlers.explain,
-            [image, model, methods, opacity, colormap],
+            [image, model, methods, opacity, colormap, gallery_classes],
             outputs,
             api_name="explain",
             show_progress_on=slow_overlays,  # the fast maps stay visible while Score-CAM runs
@@ -452,17 +589,25 @@ def build_demo(
         )
         class_menu.input(
             handlers.explain_class,
-            [image, model, class_menu, methods, opacity, colormap],
+            [image, model, class_menu, methods, opacity, colormap, gallery_classes],
             outputs,
             api_name="explain_class",
             show_progress_on=slow_overlays,
             **model_work,
         )
+        gallery.select(
+            handlers.explain_gallery_class,
+            [image, model, methods, opacity, colormap, gallery_classes],
+            outputs,
+            api_visibility="private",
+            show_progress_on=slow_overlays,
+            **model_work,
+        )
         gr.on(
-            [opacity.release, colormap.input],
+            [opacity.release, colormap.input, gallery_classes.release],
             handlers.reblend,
-            [image, model, class_menu, methods, opacity, colormap],
-            overlays,
+            [image, model, class_menu, methods, opacity, colormap, gallery_classes],
+            [*overlays, gallery],
             api_name="reblend",
             show_progress="hidden",
             concurrency_limit=4,
@@ -485,6 +630,32 @@ def build_demo(
     return demo
 
 
+class ClassifierAction(argparse.Action):
+    """--classifier NAME: one more (classifier, explainer) pair, its explainer still unset."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), [value, None]])
+
+
+class ExplainerAction(argparse.Action):
+    """--explainer SPEC: the explainer of the last --classifier."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
+    ) -> None:
+        pairs = getattr(namespace, self.dest)
+        if not pairs or pairs[-1][1] is not None:
+            parser.error("--explainer must follow the --classifier it explains (one explainer each)")
+        pairs[-1][1] = value
+
+
+def classifier_entries(pairs: Sequence[Sequence[str | None]]) -> list[ModelEntry]:
+    """The models of --classifier NAME [--explainer SPEC] pairs."""
+    return [ModelEntry.from_classifier(str(classifier), explainer) for classifier, explainer in pairs]
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -493,6 +664,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=[],
         help="a folder with classifier/ and explainer/ (repeatable; also $PTAME_MODEL_DIR)",
+    )
+    parser.add_argument(
+        "--classifier",
+        action=ClassifierAction,
+        dest="classifiers",
+        default=[],
+        metavar="NAME",
+        help="a classifier to offer beside the manifest's: a timm name, hf-hub:ORG/NAME or local-dir:PATH "
+        "(repeatable); without --explainer it gets the baselines only",
+    )
+    parser.add_argument(
+        "--explainer",
+        action=ExplainerAction,
+        dest="classifiers",
+        metavar="SPEC",
+        help="the P-TAME explainer of the --classifier before it: a folder or a Hub repo ORG/NAME[@REVISION]",
     )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the models' manifest (TOML)")
     parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
@@ -509,7 +696,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
-    registry, problems = build_registry(args.manifest, [*model_dirs_from_env(), *args.model_dir], args.device)
+    try:
+        classifiers = classifier_entries(args.classifiers)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    registry, problems = build_registry(
+        args.manifest, [*model_dirs_from_env(), *args.model_dir], args.device, classifiers
+    )
     if DEMO_MODEL in registry.entries:
         try:
             registry.load(DEMO_MODEL)

@@ -1,10 +1,13 @@
 """``python -m ptame explain``: the app's explanations for image files, written to a folder.
 
     python -m ptame explain IMAGE_OR_FOLDER... --model shapes --methods ptame,gradcam,scorecam --out DIR
+    python -m ptame explain IMAGE_OR_FOLDER... --classifier resnet50 [--explainer SPEC] --out DIR
 
 For each image: DIR/<name>.png (the input and each method's overlay side by side, captioned with
 the compute time) and DIR/<name>.npz (the raw maps, as the app's download). The models are those
-of the app: the manifest's keys, or a folder with classifier/ and explainer/.
+of the app: the manifest's keys, a folder with classifier/ (and, optionally, explainer/), or any
+classifier with --classifier. A model without its P-TAME explainer gets the other methods' maps
+(a warning says why P-TAME is skipped and how to train its explainer).
 """
 
 import argparse
@@ -16,9 +19,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
+from ptame.errors import CheckpointError, ImageInputError, MethodFailed, ModelUnavailable
 from ptame.methods import default_method_keys, get_method, method_keys
-from ptame.serving.captions import display_class_names
+from ptame.serving.captions import display_class_names, explainer_missing_message
 from ptame.serving.export import figure, save_maps, save_png
 from ptame.serving.images import CheckedImage
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
@@ -71,7 +74,18 @@ def parse_methods(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``explain`` command's arguments."""
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders of images")
-    parser.add_argument("--model", default="shapes", help="a manifest key (e.g. shapes, resnet50) or a model folder")
+    parser.add_argument(
+        "--model",
+        default="shapes",
+        help="a manifest key (e.g. shapes, resnet50) or a model folder (classifier/, optionally explainer/)",
+    )
+    parser.add_argument(
+        "--classifier",
+        help="instead of --model: a timm name, hf-hub:ORG/NAME or local-dir:PATH (classifier-only unless --explainer)",
+    )
+    parser.add_argument(
+        "--explainer", help="with --classifier: its P-TAME explainer, a folder or a Hub repo ORG/NAME[@REVISION]"
+    )
     parser.add_argument(
         "--methods",
         type=parse_methods,
@@ -88,6 +102,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _registry(args: argparse.Namespace) -> tuple[ModelRegistry, str]:
+    """The registry and the key of the model asked for (--classifier, else --model).
+
+    Raises:
+        ValueError: --explainer without --classifier, or a malformed --classifier / --explainer.
+        CheckpointError: a --model folder without classifier/.
+    """
+    if args.classifier is not None:
+        entry = ModelEntry.from_classifier(args.classifier, args.explainer)
+        return ModelRegistry([entry], device=args.device), entry.key
+    if args.explainer is not None:
+        raise ValueError("--explainer needs --classifier (a --model brings its own explainer)")
     folder = Path(args.model)
     if folder.is_dir():
         entry = ModelEntry.from_folder(folder)
@@ -135,9 +160,15 @@ def run(args: argparse.Namespace) -> int:
         paths = image_paths(args.inputs)
         registry, key = _registry(args)
         model = registry.load(key)
-    except (FileNotFoundError, ModelUnavailable, ValueError) as error:
+    except (FileNotFoundError, ModelUnavailable, ValueError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    missing = [method for method in args.methods if get_method(method).uses_explainer and not model.has_explainer]
+    if missing and len(missing) == len(args.methods):
+        print(f"error: {explainer_missing_message(model)}", file=sys.stderr)
+        return 2
+    if missing:  # the stream skips them (each update's ``unavailable`` says why)
+        print(f"warning: {explainer_missing_message(model)}", file=sys.stderr)
     if not paths:
         print("error: no image files found in the inputs", file=sys.stderr)
         return 2

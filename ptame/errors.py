@@ -18,6 +18,10 @@ class ModelUnavailable(PtameError, LookupError):
     """A model was asked for that is unknown, still loading, or failed to load (says which)."""
 
 
+class ExplainerMissing(PtameError, LookupError):
+    """A method needs the model's P-TAME explainer, which is not loaded (says why, and how to get one)."""
+
+
 class MethodFailed(PtameError, RuntimeError):
     """A saliency method failed on an image (the classifier or the method raised)."""
 

@@ -5,6 +5,8 @@ Offline. The app's mechanics are tested on the shapes demo's networks with seede
 object is tested on the trained demo of the repository (checkpoints/shapes).
 """
 
+import dataclasses
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +66,19 @@ def object_mask(index: int, session: ExplainSession) -> torch.Tensor:
     return transform(Image.fromarray(mask.numpy().astype(np.uint8) * 255))[0] > 0.5
 
 
-def final(outputs: Iterator[tuple]) -> tuple:
-    return list(outputs)[-1]
+def final(outputs: Iterator[tuple]) -> dict:
+    return named(list(outputs)[-1])
+
+
+def named(outputs: tuple | list) -> dict:
+    """An event's outputs by name (app.OUTPUT_NAMES): "class_menu", "overlay:ptame", "maps_file", ..."""
+    assert len(outputs) == len(app.OUTPUT_NAMES)
+    return dict(zip(app.OUTPUT_NAMES, outputs))
+
+
+def overlays_of(outputs: dict) -> dict:
+    """The overlay outputs by method key."""
+    return {key: outputs[f"overlay:{key}"] for key in METHODS}
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +124,23 @@ def test_explain_shows_fast_maps_first_and_streams_score_cam(
     handlers: app.Handlers, session: ExplainSession, images: Path
 ) -> None:
     path = shapes_file(images, 200)
-    steps = list(handlers.explain(str(path), "shapes", ALL_THREE))
+    steps = [named(step) for step in handlers.explain(str(path), "shapes", ALL_THREE)]
     first, last = steps[0], steps[-1]
-    overlays = dict(zip(METHODS, first[2:7]))
+    overlays = overlays_of(first)
     assert overlays["ptame"].value is not None and overlays["gradcam"].value is not None
     assert overlays["scorecam"].value is None and "computing, about" in overlays["scorecam"].label
-    assert overlays["rise"].visible is False and first[7] is None
-    done = dict(zip(METHODS, last[2:7]))
+    assert overlays["rise"].visible is False and first["maps_file"] is None
+    done = overlays_of(last)
     for method in ALL_THREE:
         assert done[method].value is not None and done[method].label.startswith(METHODS[method].name)
-    with np.load(last[7]) as saved:
+    with np.load(last["maps_file"]) as saved:
         assert {"ptame", "gradcam", "scorecam", "image"} <= set(saved.files)
-        assert int(saved["class_index"]) == last[1].value
+        assert int(saved["class_index"]) == last["class_menu"].value
     analysis = session.cached_analysis(session.read(path), "shapes")
-    assert last[1].value == analysis.top(1)[0]
-    assert list(last[0].values()) == sorted(last[0].values(), reverse=True) and len(last[0]) == app.TOP_CLASSES
+    assert last["class_menu"].value == analysis.top(1)[0]
+    predictions = last["predictions"]
+    assert list(predictions.values()) == sorted(predictions.values(), reverse=True)
+    assert len(predictions) == app.TOP_CLASSES
 
 
 def test_switching_class_reuses_the_one_p_tame_pass(
@@ -137,32 +152,136 @@ def test_switching_class_reuses_the_one_p_tame_pass(
     passes = []
     hooks = [m.register_forward_hook(lambda *_: passes.append(1)) for m in (model.explainer, model.backbone.model)]
     try:
-        other = (first[1].value + 1) % len(SHAPE_CLASSES)
+        other = (first["class_menu"].value + 1) % len(SHAPE_CLASSES)
         switched = final(handlers.explain_class(path, "shapes", other, ["ptame"]))
     finally:
         for hook in hooks:
             hook.remove()
     assert passes == []
-    assert switched[1].value == other
-    with np.load(first[7]) as before, np.load(switched[7]) as after:
+    assert switched["class_menu"].value == other
+    with np.load(first["maps_file"]) as before, np.load(switched["maps_file"]) as after:
         assert not np.allclose(before["ptame"], after["ptame"])
+
+
+def test_gallery_shows_every_top_class_from_the_one_pass(
+    handlers: app.Handlers, session: ExplainSession, images: Path
+) -> None:
+    path = str(shapes_file(images, 210))
+    model = session.registry.get("shapes")
+    passes = []
+    hook = model.explainer.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        result = final(handlers.explain(path, "shapes", ["gradcam"], 0.5, "jet", 4))
+    finally:
+        hook.remove()
+    assert passes == [1]  # one explainer pass maps every class, also those only the gallery shows
+    analysis = session.cached_analysis(session.read(path), "shapes")
+    ranked = analysis.top(4)
+    items = result["gallery"].value
+    assert len(items) == 4 and result["gallery"].visible
+    names = [SHAPE_CLASSES[i] for i in ranked]
+    assert [item["caption"] for item in items] == [
+        f"{name} · {analysis.probabilities[i]:.1%}" for name, i in zip(names, ranked)
+    ]
+    caption = result["gallery_caption"]
+    assert "these 4 maps in" in caption and "Grad-CAM would take about" in caption
+    for class_index, item in zip(ranked, items):  # each gallery map is that class's P-TAME overlay
+        alone = final(handlers.explain_class(path, "shapes", class_index, ["ptame"], 0.5, "jet", 4))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(item["image"]["path"])), np.asarray(Image.open(alone["overlay:ptame"].value["path"]))
+        )
+    first, second = (Image.open(item["image"]["path"]) for item in items[:2])
+    assert not np.array_equal(np.asarray(first), np.asarray(second))  # the classes' maps differ
+
+
+def test_clicking_a_gallery_map_explains_its_class(
+    handlers: app.Handlers, session: ExplainSession, images: Path
+) -> None:
+    path = str(shapes_file(images, 211))
+    final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))
+    ranked = session.cached_analysis(session.read(path), "shapes").top(app.GALLERY_CLASSES)
+    click = gr.SelectData(None, {"index": 2, "value": None})
+    result = final(handlers.explain_gallery_class(path, "shapes", ["ptame", "gradcam"], 0.5, "jet", 5, click))
+    assert result["class_menu"].value == ranked[2]
+    with np.load(result["maps_file"]) as saved:
+        assert int(saved["class_index"]) == ranked[2] and {"ptame", "gradcam"} <= set(saved.files)
+
+
+def test_a_photo_with_the_shapes_model_comes_with_a_note(demo_folder: Path, tmp_path: Path) -> None:
+    entry = dataclasses.replace(ModelEntry.from_folder(demo_folder), domain="six synthetic shapes", image_size=128)
+    registry = ModelRegistry([entry])
+    registry.load(entry.key)
+    handlers = app.Handlers(ExplainSession(registry), tmp_path)
+    photo = str(app.EXAMPLES / "photo-chelsea.jpg")
+    result = final(handlers.explain(photo, "shapes", ["ptame"]))
+    assert result["notes"].visible and "knows only" in result["notes"].value
+    shapes = final(handlers.explain(str(app.EXAMPLES / "shapes-test-3-star.png"), "shapes", ["ptame"]))
+    assert not shapes["notes"].visible
+    model, note = handlers.photo_model("shapes")  # no ImageNet model in this session
+    assert model == gr.skip() and note.visible and note.value == app.PHOTOS_WITHOUT_MODEL
+
+
+def test_the_command_line_adds_classifiers_with_or_without_explainers(tmp_path: Path) -> None:
+    args = app.parse_args(["--classifier", "resnet50", "--explainer", "org/ptame-r50@abc", "--classifier", "vgg16"])
+    entries = app.classifier_entries(args.classifiers)
+    assert [(e.classifier, e.explainer, e.explainer_revision) for e in entries] == [
+        ("resnet50", "org/ptame-r50", "abc"),
+        ("vgg16", None, None),
+    ]
+    with pytest.raises(SystemExit):
+        app.parse_args(["--explainer", "org/x"])  # no --classifier before it
+    with pytest.raises(SystemExit):
+        app.parse_args(["--classifier", "vgg16", "--explainer", "a/b", "--explainer", "c/d"])
+
+
+def test_a_classifier_only_model_gives_the_baselines_and_says_how_to_get_p_tame(
+    demo_folder: Path, images: Path, tmp_path: Path
+) -> None:
+    only = tmp_path / "classifier-only"
+    shutil.copytree(demo_folder / "classifier", only / "classifier")  # no explainer/ beside it
+    entry = ModelEntry(
+        "classifier-only", "classifier-only", f"local-dir:{only / 'classifier'}", str(only / "explainer")
+    )
+    registry = ModelRegistry([entry], explainer_retry_s=3600)  # its explainer folder is not there yet
+    registry.load("classifier-only")
+    assert app.model_choices(registry)[0] == [("classifier-only (baselines only)", "classifier-only")]
+    assert "ready with the baselines only" in app.model_status(registry)
+    demo = served(ExplainSession(registry), tmp_path / "downloads")
+    path = handle_file(shapes_file(images, 212))
+    try:
+        client = Client(demo.local_url, verbose=False)
+        result = named(client.predict(path, "classifier-only", ALL_THREE, api_name="/explain"))
+        shutil.copytree(demo_folder / "explainer", only / "explainer")
+        shutil.copytree(demo_folder / "auxiliary", only / "auxiliary")
+        assert registry.retry_explainer("classifier-only")  # the explainer arrives: no restart
+        later = named(client.predict(path, "classifier-only", ALL_THREE, api_name="/explain"))
+    finally:
+        demo.close()
+    assert result["overlay:ptame"]["value"] is None and "no explainer" in result["overlay:ptame"]["label"]
+    assert result["overlay:gradcam"]["value"] is not None and result["overlay:scorecam"]["value"] is not None
+    assert result["notes"]["visible"] and "python -m train imagenet" in result["notes"]["value"]
+    assert not result["gallery"]["visible"]
+    with np.load(result["maps_file"]) as saved:
+        assert {"gradcam", "scorecam"} <= set(saved.files) and "ptame" not in saved.files
+    assert later["overlay:ptame"]["value"] is not None and not later["notes"]["visible"]
+    assert app.model_choices(registry)[0] == [("classifier-only", "classifier-only")]
 
 
 def test_reblend_redraws_cached_maps_only(handlers: app.Handlers, session: ExplainSession, images: Path) -> None:
     path = str(shapes_file(images, 202))
     result = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))
-    index = result[1].value
+    index = result["class_menu"].value
     plain = handlers.reblend(path, "shapes", index, ["ptame", "gradcam", "scorecam"], 0.0, "turbo")
     picture = session.cached_analysis(session.read(path), "shapes").picture
     by_method = dict(zip(METHODS, plain))
     np.testing.assert_array_equal(by_method["ptame"], picture)
     assert by_method["scorecam"] == gr.skip()  # never computed: left as it is
-    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * len(METHODS)
+    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * (len(METHODS) + 1)
 
 
 def test_curves_give_both_plots_and_areas(handlers: app.Handlers, images: Path) -> None:
     path = str(shapes_file(images, 203))
-    index = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))[1].value
+    index = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))["class_menu"].value
     deletion, insertion, table = handlers.curves(path, "shapes", index, ["ptame", "gradcam"])
     assert set(deletion.method) == set(insertion.method) == {"P-TAME", "Grad-CAM"}
     assert deletion.fraction.min() == 0.0 and deletion.fraction.max() == 1.0
@@ -203,8 +322,8 @@ def test_maps_of_the_trained_demo_point_at_the_objects(images: Path, tmp_path: P
         masks = []
         for index in range(300, 300 + POINTING_IMAGES):
             path = handle_file(shapes_file(images, index))
-            result = client.predict(path, "shapes", ALL_THREE, api_name="/explain")
-            with np.load(result[7]) as saved:
+            result = named(client.predict(path, "shapes", ALL_THREE, api_name="/explain"))
+            with np.load(result["maps_file"]) as saved:
                 for method in ALL_THREE:
                     maps[method].append(torch.from_numpy(saved[method]))
             masks.append(object_mask(index, session))
@@ -247,8 +366,8 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client: Client
         with pytest.raises(Exception, match=message) as raised:
             client.predict(handle_file(path) if path else None, "shapes", ["ptame"], api_name="/explain")
         assert isinstance(raised.value, (AppError, ValueError)), name
-    result = client.predict(handle_file(shapes_file(images, 207)), "shapes", ["ptame"], api_name="/explain")
-    assert result[2]["value"] is not None
+    result = named(client.predict(handle_file(shapes_file(images, 207)), "shapes", ["ptame"], api_name="/explain"))
+    assert result["overlay:ptame"]["value"] is not None
 
 
 def odd_images(folder: Path) -> dict[str, Path]:
@@ -270,18 +389,18 @@ def odd_images(folder: Path) -> dict[str, Path]:
 
 def test_odd_image_modes_are_explained(client: Client, images: Path) -> None:
     for name, path in odd_images(images).items():
-        result = client.predict(handle_file(path), "shapes", ["ptame", "gradcam"], api_name="/explain")
-        with np.load(result[7]) as saved:
+        result = named(client.predict(handle_file(path), "shapes", ["ptame", "gradcam"], api_name="/explain"))
+        with np.load(result["maps_file"]) as saved:
             assert saved["ptame"].shape == saved["image"].shape[:2], name
             assert np.isfinite(saved["gradcam"]).all(), name
 
 
 def test_class_endpoint_and_reblend_through_the_client(client: Client, images: Path) -> None:
     path = handle_file(shapes_file(images, 209))
-    first = client.predict(path, "shapes", ["ptame"], api_name="/explain")
-    other = (first[1]["value"] + 1) % len(SHAPE_CLASSES)
-    switched = client.predict(path, "shapes", other, ["ptame"], api_name="/explain_class")
-    assert switched[1]["value"] == other and switched[7] != first[7]
+    first = named(client.predict(path, "shapes", ["ptame"], api_name="/explain"))
+    other = (first["class_menu"]["value"] + 1) % len(SHAPE_CLASSES)
+    switched = named(client.predict(path, "shapes", other, ["ptame"], api_name="/explain_class"))
+    assert switched["class_menu"]["value"] == other and switched["maps_file"] != first["maps_file"]
     with pytest.raises(AppError, match="outside"):
         client.predict(path, "shapes", 99, ["ptame"], api_name="/explain_class")
 
@@ -351,8 +470,8 @@ def test_8_concurrent_clients_get_the_serial_maps(client: Client, images: Path, 
         for k in range(5):
             try:
                 path = handle_file(paths[requests[number, k]])
-                result = own.predict(path, "shapes", ALL_THREE, api_name="/explain")
-                with np.load(result[7]) as saved:
+                result = named(own.predict(path, "shapes", ALL_THREE, api_name="/explain"))
+                with np.load(result["maps_file"]) as saved:
                     results[number, k] = {m: saved[m] for m in ALL_THREE}
             except Exception as error:  # any failure: collected and reported below
                 errors.append((number, k, error))

@@ -1,5 +1,6 @@
 """The app's library side: model registry, explanation session and cache, exports."""
 
+import dataclasses
 import os
 import threading
 import time
@@ -18,7 +19,7 @@ from ptame.serving.captions import display_class_names, format_seconds
 from ptame.serving.export import figure, prune_folder, save_maps
 from ptame.serving.lanes import threads_per_lane
 from ptame.serving.manifest import LoadedModel, ModelEntry
-from ptame.serving.models import ModelRegistry, build_registry
+from ptame.serving.models import ModelRegistry, ModelStatus, build_registry
 from ptame.serving.session import ExplainSession
 from tests.conftest import noise, randomise_head, run_in_threads
 
@@ -83,6 +84,15 @@ def test_registry_loads_each_model_once_across_threads(model: LoadedModel) -> No
     run_in_threads(lambda _: results.append(registry.load("a")), 4)
     assert calls == ["a"] and len(results) == 4 and all(r is model for r in results)
     assert registry.ready_keys() == ["a"] and registry.get("a") is model
+    assert registry.statuses() == [ModelStatus("a", "A", "ready")]  # the registry's key, nothing missing
+
+
+def test_a_ready_model_without_explainer_says_so(model: LoadedModel) -> None:
+    without = dataclasses.replace(model, explainer=None)
+    registry = ModelRegistry([entry("a")], loader=lambda entry, device: without)
+    assert registry.load("a") is without
+    assert registry.statuses() == [ModelStatus("a", "A", "ready", explainer_problem="its explainer is not loaded")]
+    assert registry.explainers_pending()  # its entry names an explainer
 
 
 def test_registry_records_why_a_model_is_unavailable() -> None:

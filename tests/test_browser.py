@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 STARTUP_LIMIT_S = 120.0
+CLASSIFIER_ONLY = "local-dir:checkpoints/shapes/classifier"  # served beside the shapes demo, without explainer
 OVERLAYS = ("ptame", "gradcam", "scorecam")
 
 pytestmark = [
@@ -41,7 +42,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py` as a user starts it, offline, on a free port; yields its URL."""
+    """`python app.py --classifier local-dir:checkpoints/shapes/classifier` as a user starts it, offline,
+    on a free port; yields its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     environment = {
@@ -53,7 +55,13 @@ def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not (TRAINED_DEMO / "explainer").is_dir():
         environment["PTAME_MODEL_DIR"] = str(random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes"))
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=environment, stdout=output, stderr=output)
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--classifier", CLASSIFIER_ONLY],
+            cwd=ROOT,
+            env=environment,
+            stdout=output,
+            stderr=output,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         start = time.monotonic()
@@ -124,4 +132,46 @@ def test_a_bad_file_shows_an_error_and_the_next_upload_works(served_app: str, br
     page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-1-square.png"))
     page.get_by_role("button", name="Explain", exact=True).click()
     page.locator("#overlay-ptame img").wait_for(timeout=60_000)
+    page.close()
+
+
+def test_the_gallery_shows_the_top_classes_and_a_click_explains_one(served_app: str, browser, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(served_app, wait_until="networkidle")
+    page.locator("input[type=file]").first.set_input_files(
+        str(ROOT / "checkpoints/examples/shapes-test-2-triangle.png")
+    )
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("Explained", exact=False).first.wait_for(timeout=60_000)
+    thumbnails = page.locator("#gallery img")
+    thumbnails.nth(4).wait_for(timeout=30_000)
+    assert thumbnails.count() == 5
+    assert "5 maps in" in page.locator("#gallery-caption").inner_text()
+    page.screenshot(path=screenshot_path(tmp_path, "browser-gallery.png"), full_page=True)
+    second = page.locator("#gallery .caption-label, #gallery figcaption").nth(1).inner_text().split(" · ")[0]
+    thumbnails.nth(1).click()
+    page.get_by_text(f"Explained {second}", exact=False).first.wait_for(timeout=60_000)
+    page.locator("#overlay-ptame img").wait_for(timeout=30_000)
+    overlay_url = page.locator("#overlay-ptame img").get_attribute("src")
+    gallery_url = page.locator("#gallery img").nth(1).get_attribute("src")
+    overlay = httpx.get(httpx.URL(served_app).join(overlay_url), timeout=10).content
+    thumbnail = httpx.get(httpx.URL(served_app).join(gallery_url), timeout=10).content
+    assert overlay == thumbnail  # the gallery's map is the class's own P-TAME map
+    page.close()
+
+
+def test_a_classifier_only_model_is_offered_with_the_baselines(served_app: str, browser, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1280, "height": 1200})
+    page.goto(served_app, wait_until="networkidle")
+    page.get_by_label("Model").click()
+    option = page.get_by_role("option", name="(baselines only)")
+    option.wait_for(timeout=60_000)  # loads in the background after start-up
+    option.click()
+    page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-4-cross.png"))
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.locator("#overlay-gradcam img").wait_for(timeout=60_000)
+    page.locator("#overlay-scorecam img").wait_for(timeout=60_000)
+    assert "no explainer" in page.locator("#overlay-ptame").inner_text()
+    assert "python -m train imagenet" in page.locator("#notes").inner_text()
+    page.screenshot(path=screenshot_path(tmp_path, "browser-classifier-only.png"), full_page=True)
     page.close()

@@ -2,6 +2,7 @@
 networks with seeded random weights, given as a model folder)."""
 
 import argparse
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,15 @@ from tests.conftest import ROOT, random_shapes_demo, shapes_file
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes"))
+
+
+@pytest.fixture(scope="module")
+def classifier_only(model: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The demo's folder without explainer/ (classifier/ and auxiliary/ only)."""
+    folder = tmp_path_factory.mktemp("models") / "only"
+    for part in ("classifier", "auxiliary"):
+        shutil.copytree(Path(model) / part, folder / part)
+    return str(folder)
 
 
 def test_image_paths_expand_folders_and_drop_repeats(tmp_path: Path) -> None:
@@ -84,6 +94,76 @@ def test_bad_arguments_exit_with_a_message(
     image = shapes_file(tmp_path, 0, "x.png")
     assert main(["explain", str(image), "--out", str(tmp_path / "o"), "--model", model, *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_classifier_only_model_writes_the_baselines_and_warns_once(
+    classifier_only: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for index in range(2):
+        shapes_file(tmp_path / "in", index, f"shape-{index}.png")
+    out = tmp_path / "out"
+    arguments = ["explain", str(tmp_path / "in"), "--model", classifier_only, "--methods", "ptame,gradcam"]
+    assert main([*arguments, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: No P-TAME map for only: ") == 1
+    assert "no explainer is configured for it" in captured.err and "python -m train imagenet" in captured.err
+    assert "wrote 2 of 2 images" in captured.out
+    for index in range(2):
+        with np.load(out / f"shape-{index}.npz") as saved:
+            assert "gradcam" in saved.files and "ptame" not in saved.files and "seconds_ptame" not in saved.files
+            assert str(saved["model"]) == "only"
+            assert saved["gradcam"].shape == saved["image"].shape[:2]
+
+
+def test_only_p_tame_on_a_classifier_only_model_is_an_error(
+    classifier_only: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    image = shapes_file(tmp_path, 0, "x.png")
+    assert main(["explain", str(image), "--model", classifier_only, "--methods", "ptame", "--out", str(tmp_path)]) == 2
+    assert "error: No P-TAME map for only: " in capsys.readouterr().err
+
+
+def test_classifier_and_explainer_arguments(model: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = shapes_file(tmp_path, 2, "x.png")
+    classifier = f"local-dir:{model}/classifier"
+    key = "local-dir-" + f"{model}/classifier".strip("/").replace("/", "-")
+    out = tmp_path / "plain"
+    assert (
+        main(["explain", str(image), "--classifier", classifier, "--methods", "ptame,gradcam", "--out", str(out)]) == 0
+    )
+    assert "warning: No P-TAME map for " in capsys.readouterr().err
+    with np.load(out / "x.npz") as saved:
+        assert "gradcam" in saved.files and "ptame" not in saved.files and str(saved["model"]) == key
+    out = tmp_path / "with-explainer"
+    arguments = ["--classifier", classifier, "--explainer", f"{model}/explainer", "--methods", "ptame,gradcam"]
+    assert main(["explain", str(image), *arguments, "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with np.load(out / "x.npz") as saved:
+        assert {"ptame", "gradcam"} <= set(saved.files)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--explainer", "./somewhere"], "--explainer needs --classifier"),
+        (["--classifier", " "], "the classifier must be a timm name"),
+        (["--classifier", "resnet50", "--explainer", "not-a-repo"], "neither an existing folder nor a Hub repo id"),
+        (["--classifier", "local-dir:/no/such/folder"], "cannot load the classifier local-dir:/no/such/folder"),
+    ],
+)
+def test_bad_classifier_arguments_exit_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture, arguments: list[str], message: str
+) -> None:
+    image = shapes_file(tmp_path, 0, "x.png")
+    assert main(["explain", str(image), "--out", str(tmp_path / "o"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_folder_without_a_classifier_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    image = shapes_file(tmp_path, 0, "x.png")
+    (tmp_path / "empty").mkdir()
+    assert main(["explain", str(image), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "has no classifier/ folder" in capsys.readouterr().err
 
 
 def test_python_dash_m_ptame_runs(model: str, tmp_path: Path) -> None:

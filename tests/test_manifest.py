@@ -9,7 +9,15 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from ptame import PTAME, CheckpointError
-from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, hub_reachable, load_manifest, load_model
+from ptame.serving.manifest import (
+    DEFAULT_MANIFEST,
+    LoadedModel,
+    ModelEntry,
+    hub_reachable,
+    load_explainer,
+    load_manifest,
+    load_model,
+)
 from tests.conftest import ROOT, save_timm_checkpoint
 
 ONE_MODEL = """
@@ -51,12 +59,18 @@ def test_the_project_manifest_offers_the_demo_first_then_the_papers_models() -> 
     assert shapes.classifier == f"local-dir:{ROOT / 'checkpoints' / 'shapes' / 'classifier'}"
     assert shapes.explainer == str(ROOT / "checkpoints" / "shapes" / "explainer")
     assert shapes.explainer_is_folder and shapes.explainer_revision is None
+    assert shapes.image_size == 128
+    assert shapes.domain == (
+        "six synthetic shapes (circle, square, triangle, star, cross, semicircle), one per 128x128 image, "
+        "on textured backgrounds"
+    )
     for entry in entries[1:]:
         assert entry.classifier == entry.key
         assert entry.explainer == f"ptame/ptame-{entry.key}"
         assert not entry.explainer_is_folder
         assert entry.explainer_revision
         assert "ImageNet" in entry.display_name
+        assert entry.domain == "photos of the 1000 ImageNet classes" and entry.image_size is None
     assert DEFAULT_MANIFEST == ROOT / "checkpoints" / "manifest.toml"
 
 
@@ -69,6 +83,16 @@ def test_relative_folders_start_at_the_manifests_folder(tmp_path: Path) -> None:
         explainer=str(tmp_path / "models" / "explainer"),
         explainer_revision=None,
     )
+    assert (entry.domain, entry.image_size) == ("", None)
+
+
+def test_the_explainer_is_optional_and_domain_and_image_size_are_read(tmp_path: Path) -> None:
+    text = ONE_MODEL.replace('explainer = "./models/explainer"', 'domain = "tiny squares"\nimage_size = 64')
+    (entry,) = load_manifest(write_manifest(tmp_path, text))
+    assert entry == ModelEntry(
+        "demo", "Demo", f"local-dir:{tmp_path / 'models' / 'classifier'}", None, None, "tiny squares", 64
+    )
+    assert not entry.explainer_is_folder
 
 
 @pytest.mark.parametrize(
@@ -86,6 +110,17 @@ def test_relative_folders_start_at_the_manifests_folder(tmp_path: Path) -> None:
         (ONE_MODEL.replace('"demo"', '"my demo"'), "key 'my demo' may hold only"),
         (ONE_MODEL + ONE_MODEL, "repeats the keys \\['demo'\\]"),
         (ONE_MODEL + 'explainer_revision = "main"', "explainer_revision applies to Hub repos only"),
+        (
+            ONE_MODEL.replace('explainer = "./models/explainer"', 'explainer_revision = "main"'),
+            "explainer_revision is given without an explainer",
+        ),
+        (ONE_MODEL + "domain = ''", "domain must be a non-empty string"),
+        (ONE_MODEL + "domain = 3", "domain must be a non-empty string, got 3"),
+        (ONE_MODEL + "image_size = 0", "image_size must be a positive integer .*, got 0"),
+        (ONE_MODEL + "image_size = -128", "image_size must be a positive integer .*, got -128"),
+        (ONE_MODEL + "image_size = '128'", "image_size must be a positive integer .*, got '128'"),
+        (ONE_MODEL + "image_size = 128.0", "image_size must be a positive integer .*, got 128.0"),
+        (ONE_MODEL + "image_size = true", "image_size must be a positive integer .*, got True"),
     ],
     ids=[
         "not-toml",
@@ -100,6 +135,14 @@ def test_relative_folders_start_at_the_manifests_folder(tmp_path: Path) -> None:
         "bad-key",
         "repeated-key",
         "revision-for-folder",
+        "revision-without-explainer",
+        "empty-domain",
+        "domain-not-a-string",
+        "image-size-zero",
+        "image-size-negative",
+        "image-size-string",
+        "image-size-float",
+        "image-size-bool",
     ],
 )
 def test_malformed_manifests_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -118,8 +161,72 @@ def test_from_folder(bundle: Path) -> None:
     assert entry.classifier == f"local-dir:{bundle / 'classifier'}"
     assert entry.explainer == str(bundle / "explainer") and entry.explainer_is_folder
     shutil.rmtree(bundle / "explainer")
-    with pytest.raises(CheckpointError, match="models has no explainer/ folder"):
+    classifier_only = ModelEntry.from_folder(bundle)
+    assert classifier_only == ModelEntry("models", "models", f"local-dir:{bundle / 'classifier'}", None)
+    shutil.rmtree(bundle / "classifier")
+    with pytest.raises(CheckpointError, match="models has no classifier/ folder"):
         ModelEntry.from_folder(bundle)
+
+
+@pytest.mark.parametrize(
+    ("classifier", "key", "source"),
+    [
+        ("resnet50", "resnet50", "resnet50"),
+        ("hf-hub:timm/resnet18.a1_in1k", "hf-hub-timm-resnet18-a1_in1k", "hf-hub:timm/resnet18.a1_in1k"),
+        (
+            "local-dir:checkpoints/shapes/classifier",
+            "local-dir-checkpoints-shapes-classifier",
+            "local-dir:{cwd}/checkpoints/shapes/classifier",
+        ),
+        ("local-dir:./c", "local-dir-c", "local-dir:{cwd}/c"),
+        ("  resnet50 ", "resnet50", "resnet50"),
+    ],
+)
+def test_from_classifier_without_explainer(
+    classifier: str, key: str, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    entry = ModelEntry.from_classifier(classifier)
+    assert entry == ModelEntry(key, classifier.strip(), source.format(cwd=tmp_path), None)
+
+
+@pytest.mark.parametrize(
+    ("explainer", "folder", "revision"),
+    [
+        ("ptame/ptame-resnet50", "ptame/ptame-resnet50", None),
+        ("ptame/ptame-resnet50@0123abc", "ptame/ptame-resnet50", "0123abc"),
+        ("./not-trained-yet", "{cwd}/not-trained-yet", None),
+        ("runs/r50/explainer", "{cwd}/runs/r50/explainer", None),  # exists: a folder, not a Hub repo
+        ("{cwd}/elsewhere", "{cwd}/elsewhere", None),
+    ],
+)
+def test_from_classifier_with_explainer(
+    explainer: str, folder: str, revision: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "runs" / "r50" / "explainer").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    entry = ModelEntry.from_classifier("resnet50", explainer.format(cwd=tmp_path))
+    assert entry == ModelEntry("resnet50", "resnet50", "resnet50", folder.format(cwd=tmp_path), revision)
+
+
+@pytest.mark.parametrize(
+    ("classifier", "explainer", "message"),
+    [
+        ("", None, "the classifier must be a timm name"),
+        ("  ", None, "the classifier must be a timm name"),
+        (":::", None, "the classifier must be a timm name"),
+        ("resnet50", " ", "the explainer must be a folder or a Hub repo id"),
+        ("resnet50", "missing/deeper/folder", "neither an existing folder nor a Hub repo id"),
+        ("resnet50", "just-a-name", "neither an existing folder nor a Hub repo id"),
+        ("resnet50", "org/name@", "neither an existing folder nor a Hub repo id"),
+    ],
+)
+def test_from_classifier_refuses_unclear_specs(
+    classifier: str, explainer: str | None, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        ModelEntry.from_classifier(classifier, explainer)
 
 
 def test_load_model_from_a_manifest_of_local_folders(bundle: Path, explainer: PTAME, tmp_path: Path) -> None:
@@ -133,16 +240,42 @@ def test_load_model_from_a_manifest_of_local_folders(bundle: Path, explainer: PT
         assert torch.equal(loaded.explainer(pixels), explainer(pixels))
 
 
-def test_an_explainer_for_another_class_count_is_refused(bundle: Path) -> None:
+def test_an_explainer_for_another_class_count_leaves_a_classifier_only_model(bundle: Path) -> None:
     torch.manual_seed(0)
     save_timm_checkpoint(timm.create_model("resnet10t", num_classes=7), bundle / "classifier")
+    entry = ModelEntry.from_folder(bundle)
+    loaded = load_model(entry)
+    assert loaded.explainer is None and not loaded.has_explainer
+    assert len(loaded.backbone.class_names) == 7
+    assert re.search("the explainer of 'models' has 10 classes, its classifier .* has 7", loaded.explainer_problem)
     with pytest.raises(CheckpointError, match="'models' has 10 classes, its classifier .* has 7"):
-        load_model(ModelEntry.from_folder(bundle))
+        load_explainer(entry, "cpu", 7)
+    assert load_explainer(entry, "cpu", 10).num_classes == 10
 
 
-def test_missing_explainer_names_the_model(bundle: Path) -> None:
+def test_a_missing_explainer_folder_leaves_a_classifier_only_model(bundle: Path) -> None:
     entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'classifier'}", str(bundle / "nowhere"))
-    with pytest.raises(CheckpointError, match="explainer .*nowhere of 'Demo model'.*does not exist"):
+    loaded = load_model(entry)
+    assert loaded.explainer is None and not loaded.has_explainer and loaded.entry == entry
+    assert re.search(
+        f"explainer {re.escape(str(bundle / 'nowhere'))} of 'Demo model'.*does not exist", loaded.explainer_problem
+    )
+    with torch.no_grad():
+        assert loaded.backbone.logits(torch.rand(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_an_entry_without_explainer_loads_its_classifier_only(bundle: Path) -> None:
+    entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'classifier'}")
+    loaded = load_model(entry)
+    assert loaded.explainer is None
+    assert loaded.explainer_problem == "'Demo model' has no P-TAME explainer: no explainer is configured for it"
+    with pytest.raises(CheckpointError, match="'Demo model' .*no explainer is configured for it"):
+        load_explainer(entry, "cpu", 10)
+
+
+def test_a_missing_classifier_still_fails_the_model(bundle: Path) -> None:
+    entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'nowhere'}", str(bundle / "explainer"))
+    with pytest.raises(CheckpointError, match="cannot load the classifier local-dir:.*nowhere of 'Demo model'"):
         load_model(entry)
 
 
@@ -159,10 +292,15 @@ def test_cached_classifier_with_missing_hub_explainer_offline(hub_offline: None,
     torch.manual_seed(0)
     folder = save_timm_checkpoint(timm.create_model("resnet10t", num_classes=10), tmp_path / "classifier")
     entry = ModelEntry("demo", "Demo", f"local-dir:{folder}", "ptame/ptame-demo", "main")
+    loaded = load_model(entry)
+    assert loaded.explainer is None
+    assert re.search(
+        "explainer ptame/ptame-demo of 'Demo'.*not in the local Hugging Face cache", loaded.explainer_problem
+    )
     with pytest.raises(
         CheckpointError, match="explainer ptame/ptame-demo of 'Demo'.*not in the local Hugging Face cache"
     ):
-        load_model(entry)
+        load_explainer(entry, "cpu", 10)
 
 
 def test_unreachable_hub_switches_to_the_cache_only_and_restores_the_setting(

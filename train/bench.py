@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
-import torch.nn.functional as F
 
 from ptame.backbones import create_backbone
 from ptame.explainer import PTAME
+from ptame.head import upsample_to_finest
 from ptame.training import train_explainer
 from train.recipes import recipe_for
 
@@ -40,7 +40,8 @@ TARGET_RATIO = 2.0
 
 
 class ReferenceExplainer(PTAME):
-    """The reference design: all K maps in fp32 (upsample, concatenate, full fuser), then indexed."""
+    """The reference design: all K maps in fp32 (upsample every level by the official x2 cascade,
+    concatenate, full fuser), then indexed."""
 
     def forward(self, pixels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Raw maps (B, k, h, w) of ``classes`` (all K if None), computed for all K classes."""
@@ -48,7 +49,7 @@ class ReferenceExplainer(PTAME):
         size = max((f.shape[-2:] for f in features), key=lambda hw: hw[0] * hw[1])
         with torch.autocast(device_type=pixels.device.type, enabled=False):
             levels = [
-                F.interpolate(block(level.float()), size=tuple(size), mode="bilinear", align_corners=False)
+                upsample_to_finest(block(level.float()), tuple(size))
                 for level, block in zip(features, self.head.levels)
             ]
             maps = self.head.fuser(torch.cat(levels, dim=1))

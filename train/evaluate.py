@@ -439,6 +439,8 @@ def run(args: argparse.Namespace) -> None:
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from error
     model = load_model(entry, args.device)
+    if not model.has_explainer and any(get_method(method).uses_explainer for method in settings.methods):
+        raise SystemExit(f"cannot evaluate P-TAME: {model.explainer_problem}")
     if args.data == "shapes":
         count = args.images or SHAPES_IMAGES
         batches = shapes_batches(args.split, count, model.backbone.preprocessing.crop, args.batch_size)
@@ -458,7 +460,8 @@ def run(args: argparse.Namespace) -> None:
     with tqdm(total=count, desc="evaluate", unit="image") as bar:
         rows, accuracy = evaluate(model, batches, settings, device, progress=bar.update)
     description = setup_description(settings, accuracy, args.data == "shapes", data_differences)
-    classifier, explainer = relative_to_cwd(entry.classifier), relative_to_cwd(entry.explainer)
+    classifier = relative_to_cwd(entry.classifier)
+    explainer = relative_to_cwd(entry.explainer) if model.has_explainer else "none"
     description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {data}; device {device}.")
     markdown = markdown_text(rows, description, settings.ad_ic_percents)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="first N shapes test images")
     args = parser.parse_args()
     model = load_model(ModelEntry.from_folder(args.folder), "cpu")
+    if not model.has_explainer:
+        raise SystemExit(f"{args.folder}: {model.explainer_problem}")
     explainer = model.explainer.eval()
     size = model.backbone.preprocessing.crop
     dataset = ShapesDataset("test", args.images, size)

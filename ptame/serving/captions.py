@@ -1,8 +1,10 @@
-"""Text for people: durations, unique class names, and the caption of a method's map."""
+"""Text for people: durations, unique class names, the caption of a method's map, why a model has no
+P-TAME map, and whether an image is from a model's world."""
 
 import math
 
 from ptame.methods import get_method
+from ptame.serving.manifest import LoadedModel, ModelEntry
 
 
 def format_seconds(seconds: float) -> str:
@@ -27,3 +29,36 @@ def display_class_names(class_names: list[str]) -> list[str]:
 def method_caption(method: str, seconds: float) -> str:
     """ "P-TAME · 12 ms": a method's display name and its compute time."""
     return f"{get_method(method).name} · {format_seconds(seconds)}"
+
+
+def explainer_missing_message(model: LoadedModel) -> str:
+    """Plain text (no Markdown) on why a model has no P-TAME map, and the commands that give it one."""
+    entry = model.entry
+    problem = model.explainer_problem or "it is not loaded"
+    return (
+        f"No P-TAME map for {entry.display_name}: {problem.rstrip('.')}. "
+        f"Train one for this classifier with `python -m train imagenet --backbone {entry.classifier} "
+        f"--data IMAGE_FOLDER --out runs/{entry.key}` (any folder of its kind of images; labels are not read), "
+        f"then start the app with `--classifier {entry.classifier} --explainer runs/{entry.key}/explainer`."
+    )
+
+
+def domain_note(entry: ModelEntry, image_size: tuple[int, int]) -> str | None:
+    """A warning when an image is not from the model's world, else None.
+
+    Args:
+        entry: the model; only one with ``image_size`` set is ever warned about.
+        image_size: the image's (width, height) in pixels.
+
+    Returns:
+        None unless ``entry.image_size`` is set and the image is not exactly that square size.
+    """
+    side = entry.image_size
+    if side is None or tuple(image_size) == (side, side):
+        return None
+    width, height = image_size
+    domain = entry.domain or f"{side}x{side} images"
+    return (
+        f"The {entry.display_name} knows only {domain}. This {width}x{height} image is not from its world: "
+        "the prediction and the maps say little about it."
+    )

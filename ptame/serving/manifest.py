@@ -1,9 +1,11 @@
 """The models the app offers: a commented TOML manifest, and the loader the app uses.
 
 ``checkpoints/manifest.toml`` has one ``[[models]]`` table per model: where its classifier and
-its explainer live (a Hub repo with a pinned revision, or a local folder) and its display name.
-``load_model`` turns an entry into a ready classifier + explainer pair; every failure, including
-an unreachable Hub with nothing cached, is a ``CheckpointError`` that names the model.
+(optionally) its explainer live (a Hub repo with a pinned revision, or a local folder), its
+display name and its world. ``load_model`` loads an entry's classifier and, if it can, its P-TAME
+explainer: a classifier that fails is a ``CheckpointError`` naming the model (the model is
+unavailable); an explainer that fails leaves a classifier-only model (the baselines still work),
+with the reason. Every failure covers an unreachable Hub with nothing cached.
 """
 
 import contextlib
@@ -27,9 +29,11 @@ from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
-REQUIRED_FIELDS = ("key", "display_name", "classifier", "explainer")
-OPTIONAL_FIELDS = ("explainer_revision",)
+REQUIRED_FIELDS = ("key", "display_name", "classifier")
+OPTIONAL_FIELDS = ("explainer", "explainer_revision", "domain", "image_size")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
+HUB_REPO_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # ORG/NAME
 FOLDER_PREFIXES = ("./", "../", "/", "~")  # an explainer value starting so is a folder, else a Hub repo id
 HUB_PROBE_TIMEOUT_S = 3.0  # connecting to the Hub longer than this counts as unreachable
 _offline_lock = threading.Lock()
@@ -41,39 +45,96 @@ class ModelEntry:
 
     key: short unique id ("shapes", "vgg16"). display_name: shown in the model selector.
     classifier: a ``create_backbone`` name ("vgg16", a timm name, "hf-hub:ORG/NAME[@rev]",
-    "local-dir:PATH" with an absolute PATH). explainer: an absolute folder or a Hub repo id.
+    "local-dir:PATH" with an absolute PATH). explainer: an absolute folder or a Hub repo id; None
+    for a classifier-only model (no P-TAME; the baselines need no explainer).
     explainer_revision: the commit (or branch) of a Hub explainer; None for a folder.
+    domain: one line on the model's world ("photos of the 1000 ImageNet classes"); "" if unsaid.
+    image_size: the images of its world are exactly this square size (pixels); None: any image.
     """
 
     key: str
     display_name: str
     classifier: str
-    explainer: str
+    explainer: str | None = None
     explainer_revision: str | None = None
+    domain: str = ""
+    image_size: int | None = None
 
     @classmethod
     def from_folder(cls, folder: Path) -> "ModelEntry":
-        """The entry of a folder holding ``classifier/`` (timm format) and ``explainer/`` (PTAME),
-        as ``python -m train shapes`` writes it; key and display name are the folder's name.
+        """The entry of a folder holding ``classifier/`` (timm format) and, optionally, ``explainer/``
+        (PTAME), as ``python -m train shapes`` writes it; key and display name are the folder's name.
+        Without ``explainer/`` the entry is classifier-only.
 
         Raises:
-            CheckpointError: the folder or one of the two subfolders is missing.
+            CheckpointError: the folder or its classifier/ subfolder is missing.
         """
         folder = Path(folder).expanduser().resolve()
-        for part in ("classifier", "explainer"):
-            if not (folder / part).is_dir():
-                raise CheckpointError(f"{folder} has no {part}/ folder (expected classifier/ and explainer/)")
+        if not (folder / "classifier").is_dir():
+            raise CheckpointError(
+                f"{folder} has no classifier/ folder (expected classifier/ and, optionally, explainer/)"
+            )
+        explainer = folder / "explainer"
         return cls(
             key=folder.name,
             display_name=folder.name,
             classifier=f"{LOCAL_DIR_PREFIX}{folder / 'classifier'}",
-            explainer=str(folder / "explainer"),
+            explainer=str(explainer) if explainer.is_dir() else None,
         )
+
+    @classmethod
+    def from_classifier(cls, classifier: str, explainer: str | None = None) -> "ModelEntry":
+        """The entry of ``--classifier SPEC [--explainer SPEC]``.
+
+        Args:
+            classifier: a ``create_backbone`` name: a timm name, "hf-hub:ORG/NAME" or
+                "local-dir:PATH" (a relative PATH starts at the working directory).
+            explainer: a folder (an existing path, or one starting with ./ ../ / ~), or a Hub repo id
+                "ORG/NAME" or "ORG/NAME@REVISION"; None: classifier-only.
+
+        Returns:
+            key: the classifier spec as a slug of letters, digits, "_" and "-"
+            ("local-dir:checkpoints/shapes/classifier" -> "local-dir-checkpoints-shapes-classifier");
+            display_name: the spec (the app's menu adds "(baselines only)" while there is no explainer).
+
+        Raises:
+            ValueError: an empty spec, or an explainer that is neither a folder nor a Hub repo id.
+        """
+        spec = classifier.strip()
+        key = NOT_KEY_CHARACTERS.sub("-", spec).strip("-")
+        if not key:
+            raise ValueError(
+                f"the classifier must be a timm name, hf-hub:ORG/NAME or local-dir:PATH, got {classifier!r}"
+            )
+        source = spec
+        if spec.startswith(LOCAL_DIR_PREFIX):
+            source = LOCAL_DIR_PREFIX + str(Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve())
+        if explainer is None:
+            return cls(key, spec, source)
+        folder, revision = _explainer_source(explainer)
+        return cls(key, spec, source, folder, revision)
 
     @property
     def explainer_is_folder(self) -> bool:
-        """Whether the explainer is a local folder (else a Hub repo id)."""
-        return self.explainer.startswith(FOLDER_PREFIXES)
+        """Whether the explainer is a local folder (else a Hub repo id, or none)."""
+        return self.explainer is not None and self.explainer.startswith(FOLDER_PREFIXES)
+
+
+def _explainer_source(spec: str) -> tuple[str, str | None]:
+    """An ``--explainer`` value -> (an absolute folder, None) or (a Hub repo id, its revision or None)."""
+    text = spec.strip()
+    if not text:
+        raise ValueError("the explainer must be a folder or a Hub repo id ORG/NAME[@REVISION], got an empty value")
+    path = Path(text).expanduser()
+    if text.startswith(FOLDER_PREFIXES) or path.exists():
+        return str(path.resolve()), None
+    repo, at, revision = text.partition("@")
+    if not HUB_REPO_PATTERN.fullmatch(repo) or (at and not revision):
+        raise ValueError(
+            f"the explainer {spec!r} is neither an existing folder nor a Hub repo id ORG/NAME[@REVISION]; "
+            "write ./PATH for a folder that does not exist yet"
+        )
+    return repo, revision or None
 
 
 def _entry(table: object, number: int, path: Path) -> ModelEntry:
@@ -87,7 +148,12 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
     if missing:
         raise CheckpointError(f"{where} lacks the fields {missing}")
     for name, value in table.items():
-        if not isinstance(value, str) or not value.strip():
+        if name == "image_size":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(
+                    f"{where}: image_size must be a positive integer (the side of its square images), got {value!r}"
+                )
+        elif not isinstance(value, str) or not value.strip():
             raise CheckpointError(f"{where}: {name} must be a non-empty string, got {value!r}")
     if not KEY_PATTERN.fullmatch(table["key"]):
         raise CheckpointError(f"{where}: key {table['key']!r} may hold only letters, digits, '_' and '-'")
@@ -96,15 +162,25 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
     classifier = table["classifier"]
     if classifier.startswith(LOCAL_DIR_PREFIX):
         classifier = LOCAL_DIR_PREFIX + str((root / Path(classifier[len(LOCAL_DIR_PREFIX) :]).expanduser()).resolve())
-    explainer = table["explainer"]
+    explainer = table.get("explainer")
     revision = table.get("explainer_revision")
-    if explainer.startswith(FOLDER_PREFIXES):
+    if explainer is None and revision is not None:
+        raise CheckpointError(f"{where}: explainer_revision is given without an explainer")
+    if explainer is not None and explainer.startswith(FOLDER_PREFIXES):
         if revision is not None:
             raise CheckpointError(
                 f"{where}: explainer_revision applies to Hub repos only, not to the folder {explainer}"
             )
         explainer = str((root / Path(explainer).expanduser()).resolve())
-    return ModelEntry(table["key"], table["display_name"], classifier, explainer, revision)
+    return ModelEntry(
+        table["key"],
+        table["display_name"],
+        classifier,
+        explainer,
+        revision,
+        table.get("domain", ""),
+        table.get("image_size"),
+    )
 
 
 def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
@@ -112,8 +188,8 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
 
     Raises:
         CheckpointError: the file is missing, not TOML, has no models, unknown or missing fields,
-            values that are not non-empty strings, a malformed or repeated key, or a revision
-            given for a folder.
+            values that are not non-empty strings (image_size: not a positive integer), a
+            malformed or repeated key, or a revision given for a folder or without an explainer.
     """
     path = Path(path)
     try:
@@ -138,22 +214,44 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
 
 @dataclass
 class LoadedModel:
-    """A manifest entry with its classifier and its explainer, both in eval mode on one device."""
+    """A manifest entry with its classifier and its explainer, both in eval mode on one device.
+
+    explainer: None when it could not be loaded (or none is configured): then only the methods
+    without ``uses_explainer`` work, and ``explainer_problem`` says why.
+    """
 
     entry: ModelEntry
     backbone: Backbone
-    explainer: PTAME
+    explainer: PTAME | None
+    explainer_problem: str = ""
+
+    @property
+    def has_explainer(self) -> bool:
+        """Whether the P-TAME explainer is loaded."""
+        return self.explainer is not None
 
 
-def _uses_hub(entry: ModelEntry) -> bool:
-    """Whether loading the entry may read the Hub: anything but local folders all the way down."""
-    if not entry.classifier.startswith(LOCAL_DIR_PREFIX) or not entry.explainer_is_folder:
+def _classifier_uses_hub(entry: ModelEntry) -> bool:
+    """Whether loading the entry's classifier may read the Hub (anything but a local folder)."""
+    return not entry.classifier.startswith(LOCAL_DIR_PREFIX)
+
+
+def _explainer_uses_hub(entry: ModelEntry) -> bool:
+    """Whether loading the entry's explainer may read the Hub: anything but local folders all the way down."""
+    if entry.explainer is None:
+        return False
+    if not entry.explainer_is_folder:
         return True
     try:
         auxiliary = json.loads((Path(entry.explainer) / CONFIG_NAME).read_text(encoding="utf-8")).get("auxiliary", "")
     except (OSError, ValueError, AttributeError):
         return False  # from_pretrained reports the broken folder
     return not str(auxiliary).startswith((LOCAL_DIR_PREFIX, "custom:"))
+
+
+def _offline(uses_hub: bool) -> bool:
+    """Whether to read the local caches only: offline mode is on, or the Hub is needed and unreachable."""
+    return hub_constants.HF_HUB_OFFLINE or (uses_hub and not hub_reachable())
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -197,35 +295,25 @@ def _check_torchvision_cache(entry: ModelEntry) -> None:
         )
 
 
-def load_model(entry: ModelEntry, device: str = "cpu") -> LoadedModel:
-    """Load an entry's classifier (its trained weights) and explainer, ready to explain.
-
-    With ``HF_HUB_OFFLINE=1``, or when the Hub cannot be reached within HUB_PROBE_TIMEOUT_S,
-    only local folders and the local caches are read: a missing file fails at once instead of
-    after the Hub client's retries.
-
-    Args:
-        entry: from ``load_manifest`` or ``ModelEntry.from_folder``.
-        device: where to put both models.
-
-    Returns:
-        The classifier (frozen, eval mode) and the explainer (eval mode) on ``device``.
-
-    Raises:
-        CheckpointError: naming the model and why (unreachable and not cached, missing or
-            damaged files, an explainer made for another number of classes).
-    """
-    offline = hub_constants.HF_HUB_OFFLINE or (_uses_hub(entry) and not hub_reachable())
+def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
+    """The entry's classifier on the CPU; CheckpointError naming the model on any failure."""
     with _hub_offline() if offline else contextlib.nullcontext():
         if offline:
             _check_torchvision_cache(entry)
         try:
-            backbone = create_backbone(entry.classifier, pretrained=True)
+            return create_backbone(entry.classifier, pretrained=True)
         except Exception as error:  # timm, torchvision and huggingface_hub raise many types
             reason = "the Hub is unreachable or offline mode is on; " if offline else ""
             raise CheckpointError(
                 f"cannot load the classifier {entry.classifier} of {entry.display_name!r}: {reason}{error}"
             ) from error
+
+
+def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
+    """``load_explainer`` with the offline decision made."""
+    if entry.explainer is None:
+        raise CheckpointError(f"{entry.display_name!r} has no P-TAME explainer: no explainer is configured for it")
+    with _hub_offline() if offline else contextlib.nullcontext():
         try:
             explainer = PTAME.from_pretrained(entry.explainer, revision=entry.explainer_revision)
         except Exception as error:  # CheckpointError, or the auxiliary network's loading errors
@@ -233,10 +321,52 @@ def load_model(entry: ModelEntry, device: str = "cpu") -> LoadedModel:
             raise CheckpointError(
                 f"cannot load the explainer {entry.explainer} of {entry.display_name!r}: {reason}{error}"
             ) from error
-    classes = len(backbone.class_names)
-    if explainer.num_classes != classes:
+    if explainer.num_classes != num_classes:
         raise CheckpointError(
             f"the explainer of {entry.display_name!r} has {explainer.num_classes} classes, "
-            f"its classifier {entry.classifier} has {classes}"
+            f"its classifier {entry.classifier} has {num_classes}"
         )
-    return LoadedModel(entry=entry, backbone=backbone.to(device), explainer=explainer.to(device).eval())
+    return explainer.to(device).eval()
+
+
+def load_explainer(entry: ModelEntry, device: str, num_classes: int) -> PTAME:
+    """Load an entry's P-TAME explainer (eval mode, on ``device``) for a classifier of ``num_classes``.
+
+    Offline or with the Hub unreachable, only local folders and the local cache are read (as
+    ``load_model``).
+
+    Raises:
+        CheckpointError: naming the model and why: no explainer is configured for it,
+            unreachable and not cached, missing or damaged files, or made for another number
+            of classes.
+    """
+    return _load_explainer(entry, device, num_classes, _offline(_explainer_uses_hub(entry)))
+
+
+def load_model(entry: ModelEntry, device: str = "cpu") -> LoadedModel:
+    """Load an entry's classifier (its trained weights) and, if it can, its explainer.
+
+    With ``HF_HUB_OFFLINE=1``, or when the Hub cannot be reached within HUB_PROBE_TIMEOUT_S,
+    only local folders and the local caches are read: a missing file fails at once instead of
+    after the Hub client's retries.
+
+    Args:
+        entry: from ``load_manifest``, ``ModelEntry.from_folder`` or ``ModelEntry.from_classifier``.
+        device: where to put both models.
+
+    Returns:
+        The classifier (frozen, eval mode) and the explainer (eval mode) on ``device``; where the
+        explainer cannot be loaded (see ``load_explainer``), explainer None and
+        ``explainer_problem`` the CheckpointError's message.
+
+    Raises:
+        CheckpointError: the classifier cannot be loaded (unreachable and not cached, missing or
+            damaged files), naming the model and why.
+    """
+    offline = _offline(_classifier_uses_hub(entry) or _explainer_uses_hub(entry))
+    backbone = _load_classifier(entry, offline).to(device)
+    try:
+        explainer = _load_explainer(entry, device, len(backbone.class_names), offline)
+    except CheckpointError as error:
+        return LoadedModel(entry=entry, backbone=backbone, explainer=None, explainer_problem=str(error))
+    return LoadedModel(entry=entry, backbone=backbone, explainer=explainer)

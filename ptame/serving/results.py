@@ -14,16 +14,16 @@ class Analysis:
         pixels: (1, 3, S, S) in [0, 1], the model's input (its preprocessing's centre crop).
         picture: (S, S, 3) uint8, the same image for display.
         probabilities: (K,) float, softmax of the classifier's logits.
-        ptame_maps: (K, h, w) raw P-TAME maps of every class.
+        ptame_maps: (K, h, w) raw P-TAME maps of every class; None for a model without its explainer.
         predict_seconds: time of the classifier's forward pass.
-        ptame_seconds: time of the explainer's pass (all K classes).
+        ptame_seconds: time of the explainer's pass (all K classes); 0.0 without explainer.
         cam_channels: channels of the classifier's CAM target layer (Score-CAM's passes).
     """
 
     pixels: torch.Tensor
     picture: np.ndarray
     probabilities: np.ndarray
-    ptame_maps: torch.Tensor
+    ptame_maps: torch.Tensor | None
     predict_seconds: float
     ptame_seconds: float
     cam_channels: int
@@ -76,6 +76,9 @@ class StreamUpdate:
         explanations: the maps done so far, by method key, in the order asked for once complete.
         pending: the methods still to compute, in the order they will be computed.
         expected_seconds: each pending method's expected compute time.
+        unavailable: the methods asked for that cannot run on this model (they need its P-TAME
+            explainer, which is not loaded), by key, each with the message saying why; they are
+            neither pending nor in ``explanations``.
     """
 
     analysis: Analysis
@@ -83,8 +86,9 @@ class StreamUpdate:
     explanations: dict[str, Explanation]
     pending: list[str] = field(default_factory=list)
     expected_seconds: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:
-        """Whether every method asked for is done."""
+        """Whether every method that can run is done (nothing is pending)."""
         return not self.pending

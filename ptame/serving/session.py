@@ -6,6 +6,10 @@ method) map is computed at most once while it stays in the cache. Methods come f
 (``ptame.methods``); model work runs in the fast and the slow lane (``ptame.serving.lanes``).
 Target-layer hooks only record the thread that registered them
 (``ptame.methods.hooks.capture_target_layer``), so the lanes do not mix.
+
+A model without its P-TAME explainer still runs the other methods; asked for P-TAME, it says why
+there is none (``ExplainerMissing``). An analysis made before its explainer arrived is not reused
+after: the analysis cache's key says whether the model had its explainer.
 """
 
 import time
@@ -16,11 +20,12 @@ from threading import Lock
 import numpy as np
 import torch
 
-from ptame.errors import MethodFailed
+from ptame.errors import ExplainerMissing, MethodFailed, ModelUnavailable
 from ptame.methods import Method, get_method
 from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
 from ptame.metrics import deletion_insertion
 from ptame.serving.cache import LRUCache
+from ptame.serving.captions import domain_note, explainer_missing_message
 from ptame.serving.images import CheckedImage, read_image
 from ptame.serving.lanes import Lanes, Progress
 from ptame.serving.manifest import LoadedModel
@@ -29,7 +34,9 @@ from ptame.serving.results import Analysis, Curves, Explanation, StreamUpdate
 
 DELETION_STEPS = 32
 
+IMAGENET_CLASSES = 1000  # the label space of classifiers made for photos
 ProgressFor = Callable[[str], Progress | None]  # method key -> its progress callback
+AnalysisKey = tuple[str, str, bool]  # (image digest, model key, whether the model had its explainer)
 
 
 class ExplainSession:
@@ -56,7 +63,7 @@ class ExplainSession:
         self.registry = registry
         self.lanes = Lanes(lane_threads, cores)
         self._images: LRUCache[tuple[str, int, int], CheckedImage] = LRUCache(analyses)
-        self._analyses: LRUCache[tuple[str, str], Analysis] = LRUCache(analyses)
+        self._analyses: LRUCache[AnalysisKey, Analysis] = LRUCache(analyses)
         self._explanations: LRUCache[tuple[str, str, int, str], Explanation] = LRUCache(explanations)
         self._curves: LRUCache[tuple[str, str, int, str], Curves] = LRUCache(explanations)
         self._seconds: dict[tuple[str, str], float] = {}
@@ -88,31 +95,47 @@ class ExplainSession:
         return self._images.get_or_compute(key, lambda: read_image(path))
 
     def analyse(self, image: CheckedImage, model_key: str) -> Analysis:
-        """Class probabilities and every class's P-TAME map for an image (cached; the fast lane).
+        """Class probabilities and, if the model has its explainer, every class's P-TAME map for an
+        image (cached; the fast lane).
 
         Raises:
             ModelUnavailable: the model is unknown, loading, or failed to load.
         """
+        return self._analysis(image, model_key, self.registry.get(model_key))
+
+    def _analysis(self, image: CheckedImage, model_key: str, model: LoadedModel) -> Analysis:
+        """``analyse`` with the model of ``model_key`` as it is now (with or without its explainer)."""
         return self._analyses.get_or_compute(
-            (image.digest, model_key), lambda: _analyse(self.registry.get(model_key), image), self.lanes.fast()
+            _analysis_key(image, model_key, model), lambda: _analyse(model, image), self.lanes.fast()
         )
 
     def cached_analysis(self, image: CheckedImage, model_key: str) -> Analysis | None:
         """The analysis if it is in the cache, else None (never runs a model)."""
-        return self._analyses.get((image.digest, model_key))
+        try:
+            model = self.registry.get(model_key)
+        except ModelUnavailable:
+            return None
+        return self._analyses.get(_analysis_key(image, model_key, model))
 
     def cached(self, image: CheckedImage, model_key: str, class_index: int, method: str) -> Explanation | None:
-        """The explanation if it is known without running a model, else None.
+        """The explanation if it is known without running a model, else None (also for a method
+        that needs an explainer the model lacks).
 
         Raises:
             ValueError: unknown method.
         """
         chosen = get_method(method)
         if chosen.uses_explainer:
-            analysis = self._analyses.get((image.digest, model_key))
-            if analysis is None or not 0 <= class_index < analysis.probabilities.shape[0]:
+            try:
+                model = self.registry.get(model_key)
+            except ModelUnavailable:
                 return None
-            return self._from_analysis(chosen, model_key, analysis, class_index)
+            analysis = self._analyses.get(_analysis_key(image, model_key, model))
+            if analysis is None or analysis.ptame_maps is None:
+                return None
+            if not 0 <= class_index < analysis.probabilities.shape[0]:
+                return None
+            return self._from_analysis(chosen, model, analysis, class_index)
         return self._explanations.get((image.digest, model_key, class_index, method))
 
     def explain(
@@ -135,17 +158,21 @@ class ExplainSession:
         Raises:
             ValueError: unknown method or class index out of range.
             ModelUnavailable: the model is unknown, loading, or failed to load.
+            ExplainerMissing: the method needs the model's P-TAME explainer, which is not loaded
+                (the message says why and how to get one).
             MethodFailed: the method or the classifier failed on this image.
         """
         chosen = get_method(method)
-        analysis = self.analyse(image, model_key)
+        model = self.registry.get(model_key)
+        if chosen.uses_explainer and not model.has_explainer:
+            raise ExplainerMissing(explainer_missing_message(model))
+        analysis = self._analysis(image, model_key, model)
         if not 0 <= class_index < analysis.probabilities.shape[0]:
             raise ValueError(f"class index {class_index} is outside [0, {analysis.probabilities.shape[0]})")
         if chosen.uses_explainer:
-            return self._from_analysis(chosen, model_key, analysis, class_index)
+            return self._from_analysis(chosen, model, analysis, class_index)
 
         def compute() -> Explanation:
-            model = self.registry.get(model_key)
             reporter = self.lanes.borrowing_idle_cores(progress) if chosen.streamed else None
             explanation = _run(chosen, model, analysis, class_index, reporter)
             self._seconds[(model_key, method)] = explanation.seconds
@@ -168,7 +195,9 @@ class ExplainSession:
 
         The fast methods (and streamed ones already cached) are computed first; then, before each
         remaining streamed method runs, an update lists what is done and what is still to come;
-        the last update holds every map, in the order of ``methods``.
+        the last update holds every map, in the order of ``methods``. Methods that need the
+        model's P-TAME explainer, where it is not loaded, are not run: every update lists them in
+        ``unavailable`` with the reason.
 
         Args:
             image: a checked image.
@@ -182,8 +211,13 @@ class ExplainSession:
         """
         if not methods:
             raise ValueError("choose at least one method to explain with")
-        chosen = [get_method(method) for method in dict.fromkeys(methods)]
-        analysis = self.analyse(image, model_key)
+        model = self.registry.get(model_key)
+        asked = [get_method(method) for method in dict.fromkeys(methods)]
+        unavailable = {
+            m.key: explainer_missing_message(model) for m in asked if m.uses_explainer and not model.has_explainer
+        }
+        chosen = [m for m in asked if m.key not in unavailable]
+        analysis = self._analysis(image, model_key, model)
         index = analysis.top(1)[0] if class_index is None else class_index
         done = {m.key: self.explain(image, model_key, index, m.key) for m in chosen if not m.streamed}
         for method in chosen:
@@ -193,17 +227,39 @@ class ExplainSession:
         pending = [m.key for m in chosen if m.key not in done]
         expected = {key: self.expected_seconds(image, model_key, key) for key in pending}
         while pending:
-            yield StreamUpdate(analysis, index, dict(done), list(pending), {key: expected[key] for key in pending})
+            waiting = {key: expected[key] for key in pending}
+            yield StreamUpdate(analysis, index, dict(done), list(pending), waiting, dict(unavailable))
             key = pending.pop(0)
             progress = progress_for(key) if progress_for is not None else None
             done[key] = self.explain(image, model_key, index, key, progress=progress)
-        yield StreamUpdate(analysis, index, {m.key: done[m.key] for m in chosen})
+        yield StreamUpdate(analysis, index, {m.key: done[m.key] for m in chosen}, unavailable=dict(unavailable))
+
+    def photo_model(self) -> str | None:
+        """The key of the first ready model (display order) whose classifier has ImageNet's 1000
+        classes, to offer for photos; None if there is none."""
+        for key in self.registry.ready_keys():
+            if len(self.registry.get(key).backbone.class_names) == IMAGENET_CLASSES:
+                return key
+        return None
+
+    def domain_note(self, image: CheckedImage, model_key: str) -> str | None:
+        """``captions.domain_note`` of the model's entry for the image: a warning when the image is
+        not of the size of the model's world, else None.
+
+        Raises:
+            ModelUnavailable: unknown model.
+        """
+        entry = self.registry.entries.get(model_key)
+        if entry is None:
+            raise ModelUnavailable(f"unknown model {model_key!r}; known models: {', '.join(self.registry.entries)}")
+        return domain_note(entry, image.image.size)
 
     def expected_seconds(self, image: CheckedImage, model_key: str, method: str) -> float:
         """A method's expected compute time on this model: its last measured time, else an estimate.
 
         The estimate is the method's forward passes (``Method.passes``), each timed as the image's
-        own classifier pass; for a method that reads the explainer, the explainer's pass.
+        own classifier pass; for a method that reads the explainer, the explainer's pass (0.0
+        without explainer).
         """
         measured = self._seconds.get((model_key, method))
         if measured is not None:
@@ -241,27 +297,37 @@ class ExplainSession:
 
         return self._curves.get_or_compute((image.digest, model_key, class_index, method), compute)
 
-    def _from_analysis(self, method: Method, model_key: str, analysis: Analysis, class_index: int) -> Explanation:
-        """A method that reads the explainer, from the analysis' all-class pass (no model runs)."""
-        model = self.registry.get(model_key)
+    def _from_analysis(self, method: Method, model: LoadedModel, analysis: Analysis, class_index: int) -> Explanation:
+        """A method that reads the explainer, from the analysis' all-class pass (no model runs).
+
+        ``analysis`` must be the model's with its explainer (``ptame_maps`` not None).
+        """
         classes = torch.tensor([class_index], device=analysis.pixels.device)
         options = {**method.options, "explainer": model.explainer, "all_class_maps": analysis.ptame_maps.unsqueeze(0)}
         maps = method(model.backbone, analysis.pixels, classes, **options)
         return _explanation(method.key, class_index, maps, analysis.ptame_seconds)
 
 
+def _analysis_key(image: CheckedImage, model_key: str, model: LoadedModel) -> AnalysisKey:
+    """The analysis cache's key: an analysis made without the explainer is not one made with it."""
+    return (image.digest, model_key, model.has_explainer)
+
+
 def _analyse(model: LoadedModel, image: CheckedImage) -> Analysis:
+    """The classifier's pass over an image and, if the model has its explainer, its all-class pass."""
     backbone, explainer = model.backbone, model.explainer
-    device = next(explainer.head.parameters()).device
+    device = next(backbone.model.parameters()).device
     pixels = backbone.preprocessing.transform()(image.image).unsqueeze(0).to(device)
     with torch.inference_mode():
         start = time.perf_counter()
         with capture_target_layer(backbone) as outputs:
             probabilities = backbone.logits(pixels).float().softmax(dim=1)[0]
         predict_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        ptame_maps = explainer(pixels)[0].float()
-        ptame_seconds = time.perf_counter() - start
+        ptame_maps, ptame_seconds = None, 0.0
+        if explainer is not None:
+            start = time.perf_counter()
+            ptame_maps = explainer(pixels)[0].float()
+            ptame_seconds = time.perf_counter() - start
     try:
         cam_channels = int(as_feature_grid(backbone, single_output(outputs, backbone)).shape[1])
     except ValueError:
