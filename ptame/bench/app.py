@@ -103,10 +103,15 @@ def shapes_request_seconds(port: int, requests: int, folder: Path) -> list[float
 
 
 def class_switch_seconds(port: int, images: int, folder: Path) -> list[float]:
-    """Wall times of /explain_class (P-TAME, Grad-CAM) for the 2nd to 4th classes of unseen shapes images."""
+    """Wall times of /explain_class (P-TAME, Grad-CAM) for the 2nd to 4th classes of unseen shapes images.
+
+    As a browser switches the class: the image is uploaded once, and the answer's images are not
+    downloaded (a browser fetches the overlays it shows as they arrive; gradio_client would download
+    every output file, gallery included, before returning).
+    """
     from gradio_client import Client, handle_file
 
-    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     seconds = []
     for index in range(images):
         path = handle_file(_shapes_file(folder, 2000 + index))
