@@ -197,18 +197,22 @@ def test_bad_input_is_a_clear_error(pixels, classes, message: str) -> None:
             method(backbone, pixels, classes)
 
 
-def test_score_cam_streams_batches_and_reports_progress() -> None:
-    backbone = tiny_cnn()
-    pixels = torch.rand(2, 3, SIZE, SIZE)
+def streamed_run(method, backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, list[int], list[tuple]]:
+    """A streamed method's maps of classes 3 and 4 in batches of 5, the batch size of every forward
+    pass of the model, and the (done, total) progress calls."""
     batch_sizes = []
     hook = backbone.model.register_forward_hook(lambda module, inputs, output: batch_sizes.append(output.shape[0]))
     calls: list[tuple[int, int]] = []
     try:
-        maps = score_cam(
-            backbone, pixels, [3, 4], batch_size=5, progress=lambda done, total: calls.append((done, total))
-        )
+        maps = method(backbone, pixels, [3, 4], batch_size=5, progress=lambda done, total: calls.append((done, total)))
     finally:
         hook.remove()
+    return maps, batch_sizes, calls
+
+
+def test_score_cam_streams_batches_and_reports_progress() -> None:
+    backbone, pixels = tiny_cnn(), torch.rand(2, 3, SIZE, SIZE)
+    maps, batch_sizes, calls = streamed_run(score_cam, backbone, pixels)
     channels = 24
     total = calls[0][1]
     assert calls[0] == (0, total) and calls[-1] == (total, total)
@@ -220,17 +224,8 @@ def test_score_cam_streams_batches_and_reports_progress() -> None:
 
 
 def test_ablation_cam_streams_batches_and_reports_progress() -> None:
-    backbone = tiny_cnn()
-    pixels = torch.rand(2, 3, SIZE, SIZE)
-    batch_sizes = []
-    hook = backbone.model.register_forward_hook(lambda module, inputs, output: batch_sizes.append(output.shape[0]))
-    calls: list[tuple[int, int]] = []
-    try:
-        maps = ablation_cam(
-            backbone, pixels, [3, 4], batch_size=5, progress=lambda done, total: calls.append((done, total))
-        )
-    finally:
-        hook.remove()
+    backbone, pixels = tiny_cnn(), torch.rand(2, 3, SIZE, SIZE)
+    maps, batch_sizes, calls = streamed_run(ablation_cam, backbone, pixels)
     total = 2 * 24  # every channel of each image, once
     assert calls[0] == (0, total) and calls[-1] == (total, total)
     assert batch_sizes == [2] + [5, 5, 5, 5, 4] * 2  # one clean pass, then ablated batches per image
