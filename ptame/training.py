@@ -157,7 +157,9 @@ def train_explainer(
 
     Args:
         classifier: the black box, normalised (b, 3, H, W) -> (b, K) logits. If it is an
-            nn.Module it is put in eval mode, frozen and moved to ``device``.
+            nn.Module it is moved to ``device`` and, while training, put in eval mode without
+            gradients; its modules' modes and parameters' ``requires_grad`` flags are given back
+            when training returns or raises.
         explainer: the PTAME to train (its head; the auxiliary network stays frozen). Wrapped
             in DistributedDataParallel, each process trains on its (b, ...) share of a global
             batch of B = world_size * b images, and the result is that of training on the
@@ -200,8 +202,6 @@ def train_explainer(
     distributed = isinstance(explainer, DistributedDataParallel)
     world_size = dist.get_world_size() if distributed else 1
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-    if isinstance(classifier, nn.Module):
-        classifier.requires_grad_(False).eval().to(device, memory_format=memory_format)
     explainer.to(device).train()
     forward_classifier = torch.compile(classifier) if settings.compile else classifier
     if settings.compile:
@@ -241,6 +241,7 @@ def train_explainer(
         interval_start = time.perf_counter()
 
     step = start_step
+    frozen = _freeze(classifier, device, memory_format)
     try:
         for step, batch in enumerate(itertools.islice(batches, total_steps - start_step), start=start_step + 1):
             pixels = _images(batch).to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -272,7 +273,35 @@ def train_explainer(
             log(step)
     finally:
         bar.close()
+        _unfreeze(classifier, frozen)
         if settings.compile:
             model.auxiliary = model.auxiliary._orig_mod
     explainer.eval()
     return history
+
+
+def _freeze(
+    classifier: object, device: torch.device, memory_format: torch.memory_format
+) -> tuple[list[bool], list[bool]]:
+    """Put a classifier module in eval mode without gradients, on ``device``.
+
+    Returns:
+        Each module's ``training`` and each parameter's ``requires_grad`` before, for ``_unfreeze``.
+    """
+    if not isinstance(classifier, nn.Module):
+        return [], []
+    modes = [module.training for module in classifier.modules()]
+    flags = [parameter.requires_grad for parameter in classifier.parameters()]
+    classifier.requires_grad_(False).eval().to(device, memory_format=memory_format)
+    return modes, flags
+
+
+def _unfreeze(classifier: object, state: tuple[list[bool], list[bool]]) -> None:
+    """Give a classifier module back the modes and ``requires_grad`` flags ``_freeze`` recorded."""
+    if not isinstance(classifier, nn.Module):
+        return
+    modes, flags = state
+    for module, training in zip(classifier.modules(), modes):
+        module.training = training
+    for parameter, requires_grad in zip(classifier.parameters(), flags):
+        parameter.requires_grad_(requires_grad)

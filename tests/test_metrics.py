@@ -195,6 +195,19 @@ def test_pointing_game_looks_at_the_maximum_only() -> None:
     assert not pointing_game(maps, masks).any()
 
 
+def test_pointing_game_finds_the_peak_of_a_low_resolution_map_at_the_masks_size() -> None:
+    """A 4x4 map peaking in its top-right cell, scored against 16x16 masks (by hand: the peak lies in
+    rows 0-3, columns 12-15 at 16x16; flat index 3 of the 4x4 map would be row 0, column 3)."""
+    low = torch.zeros(1, 4, 4)
+    low[0, 0, 3] = 1.0
+    top_right, top_left = torch.zeros(1, 16, 16, dtype=torch.bool), torch.zeros(1, 16, 16, dtype=torch.bool)
+    top_right[0, :4, 12:] = True
+    top_left[0, :4, :4] = True
+    assert pointing_game(low, top_right).tolist() == [True]
+    assert pointing_game(low, top_left).tolist() == [False]
+    assert energy_pointing_game(low, top_right).item() > energy_pointing_game(low, top_left).item()
+
+
 def test_pointing_game_tolerance_is_a_euclidean_distance_to_the_object() -> None:
     masks = torch.zeros(1, 20, 20, dtype=torch.bool)
     masks[0, 8:12, 8:12] = True

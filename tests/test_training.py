@@ -55,6 +55,44 @@ def test_subset_loss_and_gradients_equal_all_classes(classifier: torch.nn.Module
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
 
 
+class ClassMaps(torch.nn.Module):
+    """An explainer whose raw map of class k is a known pattern: k - 2 plus a ramp across the image."""
+
+    def forward(self, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1.0, 1.0, 8)[None, None, None, :].expand(pixels.shape[0], len(classes), 8, 8)
+        return classes.float()[None, :, None, None] - 2.0 + ramp * (classes.float()[None, :, None, None] + 1)
+
+
+class FixedPredictions(torch.nn.Module):
+    """A classifier that predicts the given classes for the batch's positions and records its inputs."""
+
+    def __init__(self, predictions: list[int], classes: int = 5) -> None:
+        super().__init__()
+        self.logits = torch.nn.functional.one_hot(torch.tensor(predictions), classes).float() * 5.0
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, normalised: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(normalised.detach().clone())
+        return self.logits
+
+
+def test_each_image_is_masked_by_the_map_of_its_own_prediction() -> None:
+    """The masked image the loss classifies, built by hand from the method's text: image i times
+    sigmoid(map of image i's predicted class), bilinearly upsampled, then normalised."""
+    predictions = [2, 0, 4, 2]
+    classifier = FixedPredictions(predictions)
+    pixels = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    training_step_loss(classifier, ClassMaps(), pixels, MEAN, STD, LossWeights())
+    clean, masked = classifier.inputs
+    torch.testing.assert_close(clean, normalize(pixels, MEAN, STD))
+    for image, target in enumerate(predictions):
+        raw = ClassMaps()(pixels[image : image + 1], torch.tensor([target]))[0, 0]
+        upsampled = torch.nn.functional.interpolate(
+            torch.sigmoid(raw)[None, None], size=(32, 32), mode="bilinear", align_corners=False
+        )[0, 0]
+        torch.testing.assert_close(masked[image], normalize(pixels[image : image + 1] * upsampled, MEAN, STD)[0])
+
+
 def test_gradients_reach_the_head_through_the_masked_image(classifier: torch.nn.Module, explainer: PTAME) -> None:
     explainer.train()
     only_ce = LossWeights(ce=1.0, area=0.0, smooth=0.0)
@@ -92,6 +130,32 @@ def test_nan_loss_stops_with_a_clear_error(classifier: torch.nn.Module, explaine
     broken[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
         train_explainer(classifier, explainer, [broken] * 3, MEAN, STD, TrainSettings(log_every=1), progress=False)
+
+
+@pytest.mark.parametrize("diverges", [False, True], ids=["returns", "raises"])
+def test_the_classifiers_flags_and_mode_are_given_back(explainer: PTAME, diverges: bool) -> None:
+    """A user's classifier comes back as it was (Grad-CAM on it afterwards needs its gradients)."""
+    torch.manual_seed(3)
+    classifier = timm.create_model("resnet10t", num_classes=10).train()
+    classifier.fc.requires_grad_(False)  # a mix of flags and modes, all to be kept
+    classifier.conv1.eval()
+    before_flags = [p.requires_grad for p in classifier.parameters()]
+    before_modes = [m.training for m in classifier.modules()]
+    assert len(set(before_flags)) == 2 and len(set(before_modes)) == 2
+    batch = blob_images(4)
+    if diverges:
+        batch[0, 0, 0, 0] = float("nan")
+    seen = []
+    classifier.register_forward_hook(
+        lambda module, inputs, output: seen.append((module.training, inputs[0].requires_grad))
+    )
+    try:
+        train_explainer(classifier, explainer, [batch] * 2, MEAN, STD, TrainSettings(log_every=1), progress=False)
+    except TrainingDiverged:
+        assert diverges
+    assert seen and not any(training for training, _ in seen)  # frozen in eval mode while training
+    assert [p.requires_grad for p in classifier.parameters()] == before_flags
+    assert [m.training for m in classifier.modules()] == before_modes
 
 
 def test_resuming_with_the_same_optimizer_and_schedule_matches_an_uninterrupted_run(
