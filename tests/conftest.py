@@ -20,7 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import argparse
+import ipaddress
 import shutil
+import socket
 import struct
 import threading
 import zlib
@@ -50,6 +52,46 @@ TINY_RUN = [
     "--resize", "40", "--crop", "32", "--batch-size", "4", "--steps", "4",
     "--workers", "0", "--log-every", "2", "--checkpoint-every", "2", "--no-progress",
 ]  # fmt: skip
+
+
+# No test reaches the network: a connection to anything but this machine fails at once.
+
+
+class NetworkBlocked(OSError):
+    """A test tried to open a connection to another machine."""
+
+
+def is_local(address: object) -> bool:
+    """Whether a socket address (host, port[, ...]) names this machine (loopback or "localhost")."""
+    host = address[0] if isinstance(address, tuple) else address
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network() -> object:
+    """Refuse every IPv4/IPv6 connection of the test process to another machine (NetworkBlocked)."""
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: object) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not is_local(address):
+            raise NetworkBlocked(f"tests must not reach the network: a connection to {address} was refused")
+
+    def guarded_connect(sock: socket.socket, address: object) -> None:
+        check(sock, address)
+        return connect(sock, address)
+
+    def guarded_connect_ex(sock: socket.socket, address: object) -> int:
+        check(sock, address)
+        return connect_ex(sock, address)
+
+    socket.socket.connect, socket.socket.connect_ex = guarded_connect, guarded_connect_ex
+    yield
+    socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
 
 
 # Models and checkpoints.
