@@ -2,6 +2,7 @@
 
 import argparse
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,17 @@ def test_every_protocol_choice_is_a_flag_and_the_report_says_which(checkpoint: P
     assert "AD/IC at 100/25% (paper 100/50/15%); ROAD at 20/60% (paper 10/30/50/70%); " in markdown
     assert "ROAD with linear imputation (paper telea)." in markdown
     assert "RISE" not in markdown.split(" except: ")[1]  # RISE did not run: no difference to report
+
+
+def test_a_classifier_without_explainer_is_evaluated_with_the_baselines_only(checkpoint: Path, tmp_path: Path) -> None:
+    only = tmp_path / "only"
+    shutil.copytree(checkpoint / "classifier", only / "classifier")
+    options = ["--checkpoint", str(only), "--data", "shapes", "--images", "2", "--batch-size", "2"]
+    with pytest.raises(SystemExit, match="cannot evaluate P-TAME: .*leave it out with --methods"):
+        run_evaluate(*options, "--out", str(tmp_path / "out"))
+    run_evaluate(*options, "--methods", "gradcam", "--metrics", "ad_ic", "--out", str(tmp_path / "out"))
+    assert [row["method"] for row in read_rows(tmp_path / "out" / "evaluation.csv")] == ["gradcam"]
+    assert "explainer `none`" in (tmp_path / "out" / "evaluation.md").read_text(encoding="utf-8")
 
 
 def test_bad_options_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:

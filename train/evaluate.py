@@ -440,7 +440,7 @@ def run(args: argparse.Namespace) -> None:
             raise SystemExit(str(error)) from error
     model = load_model(entry, args.device)
     if not model.has_explainer and any(get_method(method).uses_explainer for method in settings.methods):
-        raise SystemExit(f"cannot evaluate P-TAME: {model.explainer_problem}")
+        raise SystemExit(f"cannot evaluate P-TAME: {model.explainer_problem} (leave it out with --methods)")
     if args.data == "shapes":
         count = args.images or SHAPES_IMAGES
         batches = shapes_batches(args.split, count, model.backbone.preprocessing.crop, args.batch_size)
