@@ -22,16 +22,9 @@ from collections.abc import Callable
 import torch
 
 from ptame.backbones import Backbone
-from ptame.checks import check_classes_fit, check_inputs
-from ptame.methods.hooks import (
-    as_feature_grid,
-    capture_target_layer,
-    finish_maps,
-    replace_target_layer_output,
-    single_output,
-)
+from ptame.checks import check_inputs
+from ptame.methods.hooks import as_feature_grid, clean_pass, finish_maps, replace_target_layer_output
 from ptame.methods.registry import register_method
-from ptame.perturb import normalize
 
 INTERACTIVE_BATCH = 32  # ablated copies per forward pass in the app: bounded memory on a CPU Space
 ABLATION_OFFSET = 1e7  # pytorch-grad-cam's ABLATION_VALUE: below the minimum for layers with negative outputs
@@ -102,13 +95,8 @@ def ablation_cam(
     classes = check_inputs(pixels, classes)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    preprocessing = backbone.preprocessing
     with torch.inference_mode():
-        normalized = normalize(pixels, preprocessing.mean, preprocessing.std)
-        with capture_target_layer(backbone) as outputs:
-            logits = backbone.model(normalized)
-        check_classes_fit(classes, logits.shape[1])
-        raw = single_output(outputs, backbone)
+        normalized, logits, raw = clean_pass(backbone, pixels, classes)
         activations = as_feature_grid(backbone, raw).float()
         channel_axis = 1 if backbone.reshape_transform is None else raw.dim() - 1
         clean_scores = logits.gather(1, classes[:, None])[:, 0].float()

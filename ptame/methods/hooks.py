@@ -9,6 +9,7 @@ import torch
 from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit
 from ptame.maps import normalize_maps
+from ptame.perturb import normalize
 
 
 @contextmanager
@@ -55,6 +56,26 @@ def replace_target_layer_output(backbone: Backbone, replacement: torch.Tensor) -
         yield
     finally:
         handle.remove()
+
+
+def clean_pass(
+    backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass that gradient-free CAMs start from, recording the target layer.
+
+    Args:
+        pixels: (B, 3, H, W) in [0, 1].
+        classes: (B,) int64 targets, checked against the logits' class count.
+
+    Returns:
+        (normalized (B, 3, H, W) model input, logits (B, K), the target layer's raw output).
+    """
+    preprocessing = backbone.preprocessing
+    normalized = normalize(pixels, preprocessing.mean, preprocessing.std)
+    with capture_target_layer(backbone) as outputs:
+        logits = backbone.model(normalized)
+    check_classes_fit(classes, logits.shape[1])
+    return normalized, logits, single_output(outputs, backbone)
 
 
 def single_output(outputs: list[torch.Tensor], backbone: Backbone) -> torch.Tensor:

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from ptame.backbones import Backbone
-from ptame.checks import check_classes_fit, check_inputs
-from ptame.methods.hooks import as_feature_grid, capture_target_layer, finish_maps, single_output
+from ptame.checks import check_inputs
+from ptame.methods.hooks import as_feature_grid, clean_pass, finish_maps
 from ptame.methods.registry import register_method
-from ptame.perturb import normalize
 
 INTERACTIVE_BATCH = 32  # masked copies per forward pass in the app: bounded memory on a CPU Space
 MASK_EPS = 1e-8  # pytorch-grad-cam's constant in the min-max normalisation of the masks
@@ -100,13 +99,9 @@ def score_cam(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     size = tuple(pixels.shape[-2:])
-    preprocessing = backbone.preprocessing
     with torch.inference_mode():
-        normalized = normalize(pixels, preprocessing.mean, preprocessing.std)
-        with capture_target_layer(backbone) as outputs:
-            logits = backbone.model(normalized)
-        check_classes_fit(classes, logits.shape[1])
-        activations = as_feature_grid(backbone, single_output(outputs, backbone)).float()
+        normalized, _, raw = clean_pass(backbone, pixels, classes)
+        activations = as_feature_grid(backbone, raw).float()
         distinct_maps = [distinct_channel_maps(image_activations) for image_activations in activations]
         total = sum(distinct.shape[0] for distinct, _ in distinct_maps)
         done = 0
