@@ -399,8 +399,7 @@ class Handlers:
     def refresh_models(self, current: str | None) -> tuple[Any, str, Any]:
         """The model menu (ready and loading models), the status text, and whether to poll again."""
         registry = self.session.registry
-        for key in registry.ready_keys():
-            registry.get(key)  # starts a due retry of a missing explainer, in the background
+        registry.retry_due_explainers()
         choices, value = model_choices(registry, current)
         polling = registry.loading() or registry.explainers_pending()
         return gr.Dropdown(choices=choices, value=value), model_status(registry), gr.Timer(active=polling)

@@ -214,6 +214,19 @@ def test_gets_during_a_failing_retry_start_no_other_and_the_problem_is_updated(c
     assert not registry.get("only").has_explainer and registry.explainers_pending()
 
 
+def test_retry_due_explainers_brings_an_explainer_that_arrived(classifier_only: Path, demo: Path) -> None:
+    """What the app's model poll calls: no request needed for P-TAME to appear."""
+    entry = ModelEntry(
+        "only", "Only", f"local-dir:{classifier_only / 'classifier'}", str(classifier_only / "explainer")
+    )
+    registry = ModelRegistry([entry], explainer_retry_s=0.0)
+    registry.load("only")
+    add_explainer(demo, classifier_only)
+    registry.retry_due_explainers()
+    assert wait_for(lambda: registry.statuses()[0].explainer_problem == "")
+    assert not registry.explainers_pending()
+
+
 def test_no_background_retry_before_explainer_retry_s(classifier_only: Path) -> None:
     entry = ModelEntry(
         "only", "Only", f"local-dir:{classifier_only / 'classifier'}", str(classifier_only / "explainer")

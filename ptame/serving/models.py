@@ -211,6 +211,13 @@ class ModelRegistry:
                 for key, model in self._models.items()
             )
 
+    def retry_due_explainers(self) -> None:
+        """Start the background retry of every ready model's missing explainer that is due (as ``get`` does)."""
+        with self._lock:
+            models = list(self._models.items())
+        for key, model in models:
+            self._retry_in_background_if_due(key, model)
+
     def load_in_background(self, keys: Sequence[str] | None = None) -> threading.Thread:
         """Load ``keys`` (default: all not yet loaded) one after another in a daemon thread.
 
