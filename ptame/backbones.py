@@ -1,11 +1,14 @@
 """The classifiers that can be explained: name -> model, preprocessing, CAM target layer, labels.
 
 A registry of builders (as in timm): the three classifiers of the paper, with their exact weights,
-and any other timm model name (including "hf-hub:org/name" and "local-dir:PATH").
+any other timm model name (including "hf-hub:org/name" and "local-dir:PATH"), and "MODULE:FUNCTION",
+a function of the user's own that builds their classifier.
 """
 
 import functools
+import importlib
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -185,18 +188,84 @@ PAPER_BACKBONES: dict[str, Callable[[bool], Backbone]] = {
 }
 
 
+# "MODULE:FUNCTION": an importable module (dots allowed) and a function in it. A timm name never
+# has a colon; "hf-hub:ORG/NAME" has a slash and "local-dir:PATH" a hyphen before its colon.
+USER_FUNCTION = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_]\w*)")
+
+
+def last_convolution(model: nn.Module) -> nn.Module:
+    """The last ``nn.Conv2d`` of a model in module order: the layer Grad-CAM reads by default.
+
+    Raises:
+        ValueError: the model has no Conv2d (return a ``Backbone`` with its target layer instead).
+    """
+    convolutions = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
+    if not convolutions:
+        raise ValueError(
+            f"{type(model).__name__} has no Conv2d layer for Grad-CAM to read: return a ptame.Backbone "
+            "with its target_layer (and reshape_transform for a transformer)"
+        )
+    return convolutions[-1]
+
+
+def _user_backbone(spec: str) -> Backbone:
+    """The classifier a user's function builds: "MODULE:FUNCTION" (see ``create_backbone``)."""
+    found = USER_FUNCTION.fullmatch(spec)
+    module_name, function_name = found["module"], found["function"]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} for the classifier {spec!r}: {error}") from error
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise ValueError(f"{module_name!r} has no function {function_name!r} (the classifier {spec!r})")
+    built = function()
+    if isinstance(built, Backbone):
+        built.model = _frozen(built.model)
+        return built
+    if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], nn.Module)):
+        raise ValueError(
+            f"{spec} returned {type(built).__name__}: it must return a ptame.Backbone or (model, ptame.Preprocessing)"
+        )
+    model, preprocessing = built
+    if not isinstance(preprocessing, Preprocessing):
+        raise ValueError(f"{spec} returned {type(preprocessing).__name__} as preprocessing, not a ptame.Preprocessing")
+    model = _frozen(model)
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop, device=next(model.parameters()).device)
+        num_classes = model(probe).shape[-1]
+    return Backbone(
+        name=spec,
+        model=model,
+        preprocessing=preprocessing,
+        target_layer=last_convolution(model),
+        reshape_transform=None,
+        class_names=_class_names(model, num_classes),
+    )
+
+
 def create_backbone(name: str, pretrained: bool = True) -> Backbone:
     """Build a classifier by name.
 
     Args:
-        name: "vgg16", "resnet50", "vit_b_16" (the paper's), or any timm model name, including
-            "hf-hub:org/name" and "local-dir:PATH".
-        pretrained: load the weights (False: random initialisation, builds offline).
+        name: "vgg16", "resnet50", "vit_b_16" (the paper's), any timm model name, including
+            "hf-hub:org/name" and "local-dir:PATH", or "MODULE:FUNCTION": a function of an
+            importable module, called without arguments, that returns a ``Backbone`` or
+            ``(model, Preprocessing)``; with the latter the class count comes from one forward
+            pass, the class names from ``model.pretrained_cfg["label_names"]`` if present, and
+            Grad-CAM's target layer is the model's last Conv2d.
+        pretrained: load the weights (False: random initialisation, builds offline); a user's
+            function builds its model as it likes.
 
     Returns:
         The backbone, frozen, in eval mode, on the CPU.
+
+    Raises:
+        ValueError: a "MODULE:FUNCTION" that cannot be imported or returns something else.
     """
     builder = PAPER_BACKBONES.get(name)
     if builder is not None:
         return builder(pretrained)
+    if USER_FUNCTION.fullmatch(name):
+        return _user_backbone(name)
     return _timm_backbone(name, pretrained)

@@ -61,6 +61,7 @@ def build_auxiliary(
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError):
         return model  # torch.fx cannot trace this architecture: run it unfolded
     folded.feature_info = model.feature_info
+    folded.pretrained_cfg = model.pretrained_cfg
     return folded
 
 
@@ -85,7 +86,9 @@ class PTAME(
             ``features_only``; or any ``nn.Module`` mapping normalised images to a list of
             feature maps (a custom network for another domain).
         feature_levels: timm ``out_indices`` of a named auxiliary network.
-        auxiliary_mean, auxiliary_std: the auxiliary network's input normalisation.
+        auxiliary_mean, auxiliary_std: the auxiliary network's input normalisation; None: a
+            named network's own (its timm pretrained config: a local folder's config.json),
+            ImageNet's for an ``nn.Module``. config.json records the values used.
         pretrained_auxiliary: load the named network's weights (False: random, for tests).
         class_names: optional K display names.
         auxiliary_root: the folder a relative "local-dir:" auxiliary path starts from (default:
@@ -97,8 +100,8 @@ class PTAME(
         num_classes: int = 1000,
         auxiliary: str | nn.Module = "resnet18.tv_in1k",
         feature_levels: Sequence[int] = (1, 2, 3, 4),
-        auxiliary_mean: Sequence[float] = IMAGENET_MEAN,
-        auxiliary_std: Sequence[float] = IMAGENET_STD,
+        auxiliary_mean: Sequence[float] | None = None,
+        auxiliary_std: Sequence[float] | None = None,
         pretrained_auxiliary: bool = True,
         class_names: Sequence[str] | None = None,
         auxiliary_root: str | Path | None = None,
@@ -116,12 +119,15 @@ class PTAME(
         # (measured by ptame.bench.overhead), and faster with bf16 on CUDA; the values do not change.
         self.auxiliary.requires_grad_(False).eval().to(memory_format=torch.channels_last)
         self.feature_levels = tuple(feature_levels)
-        self.auxiliary_mean = tuple(auxiliary_mean)
-        self.auxiliary_std = tuple(auxiliary_std)
+        config = getattr(self.auxiliary, "pretrained_cfg", None) or {}
+        self.auxiliary_mean = tuple(auxiliary_mean or config.get("mean", IMAGENET_MEAN))
+        self.auxiliary_std = tuple(auxiliary_std or config.get("std", IMAGENET_STD))
         self.class_names = list(class_names) if class_names is not None else None
         self.head = AttentionHead(self._auxiliary_channels(), num_classes)
         if self._hub_mixin_config is not None:
             self._hub_mixin_config.pop("auxiliary_root", None)
+            self._hub_mixin_config["auxiliary_mean"] = list(self.auxiliary_mean)
+            self._hub_mixin_config["auxiliary_std"] = list(self.auxiliary_std)
 
     def _auxiliary_channels(self) -> list[int]:
         feature_info = getattr(self.auxiliary, "feature_info", None)

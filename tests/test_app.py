@@ -259,7 +259,7 @@ def test_a_classifier_only_model_gives_the_baselines_and_says_how_to_get_p_tame(
         demo.close()
     assert result["overlay:ptame"]["value"] is None and "no explainer" in result["overlay:ptame"]["label"]
     assert result["overlay:gradcam"]["value"] is not None and result["overlay:scorecam"]["value"] is not None
-    assert result["notes"]["visible"] and "python -m train imagenet" in result["notes"]["value"]
+    assert result["notes"]["visible"] and "python -m train explainer --classifier" in result["notes"]["value"]
     assert not result["gallery"]["visible"]
     with np.load(result["maps_file"]) as saved:
         assert {"gradcam", "scorecam"} <= set(saved.files) and "ptame" not in saved.files

@@ -172,6 +172,6 @@ def test_a_classifier_only_model_is_offered_with_the_baselines(served_app: str, 
     page.locator("#overlay-gradcam img").wait_for(timeout=60_000)
     page.locator("#overlay-scorecam img").wait_for(timeout=60_000)
     assert "no explainer" in page.locator("#overlay-ptame").inner_text()
-    assert "python -m train imagenet" in page.locator("#notes").inner_text()
+    assert "python -m train explainer --classifier" in page.locator("#notes").inner_text()
     page.screenshot(path=screenshot_path(tmp_path, "browser-classifier-only.png"), full_page=True)
     page.close()

@@ -89,7 +89,7 @@ def test_the_baselines_run_and_p_tame_says_how_to_get_an_explainer(classifier_on
     np.testing.assert_allclose(session.explain(image, "only", 2, "scorecam").saliency, expected_scorecam, atol=1e-6)
 
     classifier = f"local-dir:{classifier_only / 'classifier'}"
-    command = f"`python -m train imagenet --backbone {classifier} --data IMAGE_FOLDER --out runs/only`"
+    command = f"`python -m train explainer --classifier {classifier} --data IMAGE_FOLDER --out runs/only`"
     with pytest.raises(ExplainerMissing) as missing:
         session.explain(image, "only", 2, "ptame")
     message = str(missing.value)

@@ -12,7 +12,7 @@ import ptame.training
 from ptame import PTAME
 from ptame.bench.app import free_port
 from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny
-from train import imagenet
+from train import explainer, imagenet, recipes
 from train.checkpointing import read_checkpoint_info
 from train.runs import CHECKPOINT_NAME
 
@@ -52,7 +52,7 @@ def test_a_full_run_writes_explainer_log_checkpoint_and_config(finished_run: Pat
         assert record["images_per_s"] > 0
 
     config = json.loads((finished_run / "run.json").read_text())
-    assert config["backbone"] == "test_resnet" and config["num_images"] == 18 and config["total_steps"] == 4
+    assert config["classifier"] == "test_resnet" and config["num_images"] == 18 and config["total_steps"] == 4
     assert config["recipe"]["batch_size"] == 4 and config["recipe"]["seed"] == 12345
     assert config["transform"] == {"resize": 40, "crop": 32, "interpolation": "bilinear"}
     assert read_checkpoint_info(finished_run / CHECKPOINT_NAME).step == 4
@@ -130,8 +130,8 @@ def test_recipe_flags_override_the_paper_recipe() -> None:
     args = parser.parse_args(
         ["--backbone", "resnet50", "--data", "d", "--out", "o", "--area", "0.5", "--batch-size", "64", "--no-amp"]
     )
-    recipe = imagenet.resolve_recipe(args)
-    assert recipe.loss.area == 0.5 and recipe.loss.ce == 0.161429
+    recipe = explainer.resolve_recipe(args, recipes.recipe_for(args.classifier, paper_schedule=True))
+    assert recipe.loss.area == 0.5 and recipe.loss.ce == 0.161429 and recipe.zero_fuser_start is False
     assert recipe.batch_size == 64 and recipe.amp is False
     assert recipe.weight_decay == 0.000242666 and recipe.crop == 224
 

@@ -3,8 +3,8 @@
     python -m train publish runs/resnet50 --repo-id ORG/ptame-resnet50 [--dry-run]
 
 Writes RUN/publish/ (config.json, model.safetensors, README.md: the model card with the
-classifier and its exact weights, the auxiliary network, the recipe, RUN/evaluation.md if
-present, the license and a usage snippet), pushes it with huggingface_hub (token: --token, or
+classifier and its exact weights, the auxiliary network, the recipe, RUN/evaluation.md and
+RUN/verdict.md if present, the license and a usage snippet), pushes it with huggingface_hub (token: --token, or
 HF_TOKEN / the stored login), and prints the [[models]] table to add to
 checkpoints/manifest.toml, pinned to the pushed commit. --dry-run writes the folder only.
 """
@@ -27,6 +27,7 @@ from ptame.errors import PublishError
 from ptame.files import replace_folder
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
 from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
+from train.verdict import VERDICT_NAME
 
 CARD_NAME = "README.md"
 PUBLISH_FOLDER = "publish"
@@ -45,7 +46,7 @@ CITATION = """\
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command's options."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("run_dir", type=Path, help="a finished run folder of python -m train imagenet")
+    parser.add_argument("run_dir", type=Path, help="a finished run folder of python -m train explainer or imagenet")
     parser.add_argument("--repo-id", required=True, help="Hub model repo, ORG/NAME")
     parser.add_argument("--dry-run", action="store_true", help="write the folder, push nothing")
     parser.add_argument("--folder", type=Path, help=f"where to write the repo's files (default RUN/{PUBLISH_FOLDER})")
@@ -86,10 +87,12 @@ def _table(rows: list[tuple[str, object]]) -> str:
 def reproduce_command(run: dict[str, object]) -> str:
     """The command line that trains this run again (recipe flags as given; data and output generic)."""
     arguments = run["arguments"]
-    words = ["python -m train imagenet", f"--backbone {run['backbone']}", "--data DIR", "--out runs/NAME"]
+    command = run["command"]
+    classifier_flag = "--backbone" if command == "imagenet" else "--classifier"
+    words = [f"python -m train {command}", f"{classifier_flag} {run['classifier']}", "--data DIR", "--out runs/NAME"]
     if not run["pretrained"]:
         words.append("--no-pretrained")
-    for name in (*RECIPE_FLAGS, *LOSS_FLAGS, "feature_levels", "steps"):
+    for name in (*RECIPE_FLAGS, *LOSS_FLAGS, "feature_levels", "image_size", "steps", "held_out"):
         value = arguments.get(name)
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -105,7 +108,7 @@ def model_card(run: dict[str, object], repo_id: str, license_name: str, evaluati
     """The model card (README.md with Hub metadata) of a finished run."""
     recipe = run["recipe"]
     loss = recipe["loss"]
-    backbone = run["backbone"]
+    backbone = run["classifier"]
     name = BACKBONE_DISPLAY_NAMES.get(backbone, backbone)
     weights = recipe["classifier_weights"] if run["pretrained"] else "RANDOM initialisation (a test run)"
     if run["pretrained"] and run.get("timm_weights"):
@@ -244,8 +247,8 @@ def publish(args: argparse.Namespace) -> None:
     run_config = read_run(run_dir)
     if not run_config["pretrained"] and not args.dry_run:
         raise PublishError(f"{run_dir} was trained against random weights (--no-pretrained): not pushing it")
-    evaluation_path = run_dir / EVALUATION_NAME
-    evaluation = evaluation_path.read_text(encoding="utf-8") if evaluation_path.is_file() else None
+    reports = [run_dir / EVALUATION_NAME, run_dir / VERDICT_NAME]
+    evaluation = "\n".join(path.read_text(encoding="utf-8") for path in reports if path.is_file()) or None
     folder = args.folder or run_dir / PUBLISH_FOLDER
     write_folder(run_dir, folder, model_card(run_config, args.repo_id, args.license, evaluation))
     print(f"wrote {folder}", file=sys.stderr)
@@ -253,7 +256,7 @@ def publish(args: argparse.Namespace) -> None:
     if not args.dry_run:
         revision = push(folder, args.repo_id, args.token, args.private, args.timeout)
         print(f"pushed {folder} to https://huggingface.co/{args.repo_id} at commit {revision}", file=sys.stderr)
-    backbone = run_config["backbone"]
+    backbone = run_config["classifier"]
     print("# add to checkpoints/manifest.toml:", file=sys.stderr)
     print(
         manifest_entry(

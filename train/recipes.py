@@ -4,11 +4,16 @@ A recipe is data. The three paper recipes are Table "Recipe of the paper" of
 ``shared/docs/ptame-method.md`` (Ntrougkas, Mezaris, Patras, IEEE OJSP 2025, arXiv 2501.17813):
 one epoch of ImageNet train, global batch 32, AdamW with amsgrad, OneCycle stepped per batch
 with max_lr = lr, bf16 autocast, seed 12345, train transform Resize 256 / RandomCrop 224 /
-horizontal flip, ResNet-18 (torchvision IMAGENET1K_V1) auxiliary network, layers 1-4.
+horizontal flip, ResNet-18 (torchvision IMAGENET1K_V1) auxiliary network, layers 1-4, the
+head's own initialisation.
+
+Every other classifier gets ``DEFAULT_RECIPE``: the optimisation settings of
+``ptame.training.TrainSettings()`` (what the Python API uses without settings), at least
+``DEFAULT_MIN_STEPS`` steps, and the classifier's own input size.
 """
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ptame.loss import LossWeights
 from ptame.training import TrainSettings
@@ -21,7 +26,9 @@ class Recipe:
     """Everything that defines a training run, besides the data.
 
     lr: OneCycle's max_lr. weight_decay: AdamW's. loss: the loss coefficients.
+    zero_fuser_start: start the fuser at zero (``TrainSettings.zero_fuser_start``).
     batch_size: the global batch (split across processes). epochs: passes over the data.
+    min_steps: at least this many steps (more passes over a small folder).
     resize, crop: train transform (shorter side resized to ``resize``, random ``crop`` square,
     horizontal flip); None: the classifier's own evaluation resize / crop.
     seed: data order, augmentation and head initialisation. amp: bf16 autocast on CUDA.
@@ -30,19 +37,21 @@ class Recipe:
     source: where the values come from.
     """
 
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    loss: LossWeights = field(default_factory=LossWeights)
+    lr: float = TrainSettings.lr
+    weight_decay: float = TrainSettings.weight_decay
+    loss: LossWeights = TrainSettings.loss
+    zero_fuser_start: bool = TrainSettings.zero_fuser_start
     batch_size: int = 32
     epochs: int = 1
-    resize: int | None = 256
-    crop: int | None = 224
+    min_steps: int = 0
+    resize: int | None = None
+    crop: int | None = None
     seed: int = 12345
     amp: bool = True
     auxiliary: str = "resnet18.tv_in1k"
     feature_levels: tuple[int, ...] = (1, 2, 3, 4)
     classifier_weights: str = "the timm model's default pretrained weights"
-    source: str = "ptame's defaults: the paper's schedule with the method's default loss coefficients"
+    source: str = "ptame's default recipe for a new domain (README, How the default recipe was chosen)"
 
     def settings(self, *, compile: bool = False, log_every: int = 10, channels_last: bool = True) -> TrainSettings:
         """The optimisation settings of ``ptame.training`` for this recipe."""
@@ -50,6 +59,7 @@ class Recipe:
             lr=self.lr,
             weight_decay=self.weight_decay,
             loss=self.loss,
+            zero_fuser_start=self.zero_fuser_start,
             amp=self.amp,
             compile=compile,
             log_every=log_every,
@@ -61,6 +71,11 @@ class Recipe:
         values = dataclasses.asdict(self)
         values["feature_levels"] = list(self.feature_levels)
         return values
+
+    def total_steps(self, num_images: int) -> int:
+        """Optimiser steps for a folder of ``num_images`` training images: ``epochs`` passes of
+        whole global batches, and at least ``min_steps``."""
+        return max(self.min_steps, self.epochs * (num_images // self.batch_size))
 
 
 # The recipe values that ``python -m train imagenet`` sets with one flag each (``--weight-decay``
@@ -74,36 +89,52 @@ RECIPE_FLAGS: tuple[str, ...] = tuple(
     if f.name not in {"loss", "feature_levels", "classifier_weights", "source"}
 )
 
+# The paper's schedule and data pipeline, with the method's default loss coefficients: what
+# ``python -m train imagenet`` uses for a classifier the paper did not train (its input size).
+PAPER_SCHEDULE = Recipe(
+    lr=1e-4,
+    weight_decay=0.0,
+    loss=LossWeights(),
+    zero_fuser_start=False,
+    source="the paper's schedule with the method's default loss coefficients",
+)
+_PAPER_BASE = dataclasses.replace(PAPER_SCHEDULE, resize=256, crop=224, source=PAPER)
+
 PAPER_RECIPES: dict[str, Recipe] = {
-    "vgg16": Recipe(
-        lr=1e-4,
+    "vgg16": dataclasses.replace(
+        _PAPER_BASE,
         weight_decay=0.13324,
         loss=LossWeights(ce=0.07278, area=0.977712, smooth=0.0001),
         classifier_weights="torchvision VGG16_Weights.IMAGENET1K_V1 (timm vgg16.tv_in1k)",
-        source=PAPER,
     ),
-    "resnet50": Recipe(
-        lr=1e-4,
+    "resnet50": dataclasses.replace(
+        _PAPER_BASE,
         weight_decay=0.000242666,
         loss=LossWeights(ce=0.161429, area=0.838571, smooth=0.0),
         classifier_weights="torchvision ResNet50_Weights.IMAGENET1K_V1 (timm resnet50.tv_in1k)",
-        source=PAPER,
     ),
-    "vit_b_16": Recipe(
-        lr=1e-4,
+    "vit_b_16": dataclasses.replace(
+        _PAPER_BASE,
         weight_decay=0.000133090,
         loss=LossWeights(ce=0.131292, area=0.838571, smooth=0.0, border=0.0, area_power=0.5),
         classifier_weights="torchvision ViT_B_16_Weights.IMAGENET1K_V1",
-        source=PAPER,
     ),
 }
 
-# Any other classifier: the paper's schedule and data pipeline with the method's default loss
-# coefficients (ce 1.5, area 2, smooth 0.01, p 0.3, q 2, border 0.3) and the classifier's own
-# input size.
-DEFAULT_RECIPE = Recipe(resize=None, crop=None)
+DEFAULT_MIN_STEPS = 800  # README, "How the default recipe was chosen"
+DEFAULT_RECIPE = Recipe(min_steps=DEFAULT_MIN_STEPS)
 
 
-def recipe_for(backbone: str) -> Recipe:
-    """The paper's recipe for "vgg16", "resnet50" and "vit_b_16"; ``DEFAULT_RECIPE`` otherwise."""
-    return PAPER_RECIPES.get(backbone, DEFAULT_RECIPE)
+def recipe_for(classifier: str, *, paper_schedule: bool = False) -> Recipe:
+    """The recipe a classifier is trained with by default.
+
+    Args:
+        classifier: a ``create_backbone`` name.
+        paper_schedule: for a classifier the paper did not train, ``PAPER_SCHEDULE`` (python
+            -m train imagenet) instead of ``DEFAULT_RECIPE`` (python -m train explainer).
+
+    Returns:
+        The paper's recipe for "vgg16", "resnet50" and "vit_b_16"; otherwise ``PAPER_SCHEDULE``
+        or ``DEFAULT_RECIPE``.
+    """
+    return PAPER_RECIPES.get(classifier, PAPER_SCHEDULE if paper_schedule else DEFAULT_RECIPE)

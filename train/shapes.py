@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ptame import PTAME, Backbone, LossWeights, TrainSettings, create_backbone, train_explainer
+from ptame import PTAME, Backbone, TrainSettings, create_backbone, train_explainer
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 from ptame.files import replace_folder
 from ptame.metrics import ad_ic, energy_pointing_game, pointing_game
@@ -83,9 +83,7 @@ class ShapesRecipe:
     masked_share: float = 0.5
     cutout_share: float = 0.25
     blank_weight: float = 0.5
-    explainer: TrainSettings = TrainSettings(
-        lr=1e-3, weight_decay=1e-4, loss=LossWeights(ce=1.0, area=4.0, smooth=0.01), amp=False
-    )
+    explainer: TrainSettings = TrainSettings(amp=False)  # ptame's default recipe (zero fuser start, lr 1e-3, ...)
     test_images: int = 500
     seed: int = 0
     workers: int = 1
@@ -404,11 +402,6 @@ def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str,
         class_names=SHAPE_CLASSES,
         auxiliary_root=folder / "explainer",
     )
-    # A zero fuser starts every map at sigmoid(0) = 0.5: the masked image is the image at half
-    # brightness, which the classifier still recognises, so the cross-entropy guides the head from
-    # the first step. From the default random start, the noisy maps hide every class, the head
-    # never finds the objects, and the masked cross-entropy stays near chance.
-    nn.init.zeros_(explainer.head.fuser.weight)
     history = train_explainer(
         backbone.model,
         explainer,

@@ -37,7 +37,7 @@ def explainer_missing_message(model: LoadedModel) -> str:
     problem = model.explainer_problem or "it is not loaded"
     return (
         f"No P-TAME map for {entry.display_name}: {problem.rstrip('.')}. "
-        f"Train one for this classifier with `python -m train imagenet --backbone {entry.classifier} "
+        f"Train one for this classifier with `python -m train explainer --classifier {entry.classifier} "
         f"--data IMAGE_FOLDER --out runs/{entry.key}` (any folder of its kind of images; labels are not read), "
         f"then start the app with `--classifier {entry.classifier} --explainer runs/{entry.key}/explainer`."
     )

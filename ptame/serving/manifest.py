@@ -23,7 +23,7 @@ import torch
 import torchvision
 from huggingface_hub import constants as hub_constants
 
-from ptame.backbones import Backbone, create_backbone
+from ptame.backbones import USER_FUNCTION, Backbone, create_backbone
 from ptame.checkpoint import CONFIG_NAME
 from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
@@ -232,8 +232,9 @@ class LoadedModel:
 
 
 def _classifier_uses_hub(entry: ModelEntry) -> bool:
-    """Whether loading the entry's classifier may read the Hub (anything but a local folder)."""
-    return not entry.classifier.startswith(LOCAL_DIR_PREFIX)
+    """Whether loading the entry's classifier may read the Hub (anything but a local folder or a
+    user's "MODULE:FUNCTION")."""
+    return not (entry.classifier.startswith(LOCAL_DIR_PREFIX) or USER_FUNCTION.fullmatch(entry.classifier))
 
 
 def _explainer_uses_hub(entry: ModelEntry) -> bool:

@@ -1,0 +1,482 @@
+"""Train a P-TAME explainer for any classifier on a folder of its images (labels are never read).
+
+    python -m train explainer --classifier local-dir:my/classifier --data my/images --out runs/mine
+    python -m train explainer --classifier my_models:build --auxiliary local-dir:my/features --data DIR --out DIR
+
+--classifier: a timm name, "hf-hub:ORG/NAME", "local-dir:PATH" (a timm folder: config.json +
+model.safetensors) or "MODULE:FUNCTION", a function of your own (importable from the working
+directory) returning a ptame.Backbone or (model, ptame.Preprocessing); vgg16, resnet50 and
+vit_b_16 are the paper's, trained with the paper's recipes. --auxiliary: the frozen feature
+network, a timm name (default resnet18.tv_in1k, the paper's), "hf-hub:ORG/NAME" or
+"local-dir:PATH"; offline it must be in the local Hugging Face cache or a local folder.
+--data: images at any depth (DIR/train when it exists); labels are never used.
+
+Every other classifier gets ptame's default recipe (train/recipes.py DEFAULT_RECIPE, the same as
+``train_explainer`` without settings): the fuser starts at zero, OneCycle with max_lr 1e-3,
+weight decay 1e-4, loss ce 1, area 4, smooth 0.01, batch 32, one pass over the images and at
+least 800 steps, at the classifier's own input size. Every recipe value can be overridden.
+
+A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
+P-TAME is measured against Grad-CAM on it (AD/IC at 100/50/15%, deletion/insertion), and the
+verdict table is printed and written to OUT/verdict.md and the explainer's model card.
+
+Writes to --out: checkpoint.safetensors (every --checkpoint-every steps and at the end;
+--resume continues from it, with the same result as an uninterrupted run), log.jsonl (one
+record per --log-every steps), and, when the run is complete, explainer/ (PTAME.from_pretrained
+loads it; README.md is its model card), verdict.md and verdict.csv, run.json (the full
+configuration) and manifest.toml (for python app.py --manifest and python -m train evaluate). A
+"local-dir:" classifier or auxiliary network is copied into OUT/classifier and OUT/auxiliary, so
+OUT is self-contained: ``python app.py --model-dir OUT`` opens it. Under torchrun the batch is
+the global batch, split evenly across the processes; only rank 0 writes.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ptame.backbones import Backbone, create_backbone
+from ptame.errors import CheckpointError
+from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
+from ptame.files import atomic_write_text, replace_folder
+from ptame.training import make_optimizer, make_scheduler, train_explainer
+from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
+from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
+from train.publish import model_card
+from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
+from train.runs import (
+    BACKBONE_DISPLAY_NAMES,
+    CHECKPOINT_NAME,
+    EXPLAINER_FOLDER,
+    LOG_NAME,
+    MANIFEST_NAME,
+    RUN_NAME,
+    manifest_entry,
+)
+from train.verdict import measure_verdict, write_verdict
+
+MAX_HELD_OUT = 500  # default held-out images: 10% of the folder, at most this many
+CLASSIFIER_FOLDER = "classifier"  # a local classifier's copy in the run folder
+AUXILIARY_FOLDER = "auxiliary"  # a local auxiliary network's copy in the run folder
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--classifier") -> None:
+    """The command's options (``python -m train imagenet`` names the classifier ``--backbone``)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        classifier_flag,
+        dest="classifier",
+        required=True,
+        help="timm name, hf-hub:ORG/NAME, local-dir:PATH or MODULE:FUNCTION (vgg16, resnet50, vit_b_16: the paper's)",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="image folder (DIR/train is used if it exists)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/mine")
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="load the classifier's and auxiliary network's weights (--no-pretrained: random, for tests)",
+    )
+    recipe = parser.add_argument_group("recipe (defaults: the classifier's recipe in train/recipes.py)")
+    recipe.add_argument("--lr", type=float, help="OneCycle max_lr")
+    recipe.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    for name in LOSS_FLAGS:
+        recipe.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"loss {name}")
+    recipe.add_argument(
+        "--zero-fuser-start", action=argparse.BooleanOptionalAction, help="start the fuser at zero (every map 0.5)"
+    )
+    recipe.add_argument("--batch-size", type=positive_int, help="global batch size")
+    recipe.add_argument("--epochs", type=positive_int, help="passes over the data")
+    recipe.add_argument("--min-steps", type=non_negative_int, help="at least this many steps")
+    recipe.add_argument("--resize", type=positive_int, help="train transform: shorter side resized to this")
+    recipe.add_argument("--crop", type=positive_int, help="train transform: random square crop of this side")
+    recipe.add_argument("--seed", type=int, help="data order, augmentation, held-out images, head initialisation")
+    recipe.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
+    recipe.add_argument("--auxiliary", help="auxiliary network: timm name, hf-hub:ORG/NAME or local-dir:PATH")
+    recipe.add_argument("--feature-levels", type=int, nargs="+", help="auxiliary feature levels (timm out_indices)")
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="the classifier's input side for training and the verdict (default: its own preprocessing's)",
+    )
+    run_group.add_argument(
+        "--steps", type=positive_int, help="total optimiser steps (default: the recipe's, for the data size)"
+    )
+    run_group.add_argument(
+        "--stop-after", type=positive_int, help="stop after this step, checkpointed, to --resume later"
+    )
+    run_group.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    run_group.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
+    run_group.add_argument("--log-every", type=positive_int, default=10, help="steps between log records")
+    run_group.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    run_group.add_argument("--device", help="cuda or cpu (default: cuda if available); torchrun: cuda:LOCAL_RANK")
+    run_group.add_argument("--compile", action="store_true", help="torch.compile the classifier and auxiliary net")
+    run_group.add_argument(
+        "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory layout"
+    )
+    run_group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    run_group.add_argument(
+        "--held-out",
+        type=non_negative_int,
+        help=f"images kept out of training for the verdict (default: 10%%, at most {MAX_HELD_OUT}; 0: no verdict)",
+    )
+
+
+def resolve_recipe(args: argparse.Namespace, recipe: Recipe) -> Recipe:
+    """``recipe`` with the flags given on the command line applied."""
+    loss = {name: getattr(args, name) for name in LOSS_FLAGS if getattr(args, name) is not None}
+    values = {name: getattr(args, name) for name in RECIPE_FLAGS if getattr(args, name) is not None}
+    if args.feature_levels is not None:
+        values["feature_levels"] = tuple(args.feature_levels)
+    return dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, **loss), **values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes files."""
+        return self.rank == 0
+
+
+def start_processes(device: str | None) -> Processes:
+    """Join the torchrun process group if there is one (NCCL on CUDA, Gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if world_size == 1:
+        return Processes(rank=0, world_size=1, device=wanted)
+    if wanted.type == "cuda":
+        wanted = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(wanted)
+    dist.init_process_group(backend="nccl" if wanted.type == "cuda" else "gloo")
+    return Processes(rank=dist.get_rank(), world_size=world_size, device=wanted)
+
+
+def timm_weights(model: torch.nn.Module) -> str | None:
+    """The timm name of a model's weights ("resnet50.tv_in1k"), or None for a non-timm model."""
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return f"{config['architecture']}.{config['tag']}" if config.get("architecture") else None
+
+
+def absolute_source(name: str) -> str:
+    """A ``create_backbone`` name with a relative "local-dir:" path made absolute (a manifest
+    reads relative paths from its own folder, not from the current one)."""
+    if not name.startswith(LOCAL_DIR_PREFIX):
+        return name
+    return LOCAL_DIR_PREFIX + str(Path(name.removeprefix(LOCAL_DIR_PREFIX)).expanduser().resolve())
+
+
+def training_folder(data: Path) -> Path:
+    """DIR/train when it exists (ImageNet's layout), else DIR."""
+    return data / "train" if (data / "train").is_dir() else data
+
+
+def held_out_count(num_images: int, requested: int | None) -> int:
+    """Images kept for the verdict: ``requested``, or 10% of the folder up to ``MAX_HELD_OUT``.
+
+    Raises:
+        SystemExit: ``requested`` leaves no image to train on.
+    """
+    count = min(MAX_HELD_OUT, num_images // 10) if requested is None else requested
+    if count >= num_images:
+        raise SystemExit(f"--held-out {count} leaves none of the {num_images} images to train on")
+    return count
+
+
+def split_files(files: list[Path], held_out: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files): the held-out ones are the first ``held_out`` of a
+    permutation seeded by ``seed``, both lists in the folder's order."""
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept_out = set(order[:held_out])
+    return (
+        [path for index, path in enumerate(files) if index not in kept_out],
+        [path for index, path in enumerate(files) if index in kept_out],
+    )
+
+
+def check_resumable(saved: dict[str, object], current: dict[str, object], path: Path) -> None:
+    """Refuse to resume a checkpoint of a different run (anything but the data folder's path)."""
+    differing = sorted(
+        key for key in saved.keys() | current.keys() if key != "data" and saved.get(key) != current.get(key)
+    )
+    if differing:
+        details = "; ".join(f"{key}: checkpoint {saved.get(key)!r}, now {current.get(key)!r}" for key in differing)
+        raise CheckpointError(f"{path} belongs to a different run ({details})")
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Drop log records after ``last_step`` (written after the checkpoint a run resumes from)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def save_explainer(explainer: PTAME, folder: Path) -> None:
+    """``explainer.save_pretrained(folder)`` into a temporary sibling folder, then swapped in
+    (``ptame.files.replace_folder``): ``folder`` is never half-written."""
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    explainer.save_pretrained(staging)
+    replace_folder(staging, folder)
+
+
+def copy_local_folder(spec: str, out: Path, name: str) -> str | None:
+    """Copy a "local-dir:PATH" model folder to ``out/name`` (atomically; kept if it is there).
+
+    Returns:
+        The copy's "local-dir:" spec, or None when ``spec`` is not a local folder.
+
+    Raises:
+        FileNotFoundError: PATH is not a folder.
+    """
+    if not spec.startswith(LOCAL_DIR_PREFIX):
+        return None
+    source = Path(spec.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
+    if not source.is_dir():
+        raise FileNotFoundError(f"{spec}: {source} is not a folder")
+    target = out / name
+    if not target.is_dir():
+        staging = out / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        replace_folder(staging, target)
+    return LOCAL_DIR_PREFIX + str(target.resolve())
+
+
+def with_image_size(backbone: Backbone, side: int | None) -> Backbone:
+    """The classifier with its preprocessing's crop set to ``side`` (the resize scaled alike)."""
+    if side is not None:
+        preprocessing = backbone.preprocessing
+        resize = round(side * preprocessing.resize / preprocessing.crop)
+        backbone.preprocessing = dataclasses.replace(preprocessing, resize=resize, crop=side)
+    return backbone
+
+
+def run(args: argparse.Namespace, command: str = "explainer", paper_schedule: bool = False) -> None:
+    """Train, checkpoint, write the explainer and its verdict (see the module docstring).
+
+    Args:
+        args: the parsed options.
+        command: the command's name, for messages and the reproducing command line.
+        paper_schedule: a classifier the paper did not train gets ``PAPER_SCHEDULE`` (train
+            imagenet) instead of ``DEFAULT_RECIPE``.
+    """
+    processes = start_processes(args.device)
+    try:
+        train(args, processes, command, recipe_for(args.classifier, paper_schedule=paper_schedule))
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"python -m train {command}: {error}") from error
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace, processes: Processes, command: str, default_recipe: Recipe) -> None:
+    """The run of one process."""
+    recipe = resolve_recipe(args, default_recipe)
+    out: Path = args.out
+    checkpoint = out / CHECKPOINT_NAME
+    if not args.resume and checkpoint.exists():
+        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if args.resume:
+        read_checkpoint_info(checkpoint)  # a clear error before any model is built
+
+    folder = training_folder(args.data)
+    all_files = image_files(folder)
+    held_out = held_out_count(len(all_files), args.held_out)
+    files, verdict_files = split_files(all_files, held_out, recipe.seed)
+    total_steps = args.steps or recipe.total_steps(len(files))
+
+    torch.manual_seed(recipe.seed)
+    backbone = with_image_size(create_backbone(args.classifier, pretrained=args.pretrained), args.image_size)
+    preprocessing = backbone.preprocessing
+    transform = TrainTransform(
+        resize=recipe.resize or preprocessing.resize,
+        crop=recipe.crop or preprocessing.crop,
+        interpolation=preprocessing.interpolation,
+    )
+    if processes.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        copy_local_folder(args.classifier, out, CLASSIFIER_FOLDER)
+        copy_local_folder(recipe.auxiliary, out, AUXILIARY_FOLDER)
+    if processes.world_size > 1:
+        dist.barrier()
+    local_auxiliary = recipe.auxiliary.startswith(LOCAL_DIR_PREFIX)
+    explainer = PTAME(
+        num_classes=len(backbone.class_names),
+        auxiliary=f"{LOCAL_DIR_PREFIX}../{AUXILIARY_FOLDER}" if local_auxiliary else recipe.auxiliary,
+        feature_levels=recipe.feature_levels,
+        pretrained_auxiliary=args.pretrained,
+        class_names=backbone.class_names,
+        auxiliary_root=out / EXPLAINER_FOLDER,
+    ).to(processes.device)
+    description = {
+        "command": command,
+        "classifier": args.classifier,
+        "pretrained": args.pretrained,
+        "timm_weights": timm_weights(backbone.model),
+        "recipe": recipe.as_dict(),
+        "transform": dataclasses.asdict(transform),
+        "data": str(folder.resolve()),
+        "num_images": len(files),
+        "held_out": held_out,
+        "total_steps": total_steps,
+    }
+
+    settings = recipe.settings(compile=args.compile, log_every=args.log_every, channels_last=args.channels_last)
+    optimizer = make_optimizer(explainer, settings)
+    scheduler = make_scheduler(optimizer, settings, total_steps)
+    start_step = 0
+    if args.resume:
+        info = load_checkpoint(checkpoint, explainer, optimizer, scheduler)
+        check_resumable(info.run, description, checkpoint)
+        start_step = info.step
+    stop_step = total_steps if args.stop_after is None else min(args.stop_after, total_steps)
+    if stop_step < start_step:
+        raise SystemExit(f"--stop-after {args.stop_after} is before the checkpoint's step {start_step}")
+
+    model: PTAME | DistributedDataParallel = explainer
+    if processes.world_size > 1:
+        if processes.device.type == "cuda":
+            explainer.head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(explainer.head)
+        device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+        model = DistributedDataParallel(explainer, device_ids=device_ids)
+    order = TrainingOrder(
+        len(files),
+        recipe.batch_size,
+        stop_step,
+        recipe.seed,
+        rank=processes.rank,
+        world_size=processes.world_size,
+        start_step=start_step,
+    )
+    loader = DataLoader(
+        TrainImages(files, transform),
+        batch_size=order.local_batch_size,
+        sampler=order,
+        num_workers=args.workers,
+        pin_memory=processes.device.type == "cuda",
+        prefetch_factor=4 if args.workers > 0 else None,
+    )
+    if processes.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    log_path = out / LOG_NAME
+    started = time.perf_counter()
+    if processes.is_main:
+        truncate_log(log_path, start_step)
+        print(
+            f"P-TAME for {args.classifier}: {len(files)} images from {folder} ({held_out} more held out), "
+            f"steps {start_step + 1}-{stop_step} of {total_steps}, global batch {recipe.batch_size} on "
+            f"{processes.world_size} process(es), {processes.device}",
+            file=sys.stderr,
+        )
+
+    def log(step: int, record: dict[str, float]) -> None:
+        if processes.is_main:
+            with open(log_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({**record, "elapsed_s": round(time.perf_counter() - started, 3)}) + "\n")
+
+    def checkpoint_if_due(step: int) -> None:
+        if processes.is_main and (step % args.checkpoint_every == 0 or step == stop_step):
+            save_checkpoint(checkpoint, explainer, optimizer, scheduler, step, description)
+
+    train_explainer(
+        backbone.model,
+        model,
+        loader,
+        preprocessing.mean,
+        preprocessing.std,
+        settings,
+        total_steps=stop_step,
+        device=processes.device,
+        progress=args.progress and processes.is_main,
+        on_step=log,
+        start_step=start_step,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        after_step=checkpoint_if_due,
+    )
+    if not processes.is_main:
+        return
+    if stop_step < total_steps:
+        print(f"stopped after step {stop_step}; continue with --resume", file=sys.stderr)
+        return
+    finish(args, out, explainer.cpu(), backbone, verdict_files, description, processes)
+
+
+def finish(
+    args: argparse.Namespace,
+    out: Path,
+    explainer: PTAME,
+    backbone: Backbone,
+    verdict_files: list[Path],
+    description: dict[str, object],
+    processes: Processes,
+) -> None:
+    """Write the finished run: explainer/, the verdict, run.json, manifest.toml and the model card."""
+    save_explainer(explainer, out / EXPLAINER_FOLDER)
+    verdict = None
+    if verdict_files:
+        rows = measure_verdict(backbone, explainer, verdict_files, processes.device, progress=args.progress)
+        verdict = write_verdict(out, rows)
+        print(verdict, file=sys.stderr)
+    config = {
+        **description,
+        "world_size": processes.world_size,
+        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "arguments": vars(args) | {"data": str(args.data), "out": str(args.out)},
+    }
+    atomic_write_text(out / RUN_NAME, json.dumps(config, indent=2) + "\n")
+    card = model_card(config, str((out / EXPLAINER_FOLDER).resolve()), "apache-2.0", verdict)
+    atomic_write_text(out / EXPLAINER_FOLDER / "README.md", card)
+    classifier = args.classifier
+    if (out / CLASSIFIER_FOLDER).is_dir():
+        classifier = f"{LOCAL_DIR_PREFIX}{CLASSIFIER_FOLDER}"
+    entry = manifest_entry(
+        key=out.resolve().name,
+        display_name=f"{BACKBONE_DISPLAY_NAMES.get(args.classifier, args.classifier)} ({out})",
+        classifier=absolute_source(classifier) if classifier == args.classifier else classifier,
+        explainer=EXPLAINER_FOLDER,
+    )
+    atomic_write_text(out / MANIFEST_NAME, f"# This run's explainer, for python app.py --manifest.\n{entry}\n")
+    print(f"explainer written to {out / EXPLAINER_FOLDER}", file=sys.stderr)
+    if (out / CLASSIFIER_FOLDER).is_dir():
+        print(f"open it in the app: python app.py --model-dir {out}", file=sys.stderr)
+    else:
+        print(f"open it in the app: python app.py --manifest {out / MANIFEST_NAME}", file=sys.stderr)
