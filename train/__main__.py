@@ -6,7 +6,7 @@ Every command module has a one-line docstring, ``add_arguments(parser)`` and ``r
 import argparse
 import importlib
 
-COMMANDS = ("shapes", "imagenet", "evaluate", "publish")
+COMMANDS = ("shapes", "textures", "images", "explainer", "imagenet", "evaluate", "publish")
 
 
 def main(argv: list[str] | None = None) -> None:
