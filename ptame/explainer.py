@@ -91,8 +91,9 @@ class PTAME(
             ImageNet's for an ``nn.Module``. config.json records the values used.
         pretrained_auxiliary: load the named network's weights (False: random, for tests).
         class_names: optional K display names.
-        auxiliary_root: the folder a relative "local-dir:" auxiliary path starts from (default:
-            the current directory; ``from_pretrained`` uses the checkpoint's folder). Not saved.
+        auxiliary_root: the folder a relative "local-dir:" auxiliary path starts from, saved
+            relative (``from_pretrained`` uses the checkpoint's folder). Default: the current
+            directory, and the path is saved absolute. Not saved itself.
     """
 
     def __init__(
@@ -113,6 +114,10 @@ class PTAME(
             self.auxiliary_name = _encode_module(auxiliary)
             self.auxiliary = auxiliary
         else:
+            if auxiliary_root is None and auxiliary.startswith(LOCAL_DIR_PREFIX):
+                # A relative path starts at the working directory: saved absolute, so that the
+                # checkpoint (whose relative paths start at its own folder) finds the same network.
+                auxiliary = LOCAL_DIR_PREFIX + str(Path(auxiliary[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve())
             self.auxiliary_name = auxiliary
             self.auxiliary = build_auxiliary(auxiliary, feature_levels, pretrained_auxiliary, auxiliary_root)
         # channels_last: the convolutions of a CNN auxiliary network run ~15% faster on CPU
@@ -126,6 +131,7 @@ class PTAME(
         self.head = AttentionHead(self._auxiliary_channels(), num_classes)
         if self._hub_mixin_config is not None:
             self._hub_mixin_config.pop("auxiliary_root", None)
+            self._hub_mixin_config["auxiliary"] = self.auxiliary_name
             self._hub_mixin_config["auxiliary_mean"] = list(self.auxiliary_mean)
             self._hub_mixin_config["auxiliary_std"] = list(self.auxiliary_std)
 
