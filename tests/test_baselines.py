@@ -292,3 +292,35 @@ def test_rise_is_the_probability_weighted_mean_of_its_masks() -> None:
         expected = (saliency - saliency.min()) / (saliency.max() - saliency.min())
         assert torch.allclose(maps[image], expected, atol=1e-5)
     assert calls == [(0, 20), (4, 20), (8, 20), (12, 20), (16, 20), (18, 20), (20, 20)]
+
+
+def test_rise_masks_are_the_patterns_upsampled_and_cropped_at_their_shifts() -> None:
+    """A direct computation from RISE's definition (Petsiuk et al. 2018), with OpenCV's bilinear
+    resize: cell = ceil(side / grid), each pattern resized to (grid + 1) * cell pixels a side,
+    then cropped to the input's size at floor(shift * cell)."""
+    import cv2
+
+    generator = torch.Generator().manual_seed(2)
+    patterns = (torch.rand(3, 3, 3, generator=generator) < 0.5).float()
+    shifts = torch.tensor([[0.0, 0.0], [0.5, 0.9], [0.99, 0.3]])
+    height, width = 10, 13
+    cell = (4, 5)  # ceil(10 / 3), ceil(13 / 3)
+    masks = rise_masks(patterns, shifts, (height, width))
+    assert masks.shape == (3, height, width)
+    for pattern, (shift_y, shift_x), mask in zip(patterns.numpy(), shifts.tolist(), masks):
+        upsampled = cv2.resize(pattern, (4 * cell[1], 4 * cell[0]), interpolation=cv2.INTER_LINEAR)
+        top, left = int(shift_y * cell[0]), int(shift_x * cell[1])
+        expected = torch.from_numpy(upsampled[top : top + height, left : left + width])
+        assert torch.allclose(mask, expected, atol=1e-6)
+
+
+def test_rise_grids_defaults_and_limits() -> None:
+    patterns, shifts = rise_grids(2000)
+    assert patterns.shape == (2000, 7, 7) and shifts.shape == (2000, 2)
+    assert abs(patterns.mean().item() - 0.5) < 0.02
+    assert torch.equal(patterns, rise_grids(2000, seed=0)[0]) and (shifts >= 0).all() and (shifts < 1).all()
+    assert rise_grids(1, grid=1, keep_probability=1.0)[0].tolist() == [[[1.0]]]
+    for options in ({"num_masks": 0}, {"grid": 0}, {"keep_probability": 0.0}, {"keep_probability": 1.5}):
+        arguments = {"num_masks": 4, **options}
+        with pytest.raises(ValueError, match="RISE needs num_masks >= 1, grid >= 1 and 0 < keep_probability <= 1"):
+            rise_grids(**arguments)

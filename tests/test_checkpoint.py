@@ -183,3 +183,17 @@ def test_missing_and_unexpected_tensors(saved: Path) -> None:
         CheckpointError, match="missing tensors \\['levels.0.conv.bias'\\], unexpected tensors \\['extra.weight'\\]"
     ):
         PTAME.from_pretrained(saved)
+
+
+def test_missing_tensors_alone_are_refused(saved: Path) -> None:
+    tensors = load_file(saved / "model.safetensors")
+    del tensors["levels.0.conv.bias"]
+    save_file(tensors, saved / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing tensors \\['levels.0.conv.bias'\\]"):
+        PTAME.from_pretrained(saved)
+
+
+def test_a_config_that_is_not_an_object(saved: Path) -> None:
+    (saved / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="must hold a JSON object, not list"):
+        PTAME.from_pretrained(saved)

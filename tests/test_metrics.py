@@ -233,3 +233,107 @@ def test_bad_maps_and_masks_are_clear_errors() -> None:
         deletion_insertion(backbone, pixels, masks.float(), torch.full((2,), 2))
     with pytest.raises(ValueError, match="at least one pixel"):
         pointing_game(masks.float(), torch.zeros_like(masks))
+
+
+class LinearScore(nn.Module):
+    """Class 0's logit is a fixed weighted sum of the pixels, class 1's is 0: every pixel counts."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        score = (normalized * self.weights).flatten(1).sum(dim=1)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def test_deletion_and_insertion_curves_and_areas_by_hand() -> None:
+    """Two 16x16 images, 4 steps of 64 pixels, against a direct computation from Petsiuk et al.'s
+    definition: pixels in decreasing map order (ties in raster order), deleted to black or inserted
+    into the image blurred by OpenCV (11x11 Gaussian, sigma 5, reflected border), the class-0
+    softmax probability after each step, and the trapezoid over the fractions 0, 1/4, ..., 1."""
+    import cv2
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(5)
+    side, steps = 16, 4
+    weights = torch.randn(3, side, side, generator=generator) * 0.05
+    model = LinearScore(weights).eval()
+    preprocessing = Preprocessing(side, side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    backbone = Backbone("linear", model, preprocessing, model, None, ["scored", "zero"])
+    pixels = torch.rand(2, 3, side, side, generator=generator)
+    maps = torch.stack([torch.rand(side, side, generator=generator), torch.rand(side, side, generator=generator)])
+    maps[1] = (maps[1] * 4).floor() / 4  # four levels: ties, broken in raster order
+    classes = torch.zeros(2, dtype=torch.long)
+
+    def probability_of(image: np.ndarray) -> float:
+        score = float((torch.from_numpy(image).permute(2, 0, 1) * weights).sum())
+        return float(np.exp(score) / (np.exp(score) + 1.0))
+
+    for image in range(2):
+        picture = pixels[image].permute(1, 2, 0).numpy().astype(np.float64)
+        blurred = cv2.GaussianBlur(picture, (11, 11), 5.0, borderType=cv2.BORDER_REFLECT_101)
+        values = maps[image].flatten().tolist()
+        order = sorted(range(side * side), key=lambda index: (-values[index], index))
+        deletion, insertion = [], []
+        for step in range(steps + 1):
+            chosen = np.zeros(side * side, dtype=bool)
+            chosen[order[: step * side * side // steps]] = True
+            chosen = chosen.reshape(side, side)[:, :, None]
+            deletion.append(probability_of(np.where(chosen, 0.0, picture).astype(np.float32)))
+            insertion.append(probability_of(np.where(chosen, picture, blurred).astype(np.float32)))
+        for batch_size in (1, 3, 64):
+            curves = deletion_insertion(backbone, pixels, maps, classes, steps=steps, batch_size=batch_size)
+            assert torch.allclose(curves.fractions, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+            assert torch.allclose(curves.deletion[image], torch.tensor(deletion), atol=1e-5)
+            assert torch.allclose(curves.insertion[image], torch.tensor(insertion), atol=1e-4)
+            areas = [sum((a + b) / 2 / steps for a, b in zip(curve, curve[1:])) for curve in (deletion, insertion)]
+            assert curves.deletion_auc[image].item() == pytest.approx(areas[0], abs=1e-5)
+            assert curves.insertion_auc[image].item() == pytest.approx(areas[1], abs=1e-4)
+
+
+def test_deletion_and_insertion_take_one_step_and_refuse_none() -> None:
+    backbone, pixels, masks = object_world()
+    classes = torch.zeros(2, dtype=torch.long)
+    one = deletion_insertion(backbone, pixels, masks.float(), classes, steps=1, batch_size=1)
+    assert one.fractions.tolist() == [0.0, 1.0] and one.deletion.shape == (2, 2)
+    for steps, batch_size in ((0, 64), (50, 0)):
+        with pytest.raises(ValueError, match="steps and batch_size must be >= 1"):
+            deletion_insertion(backbone, pixels, masks.float(), classes, steps=steps, batch_size=batch_size)
+
+
+def test_pointing_games_check_shapes_and_every_mask() -> None:
+    maps, masks = torch.rand(2, 8, 8), torch.ones(2, 16, 16, dtype=torch.bool)
+    for bad_maps, bad_masks in ((maps[0], masks), (maps, masks[0]), (maps, masks[None]), (maps, masks[:1])):
+        for game in (pointing_game, energy_pointing_game):
+            with pytest.raises(ValueError, match=r"maps and masks must be \(B, h, w\) and \(B, H, W\)"):
+                game(bad_maps, bad_masks)
+    one_empty = masks.clone()
+    one_empty[1] = False
+    with pytest.raises(ValueError, match="every ground-truth mask must contain at least one pixel"):
+        pointing_game(maps, one_empty)
+    with pytest.raises(ValueError, match="needs non-negative maps"):
+        energy_pointing_game(maps - 0.5, masks)
+
+
+def test_pointing_game_scores_each_image_of_a_batch_by_its_own_peak() -> None:
+    maps, masks = torch.zeros(3, 6, 6), torch.zeros(3, 6, 6, dtype=torch.bool)
+    maps[0, 1, 1], maps[1, 4, 4], maps[2, 0, 5] = 1.0, 1.0, 1.0
+    masks[0, 1, 1], masks[1, 0, 0], masks[2, 0, 5] = True, True, True
+    assert pointing_game(maps, masks).tolist() == [True, False, True]
+    assert pointing_game(maps, masks, tolerance=1).tolist() == [True, False, True]
+
+
+def test_energy_pointing_game_of_a_map_with_little_mass() -> None:
+    maps, masks = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)
+    maps[0, 0, 0], maps[0, 3, 3] = 0.3, 0.1  # total mass 0.4, three quarters on the object
+    masks[0, 0, 0] = True
+    assert energy_pointing_game(maps, masks).item() == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.01, 1.5])
+def test_ad_ic_refuse_fractions_outside_zero_to_one(fraction: float) -> None:
+    backbone, pixels, masks = object_world()
+    with pytest.raises(ValueError, match=r"AD/IC fractions must be in \(0, 1\], got"):
+        ad_ic(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), (0.5, fraction))
+    assert set(ad_ic(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), (1.0,))) == {"ad_100", "ic_100"}

@@ -35,3 +35,24 @@ def test_mask_pixels_resizes_the_map_bilinearly() -> None:
     out = mask_pixels(pixels, maps)
     assert out.shape == (1, 3, 4, 4)
     assert torch.allclose(out[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.0]))
+
+
+def test_resize_maps_is_a_half_pixel_bilinear_resize_of_each_map_at_either_rank() -> None:
+    """Against OpenCV's bilinear resize (pixel centres at half-integers, as align_corners=False)."""
+    import cv2
+    import numpy as np
+
+    from ptame.maps import resize_maps
+
+    maps = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    expected = torch.from_numpy(
+        np.stack(
+            [
+                [cv2.resize(channel.numpy(), (15, 12), interpolation=cv2.INTER_LINEAR) for channel in image]
+                for image in maps
+            ]
+        )
+    )
+    assert torch.allclose(resize_maps(maps, (12, 15)), expected, atol=1e-6)
+    assert torch.allclose(resize_maps(maps[:, 0], (12, 15)), expected[:, 0], atol=1e-6)
+    assert resize_maps(maps, (4, 5)) is maps

@@ -227,7 +227,7 @@ def test_a_failed_run_leaves_the_previous_checkpoint_untouched(tmp_path: Path, m
 def test_the_committed_checkpoint_is_accurate_small_and_reproducible_in_its_metrics() -> None:
     metrics = {part: json.loads((TRAINED_DEMO / part / "metrics.json").read_text()) for part in PARTS}
     assert metrics["classifier"]["test_images"] == metrics["explainer"]["test_images"] == 500
-    assert metrics["classifier"]["test_accuracy"] >= 0.97
+    assert metrics["classifier"]["test_accuracy"] >= 0.99  # committed: 0.992
     assert metrics["explainer"]["classifier_accuracy"] == metrics["classifier"]["test_accuracy"]
     size = sum(path.stat().st_size for path in TRAINED_DEMO.rglob("*") if path.is_file())
     assert size <= 25 * 2**20
@@ -259,10 +259,12 @@ def test_the_committed_classifier_sees_no_class_in_an_object_shaped_hole() -> No
 
 @needs_committed_checkpoint
 def test_the_committed_explainer_meets_the_pointing_target() -> None:
-    """Pointing game >= 0.90 on the 500 test images of metrics.json, and on 120 of them recomputed
-    here through the app's loader, with every class at least 0.8."""
+    """Pointing game near the committed figures: >= 0.98 on the 500 test images of metrics.json
+    (committed 0.988), and on 120 of them recomputed here through the app's loader >= 0.975
+    (measured 0.983: one more miss allowed for another CPU's rounding), every class >= 0.85
+    (measured 0.90 to 1.0)."""
     metrics = json.loads((TRAINED_DEMO / "explainer" / "metrics.json").read_text())
-    assert metrics["pointing_game"] >= 0.90
+    assert metrics["pointing_game"] >= 0.98
     loaded = load_model(load_manifest()[0])
     samples = [shapes_sample(index, "test") for index in range(120)]
     pixels = torch.stack([sample.pixels for sample in samples])
@@ -270,9 +272,9 @@ def test_the_committed_explainer_meets_the_pointing_target() -> None:
     labels = torch.tensor([sample.label for sample in samples])
     with torch.no_grad():
         hits = pointing_game(loaded.explainer.explain(pixels, loaded.backbone.logits(pixels).argmax(dim=1)), masks)
-    assert hits.float().mean() >= 0.90
+    assert hits.float().mean() >= 0.975
     for label, name in enumerate(SHAPE_CLASSES):
-        assert hits[labels == label].float().mean() >= 0.8, name
+        assert hits[labels == label].float().mean() >= 0.85, name
 
 
 @needs_committed_checkpoint

@@ -10,7 +10,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from ptame import PTAME, Preprocessing, TrainSettings, create_backbone, train_explainer
+from ptame import PTAME, Preprocessing, TrainSettings, create_backbone
 from ptame.backbones import last_convolution
 from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint
@@ -143,26 +143,6 @@ def test_the_python_api_without_settings_trains_with_the_commands_recipe() -> No
     paper = recipes.recipe_for("resnet50")
     assert paper.settings().zero_fuser_start is False and paper.lr == 1e-4 and paper.total_steps(3200) == 100
     assert recipes.recipe_for("convnext_tiny", paper_schedule=True).lr == 1e-4
-
-
-@pytest.mark.parametrize("zero_fuser_start", [True, False])
-def test_the_default_recipe_starts_the_fuser_at_zero_and_a_resumed_run_does_not(zero_fuser_start: bool) -> None:
-    torch.manual_seed(0)
-    explainer = PTAME(num_classes=3, auxiliary="test_resnet", pretrained_auxiliary=False)
-    start = explainer.head.fuser.weight.detach().clone()
-    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
-    settings = TrainSettings(zero_fuser_start=zero_fuser_start)
-    train_explainer(classifier, explainer, [], (0.5,) * 3, (0.5,) * 3, settings, progress=False)
-    fuser = explainer.head.fuser.weight
-    assert torch.equal(fuser, torch.zeros_like(fuser)) if zero_fuser_start else torch.equal(fuser, start)
-    optimizer = torch.optim.SGD(explainer.head.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
-    explainer.head.fuser.weight.data.fill_(0.25)
-    train_explainer(
-        classifier, explainer, [], (0.5,) * 3, (0.5,) * 3, settings, start_step=5, total_steps=5,
-        optimizer=optimizer, scheduler=scheduler, progress=False,
-    )  # fmt: skip
-    assert torch.all(explainer.head.fuser.weight == 0.25)
 
 
 def test_verdict_counts_lower_ad_and_deletion_and_higher_ic_and_insertion_as_wins() -> None:

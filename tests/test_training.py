@@ -209,3 +209,77 @@ def test_processes_sharing_a_batch_optimise_the_global_batch_loss(
     for index, want in enumerate(whole):
         got = (halves[0][1][index] + halves[1][1][index]) / 2
         assert torch.allclose(got, want, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("zero_fuser_start", [True, False])
+def test_the_default_recipe_starts_the_fuser_at_zero_and_a_resumed_run_does_not(zero_fuser_start: bool) -> None:
+    torch.manual_seed(0)
+    explainer = PTAME(num_classes=3, auxiliary="test_resnet", pretrained_auxiliary=False)
+    start = explainer.head.fuser.weight.detach().clone()
+    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+    settings = TrainSettings(zero_fuser_start=zero_fuser_start)
+    train_explainer(classifier, explainer, [], (0.5,) * 3, (0.5,) * 3, settings, progress=False)
+    fuser = explainer.head.fuser.weight
+    assert torch.equal(fuser, torch.zeros_like(fuser)) if zero_fuser_start else torch.equal(fuser, start)
+    optimizer = torch.optim.SGD(explainer.head.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer)
+    explainer.head.fuser.weight.data.fill_(0.25)
+    train_explainer(
+        classifier, explainer, [], (0.5,) * 3, (0.5,) * 3, settings, start_step=5, total_steps=5,
+        optimizer=optimizer, scheduler=scheduler, progress=False,
+    )  # fmt: skip
+    assert torch.all(explainer.head.fuser.weight == 0.25)
+
+
+def test_the_optimiser_is_adamw_with_amsgrad_over_the_head_at_the_settings_rate(explainer: PTAME) -> None:
+    settings = TrainSettings(lr=3e-3, weight_decay=2e-4)
+    optimizer = make_optimizer(explainer, settings)
+    assert type(optimizer) is torch.optim.AdamW and len(optimizer.param_groups) == 1
+    group = optimizer.param_groups[0]
+    assert group["amsgrad"] is True and group["lr"] == 3e-3 and group["weight_decay"] == 2e-4
+    assert [id(p) for p in group["params"]] == [id(p) for p in explainer.head.parameters()]
+    scheduler = make_scheduler(optimizer, settings, total_steps=1)
+    assert type(scheduler) is torch.optim.lr_scheduler.OneCycleLR and scheduler.total_steps == 1
+    assert optimizer.param_groups[0]["max_lr"] == 3e-3
+    assert make_scheduler(make_optimizer(explainer, settings), settings, total_steps=0).total_steps == 1
+
+
+def test_a_logged_record_is_the_mean_of_its_steps(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    """Records every 2 steps against records of every step, from the same start: means of pairs,
+    the learning rate of the interval's last step."""
+    batches = [blob_images(4, seed=seed) for seed in range(4)]
+    initial = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    every_step = train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(log_every=1), progress=False)
+    explainer.head.load_state_dict(initial)
+    pairs = train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(log_every=2), progress=False)
+    assert [record["step"] for record in pairs] == [2, 4]
+    for record, (first, second) in zip(pairs, (every_step[0:2], every_step[2:4])):
+        for key in ("loss", "ce", "area", "smooth"):
+            assert record[key] == pytest.approx((first[key] + second[key]) / 2, rel=1e-5), key
+        assert record["lr"] == second["lr"] and first["lr"] != second["lr"]
+
+
+def test_resuming_needs_both_the_optimizer_and_the_schedule_and_a_step_at_or_after_the_start(
+    classifier: torch.nn.Module, explainer: PTAME
+) -> None:
+    optimizer = make_optimizer(explainer, TrainSettings())
+    scheduler = make_scheduler(optimizer, TrainSettings(), total_steps=4)
+    for options in ({}, {"optimizer": optimizer}, {"scheduler": scheduler}):
+        with pytest.raises(ValueError, match="restored optimizer and scheduler"):
+            train_explainer(classifier, explainer, [], MEAN, STD, start_step=1, progress=False, **options)
+    both = {"optimizer": optimizer, "scheduler": scheduler, "progress": False}
+    assert train_explainer(classifier, explainer, [], MEAN, STD, start_step=2, total_steps=2, **both) == []
+    with pytest.raises(ValueError, match=r"total_steps \(1\) is before start_step \(2\)"):
+        train_explainer(classifier, explainer, [], MEAN, STD, start_step=2, total_steps=1, **both)
+
+
+def test_amp_is_off_on_the_cpu(classifier: torch.nn.Module, explainer: PTAME) -> None:
+    """bf16 autocast is for CUDA only: on the CPU, amp=True trains exactly as fp32."""
+    batches = [blob_images(4, seed=seed) for seed in range(2)]
+    initial = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(amp=False), progress=False)
+    fp32 = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    explainer.head.load_state_dict(initial)
+    train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(amp=True), progress=False)
+    for key, value in explainer.head.state_dict().items():
+        assert torch.equal(value, fp32[key]), key
