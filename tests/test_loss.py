@@ -45,3 +45,21 @@ def test_ptame_loss_combines_terms_with_weights() -> None:
     assert terms["area"].item() == pytest.approx(area, rel=1e-6)
     assert terms["smooth"].item() == pytest.approx(smooth, rel=1e-6)
     assert loss.item() == pytest.approx(1.5 * ce + 2.0 * area + 0.01 * smooth, rel=1e-5)
+
+
+def test_smoothness_loss_by_hand_with_a_border() -> None:
+    """Every neighbour difference and every edge pixel, summed in plain Python."""
+    values = [[0.1, 0.7, 0.2, 0.9], [0.4, 0.0, 0.8, 0.3], [0.6, 0.5, 1.0, 0.2]]
+    maps = torch.tensor(values).view(1, 1, 3, 4).repeat(2, 1, 1, 1)
+    maps[1] = maps[1] ** 2
+    power, border = 2.0, 0.3
+    total = 0.0
+    for grid in (values, [[value**2 for value in row] for row in values]):
+        rows, columns = len(grid), len(grid[0])
+        total += sum(abs(grid[r + 1][c] - grid[r][c]) ** power for r in range(rows - 1) for c in range(columns))
+        total += sum(abs(grid[r][c + 1] - grid[r][c]) ** power for r in range(rows) for c in range(columns - 1))
+        edges = [grid[0][c] for c in range(columns)] + [grid[rows - 1][c] for c in range(columns)]
+        edges += [grid[r][0] for r in range(rows)] + [grid[r][columns - 1] for r in range(rows)]
+        total += border * sum(value**power for value in edges)
+    expected = total / (power * 2)
+    assert smoothness_loss(maps, power, border).item() == pytest.approx(expected, rel=1e-6)
