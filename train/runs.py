@@ -1,6 +1,16 @@
-"""The files of a training run's folder, and the manifest entry that points the app at a run."""
+"""The files of a training run's folder, the manifest entry that points the app at a run, and
+the staging and options shared by the commands that train a synthetic world's networks."""
 
+import argparse
 import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ptame.files import replace_folder
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # head, optimiser, schedule, step, RNG (train/checkpointing.py)
 LOG_NAME = "log.jsonl"  # one record per logged interval
@@ -32,4 +42,44 @@ def manifest_entry(key: str, display_name: str, classifier: str, explainer: str,
             f"explainer = {json.dumps(explainer)}",
             pin,
         ]
+    )
+
+
+def train_into_new_folder(out: Path, threads: int, train_into: Callable[[Path], dict[str, dict]]) -> dict[str, dict]:
+    """Run ``train_into(staging)`` with ``threads`` CPU threads in a temporary folder next to
+    ``out``, then swap it in for ``out`` (``ptame.files.replace_folder``): an interrupted run
+    leaves ``out`` as it was.
+
+    Returns:
+        What ``train_into`` returns (each network's metrics).
+
+    Raises:
+        FileNotFoundError: ``out``'s parent folder does not exist.
+    """
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder {out.parent} (parent of --out) does not exist")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(0o755)
+    try:
+        metrics = train_into(staging)
+        replace_folder(staging, out)
+    finally:
+        torch.set_num_threads(previous_threads)
+        shutil.rmtree(staging, ignore_errors=True)
+    return metrics
+
+
+def add_world_arguments(parser: argparse.ArgumentParser, default_out: Path, default_threads: int) -> None:
+    """--out, --seed and --threads of ``python -m train shapes`` and ``python -m train textures``."""
+    parser.add_argument("--out", type=Path, default=default_out, help="folder to write (replaced)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisations (default 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads,
+        help="CPU threads of the training process, besides one image-generating process (default 1; "
+        "the same count reproduces the same weights)",
     )

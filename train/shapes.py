@@ -17,8 +17,6 @@ count gives the same weights.
 import argparse
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +30,9 @@ from tqdm.auto import tqdm
 
 from ptame import PTAME, Backbone, TrainSettings, create_backbone, train_explainer
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
-from ptame.files import replace_folder
 from ptame.metrics import ad_ic, energy_pointing_game, pointing_game
 from ptame.perturb import normalize
+from train.runs import add_world_arguments, train_into_new_folder
 
 # Both are ResNet-10-T with a 16-channel stem, of different widths: the classifier has half the
 # standard width, the auxiliary network a quarter.
@@ -346,20 +344,7 @@ def train_shapes(out: Path, recipe: ShapesRecipe = ShapesRecipe(), progress: boo
     Returns:
         The metrics of each part, as written to its metrics.json.
     """
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder {out.parent} (parent of --out) does not exist")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        metrics = _train_into(staging, recipe, progress)
-        replace_folder(staging, out)
-    finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(staging, ignore_errors=True)
-    return metrics
+    return train_into_new_folder(out, recipe.threads, lambda staging: _train_into(staging, recipe, progress))
 
 
 def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str, dict]:
@@ -438,15 +423,7 @@ def _train_into(folder: Path, recipe: ShapesRecipe, progress: bool) -> dict[str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m train shapes``."""
-    parser.add_argument("--out", type=Path, default=Path("checkpoints/shapes"), help="folder to write (replaced)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisations (default 0)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=ShapesRecipe.threads,
-        help="CPU threads of the training process, besides one image-generating process (default 1; "
-        "the same count reproduces the same weights)",
-    )
+    add_world_arguments(parser, Path("checkpoints/shapes"), ShapesRecipe.threads)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -16,8 +16,6 @@ count gives the same weights.
 import argparse
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ptame import create_backbone
 from ptame.datasets.textures import TEXTURE_CLASSES, TEXTURES_MEAN, TEXTURES_STD, TexturesDataset
-from ptame.files import replace_folder
 from ptame.perturb import normalize
+from train.runs import add_world_arguments, train_into_new_folder
 from train.shapes import cutout_views, masked_views
 
 # The classifier is a RegNetX-200MF of reduced widths (16, 40, 96, 248 channels); the auxiliary
@@ -206,20 +204,7 @@ def train_textures(out: Path, recipe: TexturesRecipe = TexturesRecipe(), progres
     Returns:
         The metrics of each network, as written to its metrics.json.
     """
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder {out.parent} (parent of --out) does not exist")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    staging.chmod(0o755)
-    try:
-        metrics = _train_into(staging, recipe, progress)
-        replace_folder(staging, out)
-    finally:
-        torch.set_num_threads(threads)
-        shutil.rmtree(staging, ignore_errors=True)
-    return metrics
+    return train_into_new_folder(out, recipe.threads, lambda staging: _train_into(staging, recipe, progress))
 
 
 def _train_into(folder: Path, recipe: TexturesRecipe, progress: bool) -> dict[str, dict]:
@@ -254,15 +239,7 @@ def _train_into(folder: Path, recipe: TexturesRecipe, progress: bool) -> dict[st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m train textures``."""
-    parser.add_argument("--out", type=Path, default=Path("runs/textures"), help="folder to write (replaced)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model initialisations (default 0)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=TexturesRecipe.threads,
-        help="CPU threads of the training process, besides one image-generating process (default 1; "
-        "the same count reproduces the same weights)",
-    )
+    add_world_arguments(parser, Path("runs/textures"), TexturesRecipe.threads)
 
 
 def run(args: argparse.Namespace) -> None:

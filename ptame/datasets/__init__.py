@@ -1,1 +1,2 @@
-"""Generated datasets with ground truth: the shapes world (``ptame.datasets.shapes``)."""
+"""Generated datasets with ground truth: the shapes and textures worlds (``ptame.datasets.shapes``,
+``ptame.datasets.textures``), each a ``WorldImages`` dataset."""

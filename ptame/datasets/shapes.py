@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 import torch
 
+from ptame.datasets.drawing import polygon_area, smooth_noise
+from ptame.datasets.world_images import WorldImages, check_split
+
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "semicircle")
 SPLIT_SEEDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 
@@ -78,11 +81,6 @@ def _semicircle(segments: int = 32) -> np.ndarray:
     return np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 # Each class as its outline, inside the unit circle; and its area at radius 1. Every object is
 # solid (no class has a hole): its mask is where its evidence is, so a map that points at the
 # evidence points at the mask. A ring, an earlier sixth class, is told from a circle by its hole,
@@ -95,7 +93,7 @@ OUTLINES: dict[str, np.ndarray] = {
     "cross": _cross(),
     "semicircle": _semicircle(),
 }
-UNIT_AREAS: dict[str, float] = {name: _polygon_area(outline) for name, outline in OUTLINES.items()}
+UNIT_AREAS: dict[str, float] = {name: polygon_area(outline) for name, outline in OUTLINES.items()}
 
 
 def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -104,12 +102,6 @@ def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
         [rng.uniform(0, 360, count), rng.uniform(0.35, 1.0, count), rng.uniform(0.35, 1.0, count)], axis=1
     ).astype(np.float32)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
-
-
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """(size, size) float32 noise, smooth over ``size / cells`` pixels, roughly in [0, 1]."""
-    coarse = rng.random((cells, cells), dtype=np.float32)
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _composite(image: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
@@ -125,8 +117,8 @@ def _fixed(points: np.ndarray) -> np.ndarray:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(S, S, 3) uint8: two random colours blended by smooth noise, with a finer brightness texture."""
     colours = _random_colours(rng, 2)
-    blend = np.clip(_smooth_noise(rng, size, 4), 0.0, 1.0)[..., None]
-    texture = (_smooth_noise(rng, size, max(size // 8, 2)) - 0.5) * TEXTURE_CONTRAST
+    blend = np.clip(smooth_noise(rng, size, 4), 0.0, 1.0)[..., None]
+    texture = (smooth_noise(rng, size, max(size // 8, 2)) - 0.5) * TEXTURE_CONTRAST
     image = colours[0] + blend * (colours[1] - colours[0]) + texture[..., None]
     return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
 
@@ -202,11 +194,6 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
     return candidates[far_enough[0] if far_enough.size else int(distances.argmax())]
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_SEEDS)}")
-
-
 def shapes_sample(index: int, split: str = "test", size: int = 128) -> ShapeSample:
     """The ``index``-th image of a split, generated deterministically.
 
@@ -222,7 +209,7 @@ def shapes_sample(index: int, split: str = "test", size: int = 128) -> ShapeSamp
         The sample: pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool covering
         3% to 12% of the image.
     """
-    _check_split(split)
+    check_split(split, SPLIT_SEEDS)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     if size < MIN_SIZE:
@@ -241,30 +228,11 @@ def shapes_sample(index: int, split: str = "test", size: int = 128) -> ShapeSamp
     return ShapeSample(pixels=pixels, label=label, mask=torch.from_numpy(alpha >= 0.5))
 
 
-class ShapesDataset(torch.utils.data.Dataset):
+class ShapesDataset(WorldImages):
     """``length`` consecutive images of a split, from index ``start``.
 
     Items are (pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool).
     """
 
     def __init__(self, split: str, length: int, size: int = 128, start: int = 0) -> None:
-        _check_split(split)
-        if length < 1:
-            raise ValueError(f"length must be >= 1, got {length}")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        if size < MIN_SIZE:
-            raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
-        self.split = split
-        self.length = length
-        self.size = size
-        self.start = start
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} images")
-        sample = shapes_sample(self.start + index, self.split, self.size)
-        return sample.pixels, sample.label, sample.mask
+        super().__init__(shapes_sample, split, length, size, start, SPLIT_SEEDS, MIN_SIZE)

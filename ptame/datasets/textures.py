@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from ptame.datasets.drawing import polygon_area, smooth_noise
+from ptame.datasets.world_images import WorldImages, check_split
+
 TEXTURE_CLASSES: tuple[str, ...] = (
     "horizontal stripes",
     "vertical stripes",
@@ -79,12 +82,6 @@ def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """(size, size) float32 noise, smooth over ``size / cells`` pixels, roughly in [0, 1]."""
-    coarse = rng.random((cells, cells), dtype=np.float32)
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
-
-
 def _composite(image: np.ndarray, alpha: np.ndarray, fill: np.ndarray) -> None:
     """Paint ``fill`` ((3,) or (S, S, 3)) over ``image`` (S, S, 3) in place with coverage ``alpha`` (S, S)."""
     image += alpha[..., None] * (fill - image)
@@ -93,8 +90,8 @@ def _composite(image: np.ndarray, alpha: np.ndarray, fill: np.ndarray) -> None:
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(S, S, 3) float32 in [0, 1]: two random colours blended by smooth noise, with a fine grain."""
     colours = _random_colours(rng, 2)
-    blend = np.clip(_smooth_noise(rng, size, int(rng.integers(3, 6))), 0.0, 1.0)[..., None]
-    grain = (_smooth_noise(rng, size, max(size // 6, 2)) - 0.5) * GRAIN_CONTRAST
+    blend = np.clip(smooth_noise(rng, size, int(rng.integers(3, 6))), 0.0, 1.0)[..., None]
+    grain = (smooth_noise(rng, size, max(size // 6, 2)) - 0.5) * GRAIN_CONTRAST
     return np.clip(colours[0] + blend * (colours[1] - colours[0]) + grain[..., None], 0.0, 1.0)
 
 
@@ -111,11 +108,6 @@ def _blob_outline(rng: np.random.Generator) -> np.ndarray:
     return radius[:, None] * np.stack([np.cos(angles), np.sin(angles)], axis=1)
 
 
-def _polygon_area(points: np.ndarray) -> float:
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
 def _place_blob(
     rng: np.random.Generator, size: int, area: float, margin: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -129,7 +121,7 @@ def _place_blob(
         the blob covers.
     """
     unit = _blob_outline(rng)
-    scale = float(np.sqrt(area / _polygon_area(unit)))
+    scale = float(np.sqrt(area / polygon_area(unit)))
     reach = scale * float(np.abs(unit).max()) + margin
     centre = rng.uniform(reach, size - reach, 2) if reach < size / 2 else np.full(2, size / 2)
     points = (unit * scale + centre) * SUPERSAMPLING + (SUPERSAMPLING - 1) / 2
@@ -223,14 +215,9 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
         elif kind == 1:
             pattern = rng.random((size, size), dtype=np.float32) - 0.5
         else:
-            pattern = _smooth_noise(rng, size, max(size // 4, 2)) - 0.5
+            pattern = smooth_noise(rng, size, max(size // 4, 2)) - 0.5
         fill = colour + 0.15 * pattern[..., None]
         _composite(image, coverage, np.clip(fill, 0.0, 1.0))
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLIT_SEEDS:
-        raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_SEEDS)}")
 
 
 def textures_sample(index: int, split: str = "test", size: int = 96) -> TextureSample:
@@ -248,7 +235,7 @@ def textures_sample(index: int, split: str = "test", size: int = 96) -> TextureS
         The sample: pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool covering
         4% to 15% of the image.
     """
-    _check_split(split)
+    check_split(split, SPLIT_SEEDS)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     if size < MIN_SIZE:
@@ -267,30 +254,11 @@ def textures_sample(index: int, split: str = "test", size: int = 96) -> TextureS
     return TextureSample(pixels=pixels, label=label, mask=torch.from_numpy(alpha >= 0.5))
 
 
-class TexturesDataset(torch.utils.data.Dataset):
-    """``count`` consecutive images of a split, from index ``start``.
+class TexturesDataset(WorldImages):
+    """``length`` consecutive images of a split, from index ``start``.
 
     Items are (pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool).
     """
 
-    def __init__(self, split: str, count: int, size: int = 96, start: int = 0) -> None:
-        _check_split(split)
-        if count < 1:
-            raise ValueError(f"count must be >= 1, got {count}")
-        if start < 0:
-            raise ValueError(f"start must be >= 0, got {start}")
-        if size < MIN_SIZE:
-            raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
-        self.split = split
-        self.count = count
-        self.size = size
-        self.start = start
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        if not 0 <= index < self.count:
-            raise IndexError(f"index {index} out of range for {self.count} images")
-        sample = textures_sample(self.start + index, self.split, self.size)
-        return sample.pixels, sample.label, sample.mask
+    def __init__(self, split: str, length: int, size: int = 96, start: int = 0) -> None:
+        super().__init__(textures_sample, split, length, size, start, SPLIT_SEEDS, MIN_SIZE)
