@@ -199,3 +199,38 @@ def test_reports_name_folders_relative_to_the_working_directory(
     monkeypatch.chdir(tmp_path)
     assert evaluate.relative_to_cwd(f"local-dir:{tmp_path}/shapes/classifier") == "local-dir:shapes/classifier"
     assert evaluate.relative_to_cwd("org/repo@0123abc") == "org/repo@0123abc"
+
+
+def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpoint: Path) -> None:
+    """Batches of 3 and 1 images: each row must be the mean over the 4 images (not of the batch
+    means), with AD in percent as computed and IC the percentage of images whose probability rises."""
+    from ptame.datasets.shapes import shapes_sample
+    from ptame.metrics import ad_ic, deletion_insertion
+    from ptame.methods.grad_cam import grad_cam
+    from ptame.serving.manifest import ModelEntry, load_model
+
+    model = load_model(ModelEntry.from_folder(checkpoint))
+    pixels = torch.stack([shapes_sample(index, "test", SIZE).pixels for index in range(4)])
+    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic", "deletion_insertion"))
+    batches = [(pixels[:3], None, None), (pixels[3:], None, None)]
+    rows, accuracy = evaluate.evaluate(model, iter(batches), settings, torch.device("cpu"))
+    assert accuracy is None and len(rows) == 1 and rows[0]["images"] == 4
+    per_image: dict[str, list[float]] = {}
+    batch_maps = []
+    for batch, _, _ in batches:  # the maps of the same batches (a min-max map can depend on float rounding)
+        with torch.no_grad():
+            batch_maps.append(grad_cam(model.backbone, batch, model.backbone.logits(batch).argmax(dim=1)))
+    all_maps = torch.cat(batch_maps)
+    for image in range(4):
+        one = pixels[image : image + 1]
+        with torch.no_grad():
+            top1 = model.backbone.logits(one).argmax(dim=1)
+        maps = all_maps[image : image + 1]
+        figures = ad_ic(model.backbone, one, maps, top1, (1.0, 0.5, 0.15))
+        curves = deletion_insertion(model.backbone, one, maps, top1, steps=50)
+        for name, value in figures.items():
+            per_image.setdefault(name, []).append(value.item() * (100.0 if name.startswith("ic_") else 1.0))
+        per_image.setdefault("deletion_auc", []).append(curves.deletion_auc.item())
+        per_image.setdefault("insertion_auc", []).append(curves.insertion_auc.item())
+    for name, values in per_image.items():
+        assert rows[0][name] == pytest.approx(sum(values) / 4, rel=1e-4, abs=1e-6), name
