@@ -56,3 +56,15 @@ def test_resize_maps_is_a_half_pixel_bilinear_resize_of_each_map_at_either_rank(
     assert torch.allclose(resize_maps(maps, (12, 15)), expected, atol=1e-6)
     assert torch.allclose(resize_maps(maps[:, 0], (12, 15)), expected[:, 0], atol=1e-6)
     assert resize_maps(maps, (4, 5)) is maps
+
+
+def test_a_constant_map_resized_with_rounding_noise_normalises_to_zeros() -> None:
+    """A 1x1 CAM (a tiny input's last layer) resized to 32x32 is one value: no 0/1 pattern from rounding."""
+    from ptame.maps import normalize_maps
+
+    single = torch.full((3, 1, 1), 0.3342)
+    assert torch.equal(normalize_maps(single, (32, 32)), torch.zeros(3, 32, 32))
+    noisy = torch.full((1, 4, 4), 0.3342) + torch.tensor([0.0, 3e-8]).repeat(8).view(1, 4, 4)
+    assert torch.equal(normalize_maps(noisy), torch.zeros(1, 4, 4))
+    ramp = torch.linspace(0.3, 0.3001, 16).view(1, 4, 4)  # a real, small span is still stretched to [0, 1]
+    assert normalize_maps(ramp).min() == 0 and normalize_maps(ramp).max() == 1
