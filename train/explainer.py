@@ -254,17 +254,15 @@ def save_explainer(explainer: PTAME, folder: Path) -> None:
     replace_folder(staging, folder)
 
 
-def copy_local_folder(spec: str, out: Path, name: str) -> str | None:
-    """Copy a "local-dir:PATH" model folder to ``out/name`` (atomically; kept if it is there).
-
-    Returns:
-        The copy's "local-dir:" spec, or None when ``spec`` is not a local folder.
+def copy_local_folder(spec: str, out: Path, name: str) -> None:
+    """Copy a "local-dir:PATH" model folder to ``out/name`` (atomically; kept if it is there);
+    any other spec is left alone.
 
     Raises:
         FileNotFoundError: PATH is not a folder.
     """
     if not spec.startswith(LOCAL_DIR_PREFIX):
-        return None
+        return
     source = Path(spec.removeprefix(LOCAL_DIR_PREFIX)).expanduser()
     if not source.is_dir():
         raise FileNotFoundError(f"{spec}: {source} is not a folder")
@@ -274,7 +272,6 @@ def copy_local_folder(spec: str, out: Path, name: str) -> str | None:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(source, staging)
         replace_folder(staging, target)
-    return LOCAL_DIR_PREFIX + str(target.resolve())
 
 
 def with_image_size(backbone: Backbone, side: int | None) -> Backbone:
@@ -465,18 +462,16 @@ def finish(
     atomic_write_text(out / RUN_NAME, json.dumps(config, indent=2) + "\n")
     card = model_card(config, str((out / EXPLAINER_FOLDER).resolve()), "apache-2.0", verdict)
     atomic_write_text(out / EXPLAINER_FOLDER / "README.md", card)
-    classifier = args.classifier
-    if (out / CLASSIFIER_FOLDER).is_dir():
-        classifier = f"{LOCAL_DIR_PREFIX}{CLASSIFIER_FOLDER}"
+    self_contained = (out / CLASSIFIER_FOLDER).is_dir()
     entry = manifest_entry(
         key=out.resolve().name,
         display_name=f"{BACKBONE_DISPLAY_NAMES.get(args.classifier, args.classifier)} ({out})",
-        classifier=absolute_source(classifier) if classifier == args.classifier else classifier,
+        classifier=f"{LOCAL_DIR_PREFIX}{CLASSIFIER_FOLDER}" if self_contained else absolute_source(args.classifier),
         explainer=EXPLAINER_FOLDER,
     )
     atomic_write_text(out / MANIFEST_NAME, f"# This run's explainer, for python app.py --manifest.\n{entry}\n")
     print(f"explainer written to {out / EXPLAINER_FOLDER}", file=sys.stderr)
-    if (out / CLASSIFIER_FOLDER).is_dir():
+    if self_contained:
         print(f"open it in the app: python app.py --model-dir {out}", file=sys.stderr)
     else:
         print(f"open it in the app: python app.py --manifest {out / MANIFEST_NAME}", file=sys.stderr)

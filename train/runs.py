@@ -5,10 +5,12 @@ import argparse
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from timm.models import save_for_hf
+from torch import nn
 
 from ptame.files import replace_folder
 
@@ -83,3 +85,32 @@ def add_world_arguments(parser: argparse.ArgumentParser, default_out: Path, defa
         help="CPU threads of the training process, besides one image-generating process (default 1; "
         "the same count reproduces the same weights)",
     )
+
+
+def save_world_network(
+    model: nn.Module,
+    folder: Path,
+    image_size: int,
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    tag: str,
+) -> None:
+    """Save a synthetic world's network in timm's folder format (config.json + model.safetensors),
+    with its class names and preprocessing (square ``image_size`` input, ``mean``/``std``, crop_pct
+    1.0, bilinear) in its pretrained cfg, as ``create_backbone("local-dir:FOLDER")`` reads them."""
+    preprocessing = {
+        "tag": tag,
+        "input_size": (3, image_size, image_size),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": mean,
+        "std": std,
+    }
+    save_for_hf(
+        model.eval(),
+        str(folder),
+        model_config={"label_names": list(class_names), "pretrained_cfg": preprocessing},
+        safe_serialization=True,
+    )
+    (folder / "pytorch_model.bin").unlink(missing_ok=True)

@@ -23,7 +23,6 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -32,7 +31,7 @@ from ptame import PTAME, Backbone, TrainSettings, create_backbone, train_explain
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 from ptame.metrics import ad_ic, energy_pointing_game, pointing_game
 from ptame.perturb import normalize
-from train.runs import add_world_arguments, train_into_new_folder
+from train.runs import add_world_arguments, save_world_network, train_into_new_folder
 
 # Both are ResNet-10-T with a 16-channel stem, of different widths: the classifier has half the
 # standard width, the auxiliary network a quarter.
@@ -207,23 +206,8 @@ def train_network(
 
 
 def save_network(model: nn.Module, folder: Path, image_size: int) -> None:
-    """Save a shapes classifier in timm's folder format (config.json + model.safetensors), with the
-    class names and its preprocessing (input size, shapes mean/std, crop_pct 1.0) in its pretrained cfg."""
-    preprocessing = {
-        "tag": "ptame_shapes",
-        "input_size": (3, image_size, image_size),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": SHAPES_MEAN,
-        "std": SHAPES_STD,
-    }
-    save_for_hf(
-        model.eval(),
-        str(folder),
-        model_config={"label_names": list(SHAPE_CLASSES), "pretrained_cfg": preprocessing},
-        safe_serialization=True,
-    )
-    (folder / "pytorch_model.bin").unlink(missing_ok=True)
+    """Save a shapes network in timm's folder format, with the shapes class names and statistics."""
+    save_world_network(model, folder, image_size, SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, tag="ptame_shapes")
 
 
 @torch.no_grad()

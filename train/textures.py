@@ -22,7 +22,6 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models import save_for_hf
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from ptame import create_backbone
 from ptame.datasets.textures import TEXTURE_CLASSES, TEXTURES_MEAN, TEXTURES_STD, TexturesDataset
 from ptame.perturb import normalize
-from train.runs import add_world_arguments, train_into_new_folder
+from train.runs import add_world_arguments, save_world_network, train_into_new_folder
 from train.shapes import cutout_views, masked_views
 
 # The classifier is a RegNetX-200MF of reduced widths (16, 40, 96, 248 channels); the auxiliary
@@ -134,23 +133,8 @@ def train_network(
 
 
 def save_network(model: nn.Module, folder: Path, image_size: int) -> None:
-    """Save a textures network in timm's folder format (config.json + model.safetensors), with the
-    class names and its preprocessing (input size, textures mean/std, crop_pct 1.0) in its pretrained cfg."""
-    preprocessing = {
-        "tag": "ptame_textures",
-        "input_size": (3, image_size, image_size),
-        "crop_pct": 1.0,
-        "interpolation": "bilinear",
-        "mean": TEXTURES_MEAN,
-        "std": TEXTURES_STD,
-    }
-    save_for_hf(
-        model.eval(),
-        str(folder),
-        model_config={"label_names": list(TEXTURE_CLASSES), "pretrained_cfg": preprocessing},
-        safe_serialization=True,
-    )
-    (folder / "pytorch_model.bin").unlink(missing_ok=True)
+    """Save a textures network in timm's folder format, with the textures class names and statistics."""
+    save_world_network(model, folder, image_size, TEXTURE_CLASSES, TEXTURES_MEAN, TEXTURES_STD, tag="ptame_textures")
 
 
 def network_accuracy(folder: Path, recipe: TexturesRecipe, progress: bool = True) -> float:
