@@ -106,6 +106,64 @@ def test_equal_to_pytorch_grad_cam(method, kind: str) -> None:
     assert_same_maps(ours, reference_maps(method, backbone, pixels, classes))
 
 
+# A model whose classes have their evidence in different places, where a wrong class, channel
+# weighting or resampling changes the maps: on a 4x4 grid (8x8-pixel cells), channels 0-2 detect
+# red, green and blue, channels 3-5 pairs of them; class c weighs channel c up and the other colours
+# down. The image has one 8x8 square of colour c in its own corner cell, so each class's evidence is
+# a different corner (where the two corner conventions of upsampling differ most).
+EVIDENCE_SQUARES = {0: (0, 0), 1: (24, 24), 2: (24, 0)}  # class = colour channel: (top, left) of its square
+SQUARE = 8
+
+
+def evidence_cnn() -> Backbone:
+    """conv 8x8 stride 8 (6 hand-set channels) -> ReLU (the CAM layer) -> average -> 3 logits."""
+    conv = nn.Conv2d(3, 6, SQUARE, stride=SQUARE)
+    linear = nn.Linear(6, 3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(-0.5)
+        for colour in range(3):
+            conv.weight[colour] = -1 / SQUARE**2
+            conv.weight[colour, colour] = 2 / SQUARE**2
+        for channel, (first, second) in enumerate([(0, 1), (1, 2), (0, 2)], start=3):
+            conv.weight[channel, [first, second]] = 1 / SQUARE**2
+        linear.weight.copy_(
+            torch.tensor([[3.0, -1, -1, 0.5, 0, 0.5], [-1, 3, -1, 0.5, 0.5, 0], [-1, -1, 3, 0, 0.5, 0.5]])
+        )
+        linear.bias.zero_()
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+    model.requires_grad_(False).eval()
+    return Backbone("evidence-cnn", model, Preprocessing(SIZE, SIZE), model[1], None, ["red", "green", "blue"])
+
+
+def evidence_image() -> torch.Tensor:
+    """(3, SIZE, SIZE) in [0, 1]: grey, with a saturated square of colour c at EVIDENCE_SQUARES[c]."""
+    pixels = torch.full((3, SIZE, SIZE), 0.5)
+    for colour, (top, left) in EVIDENCE_SQUARES.items():
+        pixels[:, top : top + SQUARE, left : left + SQUARE] = 0.1
+        pixels[colour, top : top + SQUARE, left : left + SQUARE] = 0.95
+    return pixels
+
+
+@pytest.mark.parametrize("method", list(REFERENCES), ids=lambda m: m.__name__)
+def test_each_class_map_shows_its_own_evidence_as_pytorch_grad_cam_does(method) -> None:
+    """By hand: the map of class c is brightest on the square of colour c (its mean there exceeds its
+    mean on any other square by 0.25); and it equals pytorch-grad-cam's. Scoring another class, weighting channels
+    alike or upsampling Score-CAM's masks with the other corner convention breaks one of the two."""
+    backbone = evidence_cnn()
+    pixels = evidence_image().expand(3, -1, -1, -1)
+    classes = torch.arange(3)
+    ours = method(backbone, pixels, classes)
+    for target, saliency in zip(classes.tolist(), ours):
+        means = {
+            colour: float(saliency[top : top + SQUARE, left : left + SQUARE].mean())
+            for colour, (top, left) in EVIDENCE_SQUARES.items()
+        }
+        own = means.pop(target)
+        assert own >= max(means.values()) + 0.25, (target, own, means)
+    assert_same_maps(ours, reference_maps(method, backbone, pixels, classes))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "vit_b_16"])
 def test_paper_backbones_equal_to_pytorch_grad_cam(name: str) -> None:
