@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -368,6 +369,19 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(client: Client
         assert isinstance(raised.value, (AppError, ValueError)), name
     result = named(client.predict(handle_file(shapes_file(images, 207)), "shapes", ["ptame"], api_name="/explain"))
     assert result["overlay:ptame"]["value"] is not None
+
+
+def test_the_server_takes_uploads_up_to_the_limit_and_refuses_one_byte_more(client: Client) -> None:
+    """At the server itself (gradio_client refuses an oversized file before sending it, so the
+    "over the upload limit" case above never reaches the server)."""
+    upload = client.src.rstrip("/") + "/gradio_api/upload"
+    at_limit = httpx.post(upload, files={"files": ("at-limit.png", bytes(MAX_FILE_BYTES), "image/png")}, timeout=120)
+    assert at_limit.status_code == 200, at_limit.text
+    stored = Path(at_limit.json()[0])
+    assert stored.stat().st_size == MAX_FILE_BYTES
+    stored.unlink()
+    over = httpx.post(upload, files={"files": ("over.png", bytes(MAX_FILE_BYTES + 1), "image/png")}, timeout=120)
+    assert over.status_code == 413 and "maximum allowed size" in over.text, over.text
 
 
 def odd_images(folder: Path) -> dict[str, Path]:
