@@ -1,6 +1,8 @@
 """The baselines against pytorch-grad-cam (same model, same input) and against direct computations."""
 
+import dataclasses
 import functools
+import re
 import threading
 
 import numpy as np
@@ -253,6 +255,27 @@ def test_bad_input_is_a_clear_error(pixels, classes, message: str) -> None:
     for method in BASELINES.values():
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             method(backbone, pixels, classes)
+
+
+def test_a_target_layer_that_runs_twice_or_gives_tokens_is_a_clear_error() -> None:
+    torch.manual_seed(0)
+    shared = nn.Conv2d(8, 8, 3, padding=1)  # one module called twice in a forward pass
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), shared, nn.ReLU(), shared, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    ).eval()
+    twice = Backbone("twice-cnn", model, Preprocessing(SIZE, SIZE), shared, None, ["a", "b"])
+    tokens = dataclasses.replace(tiny_vit(), reshape_transform=None)
+    pixels, classes = torch.rand(1, 3, SIZE, SIZE), torch.tensor([1])
+    ran_twice = "the target layer of twice-cnn ran 2 times in one forward pass; CAM methods need a layer that runs once"
+    no_grid = (
+        "the target layer of tiny-vit gives a 3-D output; a (B, C, h, w) map is needed "
+        "(a transformer backbone needs a reshape_transform)"
+    )
+    for method in REFERENCES:
+        with pytest.raises(ValueError, match=re.escape(ran_twice)):
+            method(twice, pixels, classes)
+        with pytest.raises(ValueError, match=re.escape(no_grid)):
+            method(tokens, pixels, classes)
 
 
 def streamed_run(method, backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, list[int], list[tuple]]:

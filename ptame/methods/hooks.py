@@ -83,7 +83,7 @@ def single_output(outputs: list[torch.Tensor], backbone: Backbone) -> torch.Tens
     if len(outputs) != 1:
         raise ValueError(
             f"the target layer of {backbone.name} ran {len(outputs)} times in one forward pass; "
-            "CAM methods need a layer that runs exactly once"
+            "CAM methods need a layer that runs once"
         )
     return outputs[0]
 
