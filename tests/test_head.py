@@ -174,3 +174,56 @@ def test_auxiliary_stays_frozen_in_eval_mode(explainer: PTAME) -> None:
     assert explainer.head.training
     assert not explainer.auxiliary.training
     assert not any(module.training for module in explainer.auxiliary.modules())
+
+
+@pytest.mark.parametrize(
+    ("start", "size", "doublings"),
+    [
+        ((2, 2), (3, 4), 0),  # a x2 step would overshoot the height: one direct resize
+        ((2, 2), (4, 3), 0),  # ... or the width
+        ((2, 2), (4, 5), 1),  # x2 reaches the height exactly, then the width is resized
+        ((2, 2), (5, 4), 1),  # ... the width exactly, then the height
+        ((2, 2), (5, 5), 1),  # a second x2 (8) would overshoot both sides
+        ((4, 2), (8, 5), 1),  # unequal sides: each is checked against its own target
+        ((2, 4), (4, 16), 1),  # the width could take two steps, the height only one
+    ],
+)
+def test_upsampling_takes_x2_steps_while_both_sides_fit_then_one_resize(
+    start: tuple[int, int], size: tuple[int, int], doublings: int
+) -> None:
+    maps = torch.rand(1, 2, *start, generator=torch.Generator().manual_seed(3))
+    want = maps
+    for _ in range(doublings):
+        want = F.interpolate(want, scale_factor=2.0, mode="bilinear", align_corners=False)
+    want = F.interpolate(want, size=size, mode="bilinear", align_corners=False)
+    got = upsample_to_finest(maps, size)
+    assert got.shape == (1, 2, *size)
+    assert relative_error(got, want) < 1e-6
+
+
+def test_the_head_refuses_a_wrong_number_of_feature_levels() -> None:
+    head = AttentionHead([4, 8], num_classes=3)
+    with pytest.raises(ValueError, match="expected 2 feature levels, got 1"):
+        head([torch.rand(1, 4, 8, 8)])
+
+
+def randomise_head_of(head: AttentionHead) -> AttentionHead:
+    """Draw a bare head's parameters from N(0, 0.5^2), so that every level and class contributes."""
+    for parameter in head.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    return head
+
+
+def test_maps_are_at_the_finest_level_whatever_the_order_of_the_levels() -> None:
+    """Levels given coarse first: the maps are still at the resolution of the level with most pixels."""
+    torch.manual_seed(0)
+    head = randomise_head_of(AttentionHead([4, 8], num_classes=3)).eval()
+    coarse, fine = torch.rand(1, 8, 2, 2), torch.rand(1, 4, 4, 4)
+    swapped = AttentionHead([8, 4], num_classes=3).eval()
+    swapped.levels[0].load_state_dict(head.levels[1].state_dict())
+    swapped.levels[1].load_state_dict(head.levels[0].state_dict())
+    with torch.no_grad():
+        swapped.fuser.weight.copy_(torch.cat([head.fuser.weight[:, 4:], head.fuser.weight[:, :4]], dim=1))
+        fine_first, coarse_first = head([fine, coarse]), swapped([coarse, fine])
+    assert coarse_first.shape == fine_first.shape == (1, 3, 4, 4)
+    assert relative_error(coarse_first, fine_first) < 1e-6

@@ -63,3 +63,9 @@ def test_smoothness_loss_by_hand_with_a_border() -> None:
         total += border * sum(value**power for value in edges)
     expected = total / (power * 2)
     assert smoothness_loss(maps, power, border).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_loss_weights_as_a_plain_dict_for_logs() -> None:
+    weights = LossWeights(ce=1.0, area=4.0, smooth=0.01, area_power=0.5, smooth_power=1.0, border=0.0)
+    expected = {"ce": 1.0, "area": 4.0, "smooth": 0.01, "area_power": 0.5, "smooth_power": 1.0, "border": 0.0}
+    assert weights.as_dict() == expected

@@ -68,3 +68,32 @@ def test_a_constant_map_resized_with_rounding_noise_normalises_to_zeros() -> Non
     assert torch.equal(normalize_maps(noisy), torch.zeros(1, 4, 4))
     ramp = torch.linspace(0.3, 0.3001, 16).view(1, 4, 4)  # a real, small span is still stretched to [0, 1]
     assert normalize_maps(ramp).min() == 0 and normalize_maps(ramp).max() == 1
+
+
+def test_normalize_keeps_the_dtype_and_the_precision_of_the_pixels() -> None:
+    """float64 pixels are normalised with float64 mean and std (not float32-rounded), bfloat16 stay bfloat16."""
+    import numpy as np
+
+    pixels = torch.rand(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (pixels.numpy() - np.array(mean).reshape(1, 3, 1, 1)) / np.array(std).reshape(1, 3, 1, 1)
+    out = normalize(pixels, mean, std)
+    assert out.dtype == torch.float64
+    assert np.abs(out.numpy() - expected).max() < 1e-12
+    assert normalize(pixels.to(torch.bfloat16), mean, std).dtype == torch.bfloat16
+
+
+def test_normalize_works_on_the_pixels_device() -> None:
+    """On the meta device (shapes only), a mean or std left on the CPU would be an error."""
+    out = normalize(torch.empty(2, 3, 4, 4, device="meta"), IMAGENET_MEAN, IMAGENET_STD)
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)
+
+
+def test_normalize_maps_scales_each_map_of_a_class_batch_on_its_own() -> None:
+    """(B, K, h, w) maps: each of the B x K maps is min-max normalised over its own pixels only."""
+    from ptame.maps import normalize_maps
+
+    maps = torch.tensor([[[[1.0, 3.0], [5.0, 9.0]], [[-2.0, -1.0], [0.0, 2.0]]]]).repeat(2, 1, 1, 1)
+    maps[1] *= 10
+    expected = torch.tensor([[[[0.0, 0.25], [0.5, 1.0]], [[0.0, 0.25], [0.5, 1.0]]]]).repeat(2, 1, 1, 1)
+    torch.testing.assert_close(normalize_maps(maps), expected)

@@ -1,6 +1,12 @@
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from ptame import PTAME, LossWeights, TrainingDiverged, TrainSettings, train_explainer
 from ptame.perturb import normalize
@@ -184,7 +190,9 @@ def test_resuming_with_the_same_optimizer_and_schedule_matches_an_uninterrupted_
 
 
 def test_a_resumed_run_needs_its_optimizer_and_schedule(classifier: torch.nn.Module, explainer: PTAME) -> None:
-    with pytest.raises(ValueError, match="restored optimizer and scheduler"):
+    with pytest.raises(
+        ValueError, match=r"^a resumed run \(start_step > 0\) needs its restored optimizer and scheduler$"
+    ):
         train_explainer(classifier, explainer, [blob_images(2)], MEAN, STD, start_step=3, progress=False)
 
 
@@ -285,3 +293,235 @@ def test_amp_is_off_on_the_cpu(classifier: torch.nn.Module, explainer: PTAME) ->
     train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(amp=True), progress=False)
     for key, value in explainer.head.state_dict().items():
         assert torch.equal(value, fp32[key]), key
+
+
+def test_the_gatherer_receives_this_processs_own_targets() -> None:
+    """Each process hands its own predictions to the gatherer (``all_gather_targets`` shares them)."""
+    received: list[torch.Tensor] = []
+
+    def gather(targets: torch.Tensor) -> torch.Tensor:
+        received.append(targets.clone())
+        return torch.cat([targets, torch.tensor([4, 2])])
+
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    training_step_loss(FixedPredictions([2, 0]), ClassMaps(), pixels, MEAN, STD, LossWeights(), gather)
+    assert len(received) == 1 and received[0].tolist() == [2, 0]
+
+
+def test_a_record_is_the_loss_of_its_steps_by_hand_with_the_default_recipe(
+    classifier: torch.nn.Module, explainer: PTAME
+) -> None:
+    """lr 0 keeps the fuser at its zero start, so every map is sigmoid(0) = 0.5 and each step's loss is
+    known: the cross-entropy of the classifier on the half-bright image against its own prediction,
+    area (0.5 + 0.0005) ** 0.3, smoothness from the constant maps' edges only. The batches run out before
+    total_steps: the step after the last record is one last record. All in fp32 (no autocast on the CPU)."""
+    batch = blob_images(2)
+    with torch.no_grad():
+        targets = classifier(normalize(batch, MEAN, STD)).argmax(dim=1)
+        ce = torch.nn.functional.cross_entropy(classifier(normalize(batch * 0.5, MEAN, STD)), targets).item()
+        height, width = explainer(batch).shape[-2:]
+    area = 0.5005**0.3
+    edges = (2 * height + 2 * width) * 0.5**2  # the first and last rows and columns of one map
+    smooth = 0.3 * edges * (2 * 2) / (2.0 * 2)  # border 0.3, (b, B) = (2, 2) maps, / (power * b)
+    settings = TrainSettings(lr=0.0, log_every=2)
+    history = train_explainer(classifier, explainer, [batch] * 3, MEAN, STD, settings, total_steps=10, progress=False)
+    assert [record["step"] for record in history] == [2, 3]
+    for record in history:
+        assert record["ce"] == pytest.approx(ce, rel=1e-6)
+        assert record["area"] == pytest.approx(area, rel=1e-6)
+        assert record["smooth"] == pytest.approx(smooth, rel=1e-6)
+        assert record["loss"] == pytest.approx(ce + 4.0 * area + 0.01 * smooth, rel=1e-6)
+
+
+def test_images_per_second_are_the_intervals_images_over_its_wall_time(
+    classifier: torch.nn.Module, explainer: PTAME, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake clock that advances one second per batch drawn: 2 batches of 4 images per interval, 2 s,
+    4 images/s in every interval; on_step gets each record with its step."""
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def batches() -> Iterator[torch.Tensor]:
+        for seed in range(4):
+            now[0] += 1.0
+            yield blob_images(4, seed=seed)
+
+    calls: list[tuple[int, dict[str, float]]] = []
+    history = train_explainer(
+        classifier, explainer, batches(), MEAN, STD, TrainSettings(log_every=2), total_steps=4, progress=False,
+        on_step=lambda step, record: calls.append((step, record)),
+    )  # fmt: skip
+    assert [record["images_per_s"] for record in history] == [4.0, 4.0]
+    assert calls == [(2, history[0]), (4, history[1])]
+
+
+def test_training_stops_at_total_steps_when_there_are_more_batches(
+    classifier: torch.nn.Module, explainer: PTAME
+) -> None:
+    """total_steps is the step to stop after, also in a resumed run (start_step + its remaining steps)."""
+    batches = [blob_images(2, seed=seed) for seed in range(4)]
+    steps: list[int] = []
+    history = train_explainer(
+        classifier, explainer, batches, MEAN, STD, total_steps=2, after_step=steps.append, progress=False
+    )
+    assert steps == [1, 2] and [record["step"] for record in history] == [2]
+    optimizer = make_optimizer(explainer, TrainSettings())
+    scheduler = make_scheduler(optimizer, TrainSettings(), total_steps=3)
+    steps.clear()
+    train_explainer(
+        classifier, explainer, batches[:3], MEAN, STD, start_step=2, total_steps=3, optimizer=optimizer,
+        scheduler=scheduler, after_step=steps.append, progress=False,
+    )  # fmt: skip
+    assert steps == [3]
+
+
+def test_the_progress_bar_shows_the_steps_from_the_start_step_and_the_loss_terms(
+    classifier: torch.nn.Module, explainer: PTAME, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By default a bar (even when stderr is not a terminal): a run resumed at step 2 of 4 ends at 4/4, with
+    the loss terms and images/s; progress=False writes nothing."""
+    batches = [blob_images(2, seed=seed) for seed in range(2)]
+    optimizer = make_optimizer(explainer, TrainSettings())
+    scheduler = make_scheduler(optimizer, TrainSettings(), total_steps=4)
+    options = dict(start_step=2, total_steps=4, optimizer=optimizer, scheduler=scheduler)
+    train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(log_every=1), **options)
+    last = capsys.readouterr().err.rstrip().split("\r")[-1]
+    assert " 4/4 " in last, last
+    for label in ("loss=", "ce=", "area=", "smooth=", "img/s="):
+        assert label in last, (label, last)
+    train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(log_every=1), progress=False, **options)
+    assert capsys.readouterr().err == ""
+
+
+class FakeCompiled(torch.nn.Module):
+    """What torch.compile returns, for the wiring only: calls the module, keeps it as ``_orig_mod``."""
+
+    def __init__(self, module: torch.nn.Module, calls: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self._orig_mod = module
+        self.calls = calls
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        self.calls.append(self._orig_mod)
+        return self._orig_mod(*inputs)
+
+
+@pytest.mark.parametrize("use_compile", [False, True])
+def test_compile_runs_the_classifier_and_the_auxiliary_compiled_and_gives_the_auxiliary_back(
+    classifier: torch.nn.Module, explainer: PTAME, monkeypatch: pytest.MonkeyPatch, use_compile: bool
+) -> None:
+    """settings.compile: torch.compile (here a stand-in) wraps the classifier and the auxiliary network for
+    the run, and the explainer gets its own auxiliary network back; without it nothing is compiled."""
+    calls: list[torch.nn.Module] = []
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(module: torch.nn.Module) -> FakeCompiled:
+        compiled.append(module)
+        return FakeCompiled(module, calls)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    auxiliary = explainer.auxiliary
+    settings = TrainSettings(compile=use_compile, log_every=1)
+    train_explainer(classifier, explainer, [blob_images(2)], MEAN, STD, settings, progress=False)
+    if use_compile:
+        assert compiled == [classifier, auxiliary]
+        assert [module is classifier for module in calls].count(True) == 2  # the clean and the masked images
+        assert [module is auxiliary for module in calls].count(True) == 1
+    else:
+        assert compiled == [] and calls == []
+    assert explainer.auxiliary is auxiliary
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_runs_the_classifier_and_its_images_in_that_layout(
+    classifier: torch.nn.Module, explainer: PTAME, channels_last: bool
+) -> None:
+    """The classifier's first convolution sees images and weights in the layout the settings ask for."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    first_conv = next(module for module in classifier.modules() if isinstance(module, torch.nn.Conv2d))
+    seen: list[tuple[bool, bool]] = []
+    first_conv.register_forward_pre_hook(
+        lambda module, inputs: seen.append(
+            (inputs[0].is_contiguous(memory_format=layout), module.weight.is_contiguous(memory_format=layout))
+        )
+    )
+    settings = TrainSettings(channels_last=channels_last, log_every=1)
+    train_explainer(classifier, explainer, [blob_images(2)], MEAN, STD, settings, progress=False)
+    assert seen[0] == (True, True)  # the clean images and the classifier's weights
+
+
+def test_a_distributed_explainer_of_one_process_trains_as_the_plain_one(
+    classifier: torch.nn.Module, explainer: PTAME, tmp_path: Path
+) -> None:
+    """Wrapped in DistributedDataParallel (gloo, world size 1): targets gathered, terms averaged over the
+    processes, the same head and records as without the wrapper."""
+    batches = [blob_images(4, seed=seed) for seed in range(2)]
+    initial = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    plain = train_explainer(classifier, explainer, batches, MEAN, STD, TrainSettings(log_every=1), progress=False)
+    trained = {key: value.clone() for key, value in explainer.head.state_dict().items()}
+    explainer.head.load_state_dict(initial)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(explainer)
+        history = train_explainer(classifier, wrapped, batches, MEAN, STD, TrainSettings(log_every=1), progress=False)
+    finally:
+        dist.destroy_process_group()
+    for record, want in zip(history, plain, strict=True):
+        for key in ("step", "loss", "ce", "area", "smooth", "lr"):
+            assert record[key] == pytest.approx(want[key], rel=1e-6), key
+    for key, value in explainer.head.state_dict().items():
+        assert torch.allclose(value, trained[key], rtol=1e-5, atol=1e-7), key
+
+
+def tiny_classifier_and_explainer() -> tuple[torch.nn.Module, PTAME]:
+    """The same seeded pair in every process: a ResNet-10t classifier and a test_resnet explainer."""
+    torch.manual_seed(3)
+    classifier = timm.create_model("resnet10t", num_classes=10).eval().requires_grad_(False)
+    return classifier, PTAME(num_classes=10, auxiliary="test_resnet", pretrained_auxiliary=False)
+
+
+def _train_one_share(rank: int, world_size: int, store: str, out: str, batch: torch.Tensor) -> None:
+    """One DistributedDataParallel process: its share of the global batch, twice; a clock of 1 s a batch."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        classifier, explainer = tiny_classifier_and_explainer()
+        now = [0.0]
+        time.perf_counter = lambda: now[0]  # this process only
+
+        def shares() -> Iterator[torch.Tensor]:
+            share = batch.shape[0] // world_size
+            for _ in range(2):
+                now[0] += 1.0
+                yield batch[rank * share : (rank + 1) * share]
+
+        settings = TrainSettings(lr=0.0, log_every=2)
+        wrapped = DistributedDataParallel(explainer)
+        history = train_explainer(classifier, wrapped, shares(), MEAN, STD, settings, total_steps=2, progress=False)
+        torch.save(history, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_global_batchs_loss_by_hand_and_all_their_images(tmp_path: Path) -> None:
+    """Two gloo processes, 2 of the 4 images each, lr 0 (every map stays sigmoid(0) = 0.5): each logs the
+    global batch's terms (cross-entropy over all 4 images, smoothness of (2, 4) maps per process as its
+    targets are gathered) and 8 images / 2 s = 4 images/s for both processes together."""
+    classifier, explainer = tiny_classifier_and_explainer()
+    batch = blob_images(4, size=32)
+    with torch.no_grad():
+        targets = classifier(normalize(batch, MEAN, STD)).argmax(dim=1)
+        ce = torch.nn.functional.cross_entropy(classifier(normalize(batch * 0.5, MEAN, STD)), targets).item()
+        height, width = explainer(batch).shape[-2:]
+    area = 0.5005**0.3
+    smooth = 0.3 * (2 * height + 2 * width) * 0.5**2 * (2 * 4) / (2.0 * 2)  # (b, B) = (2, 4) maps, / (power * b)
+    out = str(tmp_path / "history")
+    torch.multiprocessing.spawn(_train_one_share, args=(2, str(tmp_path / "store"), out, batch), nprocs=2, join=True)
+    for rank in range(2):
+        (record,) = torch.load(f"{out}.{rank}")
+        assert record["step"] == 2 and record["images_per_s"] == 4.0
+        assert record["ce"] == pytest.approx(ce, rel=1e-5)
+        assert record["area"] == pytest.approx(area, rel=1e-6)
+        assert record["smooth"] == pytest.approx(smooth, rel=1e-6)
+        assert record["loss"] == pytest.approx(ce + 4.0 * area + 0.01 * smooth, rel=1e-5)
