@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -196,4 +197,75 @@ def test_missing_tensors_alone_are_refused(saved: Path) -> None:
 def test_a_config_that_is_not_an_object(saved: Path) -> None:
     (saved / "config.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="must hold a JSON object, not list"):
+        PTAME.from_pretrained(saved)
+
+
+def test_checkpoint_files_pass_the_hub_options_for_both_files(saved: Path, tmp_path: Path) -> None:
+    """A repo seeded only in a custom cache and only at a tag: both files need cache_dir and revision."""
+    from ptame.checkpoint import checkpoint_files
+
+    cache = seed_hf_cache(tmp_path / "hf-cache", "someone/explainer", saved, revisions=("v2",))
+    config, weights = checkpoint_files("someone/explainer", cache_dir=cache, revision="v2", local_files_only=True)
+    assert config.read_bytes() == (saved / "config.json").read_bytes()
+    assert weights.read_bytes() == (saved / "model.safetensors").read_bytes()
+
+
+def test_the_weights_metadata_names_the_format_and_the_identity(explainer: PTAME, saved: Path) -> None:
+    """Readers identify a P-TAME head file by its safetensors metadata: format ptame-head-v1 and the identity."""
+    from safetensors import safe_open
+
+    with safe_open(str(saved / "model.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["format"] == "ptame-head-v1"
+    assert metadata["auxiliary"] == explainer.auxiliary_name
+    assert metadata["num_classes"] == "10"
+
+
+def test_head_weights_are_read_onto_the_cpu_by_default(explainer: PTAME, saved: Path) -> None:
+    from ptame.checkpoint import read_head_weights
+
+    expected = explainer.head.state_dict()
+    tensors = read_head_weights(saved / "model.safetensors", explainer.identity(), expected)
+    assert set(tensors) == set(expected)
+    for key, value in tensors.items():
+        assert value.device.type == "cpu" and torch.equal(value, expected[key]), key
+
+
+def test_from_pretrained_passes_its_hub_options_to_the_download(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Hub option reaches the download (a dropped revision would load another version)."""
+    import ptame.explainer
+    from ptame.checkpoint import checkpoint_files
+
+    calls = []
+
+    def recording(source: object, **options: object) -> tuple[Path, Path]:
+        calls.append(options)
+        return checkpoint_files(saved)
+
+    monkeypatch.setattr(ptame.explainer, "checkpoint_files", recording)
+    PTAME.from_pretrained("someone/explainer")
+    PTAME.from_pretrained(
+        "someone/explainer", revision="v2", cache_dir="/cache", force_download=True, token="hf_x", local_files_only=True
+    )
+    defaults = {"revision": None, "cache_dir": None, "force_download": False, "token": None, "local_files_only": False}
+    assert calls == [
+        defaults,
+        {"revision": "v2", "cache_dir": "/cache", "force_download": True, "token": "hf_x", "local_files_only": True},
+    ]
+
+
+@pytest.mark.parametrize("key", ["auxiliary_root", "self"])
+def test_a_config_cannot_set_where_the_auxiliary_network_is_looked_for(saved: Path, key: str) -> None:
+    """auxiliary_root is the checkpoint's own folder, never a value from config.json."""
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, key: "/elsewhere"}))
+    with pytest.raises(CheckpointError, match=re.escape(f"has unknown keys ['{key}']")):
+        PTAME.from_pretrained(saved)
+
+
+def test_a_config_that_describes_no_valid_explainer_is_a_checkpoint_error(saved: Path) -> None:
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "class_names": ["a", "b", "c"]}))
+    message = f"cannot build the explainer described by {saved / 'config.json'}: 3 class names for 10 classes"
+    with pytest.raises(CheckpointError, match=re.escape(message)):
         PTAME.from_pretrained(saved)

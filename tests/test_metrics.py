@@ -1,5 +1,9 @@
 """The metrics on cases whose answers are known: a classifier that only looks at a known object."""
 
+import re
+
+import cv2
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -131,6 +135,7 @@ def test_linear_imputation_noise_is_seeded() -> None:
     pixels = torch.rand(1, 3, SIZE, SIZE)
     removed = torch.rand(1, SIZE, SIZE) < 0.3
     assert torch.equal(impute(pixels, removed, seed=1), impute(pixels, removed, seed=1))
+    assert torch.equal(impute(pixels, removed), impute(pixels, removed, "linear", seed=0))  # the defaults
     assert not torch.equal(impute(pixels, removed, seed=1), impute(pixels, removed, seed=2))
 
 
@@ -247,14 +252,13 @@ class LinearScore(nn.Module):
         return torch.stack([score, torch.zeros_like(score)], dim=1)
 
 
-def test_deletion_and_insertion_curves_and_areas_by_hand() -> None:
+@pytest.mark.parametrize("map_side", [16, 8], ids=["full-resolution", "half-resolution"])
+def test_deletion_and_insertion_curves_and_areas_by_hand(map_side: int) -> None:
     """Two 16x16 images, 4 steps of 64 pixels, against a direct computation from Petsiuk et al.'s
     definition: pixels in decreasing map order (ties in raster order), deleted to black or inserted
     into the image blurred by OpenCV (11x11 Gaussian, sigma 5, reflected border), the class-0
-    softmax probability after each step, and the trapezoid over the fractions 0, 1/4, ..., 1."""
-    import cv2
-    import numpy as np
-
+    softmax probability after each step, and the trapezoid over the fractions 0, 1/4, ..., 1. An 8x8
+    map ranks the pixels by its bilinear upsampling (OpenCV's, pixel centres)."""
     generator = torch.Generator().manual_seed(5)
     side, steps = 16, 4
     weights = torch.randn(3, side, side, generator=generator) * 0.05
@@ -262,7 +266,7 @@ def test_deletion_and_insertion_curves_and_areas_by_hand() -> None:
     preprocessing = Preprocessing(side, side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     backbone = Backbone("linear", model, preprocessing, model, None, ["scored", "zero"])
     pixels = torch.rand(2, 3, side, side, generator=generator)
-    maps = torch.stack([torch.rand(side, side, generator=generator), torch.rand(side, side, generator=generator)])
+    maps = torch.rand(2, map_side, map_side, generator=generator)
     maps[1] = (maps[1] * 4).floor() / 4  # four levels: ties, broken in raster order
     classes = torch.zeros(2, dtype=torch.long)
 
@@ -273,7 +277,7 @@ def test_deletion_and_insertion_curves_and_areas_by_hand() -> None:
     for image in range(2):
         picture = pixels[image].permute(1, 2, 0).numpy().astype(np.float64)
         blurred = cv2.GaussianBlur(picture, (11, 11), 5.0, borderType=cv2.BORDER_REFLECT_101)
-        values = maps[image].flatten().tolist()
+        values = cv2.resize(maps[image].numpy(), (side, side), interpolation=cv2.INTER_LINEAR).flatten().tolist()
         order = sorted(range(side * side), key=lambda index: (-values[index], index))
         deletion, insertion = [], []
         for step in range(steps + 1):
@@ -310,9 +314,9 @@ def test_pointing_games_check_shapes_and_every_mask() -> None:
                 game(bad_maps, bad_masks)
     one_empty = masks.clone()
     one_empty[1] = False
-    with pytest.raises(ValueError, match="every ground-truth mask must contain at least one pixel"):
+    with pytest.raises(ValueError, match="^every ground-truth mask must contain at least one pixel$"):
         pointing_game(maps, one_empty)
-    with pytest.raises(ValueError, match="needs non-negative maps"):
+    with pytest.raises(ValueError, match="^the energy-based pointing game needs non-negative maps$"):
         energy_pointing_game(maps - 0.5, masks)
 
 
@@ -337,3 +341,184 @@ def test_ad_ic_refuse_fractions_outside_zero_to_one(fraction: float) -> None:
     with pytest.raises(ValueError, match=r"AD/IC fractions must be in \(0, 1\], got"):
         ad_ic(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), (0.5, fraction))
     assert set(ad_ic(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), (1.0,))) == {"ad_100", "ic_100"}
+
+
+def test_pointing_games_refuse_maps_with_a_class_axis() -> None:
+    """(B, K, h, w) maps with (B, H, W) masks: a shape error, even when B matches."""
+    maps, masks = torch.rand(2, 1, 8, 8), torch.ones(2, 8, 8, dtype=torch.bool)
+    for game in (pointing_game, energy_pointing_game):
+        with pytest.raises(ValueError, match=r"maps and masks must be \(B, h, w\) and \(B, H, W\)"):
+            game(maps, masks)
+        with pytest.raises(ValueError, match=r"maps and masks must be \(B, h, w\) and \(B, H, W\)"):
+            game(maps[:, 0], masks[:, None])
+
+
+def test_pointing_game_by_default_needs_the_peak_on_the_object() -> None:
+    """Tolerance 0 unless asked: a peak one pixel beside the object is a miss."""
+    maps, masks = torch.zeros(1, 6, 6), torch.zeros(1, 6, 6, dtype=torch.bool)
+    maps[0, 2, 3] = 1.0
+    masks[0, 2, 2] = True
+    assert pointing_game(maps, masks).tolist() == [False]
+    assert pointing_game(maps, masks, tolerance=1).tolist() == [True]
+
+
+class CountingScore(LinearScore):
+    """LinearScore that records the batch size of every forward pass (8x8 images: the 11x11 blur needs > 5 pixels)."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__(weights)
+        self.batch_sizes: list[int] = []
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(normalized.shape[0])
+        return super().forward(normalized)
+
+
+def counting_backbone(side: int = 8) -> tuple[Backbone, CountingScore]:
+    model = CountingScore(torch.ones(3, side, side) * 0.1).eval()
+    preprocessing = Preprocessing(side, side, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return Backbone("counting", model, preprocessing, model, None, ["scored", "zero"]), model
+
+
+def test_deletion_and_insertion_cost_two_passes_per_step_in_batches_of_batch_size() -> None:
+    """2 images, 2 steps: 2 kinds x 3 steps x 2 images = 12 images, in passes of 5, 5 and 2."""
+    backbone, model = counting_backbone()
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    deletion_insertion(backbone, pixels, torch.rand(2, 8, 8), torch.zeros(2, dtype=torch.long), steps=2, batch_size=5)
+    assert model.batch_sizes == [5, 5, 2]
+
+
+def test_deletion_and_insertion_default_to_50_steps_in_batches_of_64() -> None:
+    """One image: 2 x 51 images, in passes of 64 and 38."""
+    backbone, model = counting_backbone()
+    pixels = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    curves = deletion_insertion(backbone, pixels, torch.rand(1, 8, 8), torch.zeros(1, dtype=torch.long))
+    assert curves.fractions.shape == (51,) and curves.deletion.shape == curves.insertion.shape == (1, 51)
+    assert model.batch_sizes == [64, 38]
+
+
+def test_telea_imputation_is_opencvs_inpainting_of_the_8_bit_image() -> None:
+    """Against OpenCV called directly: the image rounded to 8 bits (black and white pixels included),
+    inpainted by Telea's method with radius 3 where removed, back to [0, 1]; kept pixels unchanged."""
+    generator = torch.Generator().manual_seed(7)
+    pixels = torch.rand(1, 3, 12, 12, generator=generator)
+    pixels[0, :, :3, :3], pixels[0, :, -3:, -3:] = 0.0, 1.0
+    removed = torch.rand(1, 12, 12, generator=generator) < 0.3
+    removed[0, 1, 1] = removed[0, -2, -2] = True
+    as_bytes = np.clip(np.round(pixels[0].permute(1, 2, 0).numpy() * 255), 0, 255).astype(np.uint8)
+    inpainted = cv2.inpaint(as_bytes, removed[0].numpy().astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+    want = torch.where(removed[0], torch.from_numpy(inpainted).permute(2, 0, 1).float() / 255, pixels[0])
+    assert torch.equal(impute(pixels, removed, "telea")[0], want)
+
+
+def test_imputed_values_stay_in_zero_to_one_on_black_and_white_images() -> None:
+    """Noisy linear imputation of a black (white) image is 0 (1) plus noise: clipped into [0, 1]."""
+    removed = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    removed[:, 8:24, 8:24] = True
+    pixels = torch.stack([torch.zeros(3, SIZE, SIZE), torch.ones(3, SIZE, SIZE)])
+    filled = impute(pixels, removed, "linear")
+    assert filled.min() == 0.0 and filled.max() == 1.0
+    inside = filled[:, :, 8:24, 8:24]
+    assert (inside[0] > 0).any() and (inside[1] < 1).any()  # the noise is there, clipped on one side only
+
+
+def test_impute_keeps_an_image_with_nothing_removed() -> None:
+    pixels = torch.rand(3, 3, 8, 8)
+    removed = torch.zeros(3, 8, 8, dtype=torch.bool)
+    removed[1, 2:5, 2:5] = True
+    filled = impute(pixels, removed, "linear")
+    assert filled.shape == pixels.shape
+    assert torch.equal(filled[0], pixels[0]) and torch.equal(filled[2], pixels[2])
+    assert not torch.equal(filled[1], pixels[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_impute_keeps_the_dtype_and_the_kept_pixels_bits(dtype: torch.dtype) -> None:
+    pixels = torch.rand(1, 3, 8, 8, dtype=torch.float64).to(dtype)
+    removed = torch.zeros(1, 8, 8, dtype=torch.bool)
+    removed[0, 2:5, 2:5] = True
+    for imputation in ("linear", "telea"):
+        filled = impute(pixels, removed, imputation)
+        assert filled.dtype == dtype
+        assert torch.equal(filled[0][:, ~removed[0]], pixels[0][:, ~removed[0]])
+
+
+def test_impute_needs_one_mask_per_image_of_its_size() -> None:
+    with pytest.raises(ValueError, match=re.escape("removed must be (B, H, W) = (2, 8, 8), got (2, 8, 9)")):
+        impute(torch.rand(2, 3, 8, 8), torch.zeros(2, 8, 9, dtype=torch.bool))
+
+
+class CornerPixel(nn.Module):
+    """Class 0 when the top-left pixel's red value is above 0.5, else class 1 (normalisation: none)."""
+
+    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
+        score = normalized[:, 0, 0, 0] - 0.5
+        return torch.stack([score, -score], dim=1)
+
+
+def test_road_defaults_are_seeded_noisy_linear_imputation() -> None:
+    """On grey 0.5 images the top-left pixel, once removed, is 0.5 plus the imputation's noise, and
+    the noise alone decides the class. Over 8 images (8 draws of noise): the defaults give the
+    outcomes of linear imputation with seed 0, and seed 1 others."""
+    model = CornerPixel().eval()
+    preprocessing = Preprocessing(8, 8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    backbone = Backbone("corner", model, preprocessing, model, None, ["bright", "dark"])
+    pixels = torch.full((8, 3, 8, 8), 0.5)
+    maps = torch.zeros(8, 8, 8)
+    maps[:, 0, 0] = 1.0  # the most relevant pixel, removed first
+    classes = torch.zeros(8, dtype=torch.long)
+
+    def outcomes(**options: object) -> list[bool]:
+        return road(backbone, pixels, maps, classes, fractions=(0.1,), **options).most_relevant_first[:, 0].tolist()
+
+    default = outcomes()
+    assert default == outcomes(imputation="linear", seed=0)
+    assert default != outcomes(seed=1) and len(set(default)) == 2
+
+
+def test_road_scores_each_image_against_its_own_class() -> None:
+    """Image 0 shows the object (class 0), image 1 shows it dark (class 1): removing the least
+    relevant pixels keeps each image's own class."""
+    backbone, pixels, masks = object_world(batch=2)
+    pixels[1] = pixels[1].clamp(max=0.3)
+    classes = torch.tensor([0, 1])
+    assert backbone.logits(pixels).argmax(dim=1).tolist() == [0, 1]
+    curves = road(backbone, pixels, masks.float(), classes, fractions=(0.1,), imputation="telea")
+    assert curves.least_relevant_first[:, 0].tolist() == [True, True]
+
+
+@pytest.mark.parametrize("fractions", [(), (0.0, 0.5), (0.5, 1.0), (0.3, 0.3)])
+def test_road_fractions_must_be_distinct_increasing_and_inside_zero_to_one(fractions: tuple) -> None:
+    backbone, pixels, masks = object_world()
+    with pytest.raises(ValueError, match=re.escape("ROAD fractions must be distinct, increasing and in (0, 1)")):
+        road(backbone, pixels, masks.float(), torch.zeros(2, dtype=torch.long), fractions=fractions)
+
+
+def test_ad_ic_of_a_low_resolution_map_upsample_it_first() -> None:
+    """By hand, from the protocol: a 16x16 map upsampled by OpenCV (bilinear, pixel centres) to the
+    image's 32x32, the top round(X * 1024) of its pixels kept with their values, the image multiplied
+    by them; against ad_ic given the 16x16 map. Keeping the top X of the 256 cells first, or resampling
+    otherwise, keeps other pixels. (x2: a larger factor makes ties at the image border, which the two
+    orders break differently.)"""
+    generator = torch.Generator().manual_seed(3)
+    model = LinearScore(torch.randn(3, SIZE, SIZE, generator=generator) * 0.05).eval()
+    preprocessing = Preprocessing(SIZE, SIZE, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    backbone = Backbone("linear", model, preprocessing, model, None, ["scored", "zero"])
+    pixels = torch.rand(2, 3, SIZE, SIZE, generator=generator)
+    low = torch.rand(2, SIZE // 2, SIZE // 2, generator=generator)
+    with torch.no_grad():
+        clean = torch.softmax(backbone.logits(pixels), dim=1)
+    classes = clean.argmax(dim=1)
+    results = ad_ic(backbone, pixels, low, classes)
+    for image in range(2):
+        upsampled = cv2.resize(low[image].numpy(), (SIZE, SIZE), interpolation=cv2.INTER_LINEAR).ravel()
+        for fraction in (1.0, 0.5, 0.15):
+            top = np.argsort(-upsampled, kind="stable")[: round(fraction * SIZE * SIZE)]
+            kept = np.zeros(SIZE * SIZE, dtype=np.float32)
+            kept[top] = upsampled[top]
+            masked = pixels[image] * torch.from_numpy(kept.reshape(SIZE, SIZE))
+            target = int(classes[image])
+            o, y = probability(backbone, masked[None], target).item(), clean[image, target].item()
+            percent = round(100 * fraction)
+            assert results[f"ad_{percent}"][image].item() == pytest.approx(max(0.0, y - o) / y * 100, abs=1e-3)
+            assert results[f"ic_{percent}"][image].item() == (o > y)

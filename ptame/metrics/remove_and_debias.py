@@ -78,21 +78,22 @@ def impute(pixels: torch.Tensor, removed: torch.Tensor, imputation: str = "linea
         expected = (pixels.shape[0], *pixels.shape[2:])
         raise ValueError(f"removed must be (B, H, W) = {expected}, got {tuple(removed.shape)}")
     generator = torch.Generator().manual_seed(seed)
-    images = pixels.detach().float().cpu()
+    images = pixels.detach().cpu()
     masks = removed.bool().cpu()
     filled = []
     for image, mask in zip(images, masks):
         if not mask.any():
             filled.append(image)
             continue
+        values = image.float()  # imputed in float32; the kept pixels keep the input's dtype and bits
         if imputation == "linear":
-            noisy = _linear_imputation(image, mask) + LINEAR_NOISE_STD * torch.randn(image.shape, generator=generator)
+            noisy = _linear_imputation(values, mask) + LINEAR_NOISE_STD * torch.randn(values.shape, generator=generator)
         else:
-            as_bytes = (image.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+            as_bytes = (values.permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
             inpainted = cv2.inpaint(as_bytes, mask.numpy().astype(np.uint8) * 255, TELEA_RADIUS, cv2.INPAINT_TELEA)
             noisy = torch.from_numpy(inpainted).permute(2, 0, 1).float() / 255
-        filled.append(torch.where(mask, noisy.clamp(0, 1), image))
-    return torch.stack(filled).to(device=pixels.device, dtype=pixels.dtype)
+        filled.append(torch.where(mask, noisy.clamp(0, 1).to(image.dtype), image))
+    return torch.stack(filled).to(pixels.device)
 
 
 def _linear_imputation(image: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
