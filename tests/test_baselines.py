@@ -22,7 +22,7 @@ from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.hooks import capture_target_layer
 from ptame.methods.rise import rise, rise_grids, rise_masks
-from ptame.methods.score_cam import distinct_channel_maps, score_cam
+from ptame.methods.score_cam import channel_masks, distinct_channel_maps, score_cam
 from ptame.perturb import normalize
 from tests.conftest import run_in_threads
 
@@ -338,6 +338,16 @@ def test_distinct_channel_maps() -> None:
     assert torch.equal(distinct[inverse[2]], torch.zeros(3, 3))
     low, high = activations[4].min(), activations[4].max()
     assert torch.allclose(distinct[inverse[4]], (activations[4] - low) / (high - low))
+
+
+def test_channel_masks_of_a_tiny_span_follow_pytorch_grad_cams_formula() -> None:
+    """(x - min) / (max - min + 1e-8), by hand: a span of 1e-6 peaks at 1e-6 / (1e-6 + 1e-8), and a
+    constant map is all zeros (upsampling a 2x2 map to 2x2 changes nothing)."""
+    maps = torch.tensor([[[0.0, 1e-6], [0.0, 1e-6]], [[0.3, 0.3], [0.3, 0.3]]])
+    masks = channel_masks(maps, (2, 2))
+    assert masks.shape == (2, 1, 2, 2)
+    assert masks[0, 0, :, 1].tolist() == pytest.approx([1e-6 / (1e-6 + 1e-8)] * 2, rel=1e-5)
+    assert masks[0, 0, :, 0].tolist() == [0.0, 0.0] and masks[1].eq(0).all()
 
 
 def test_rise_masks_are_seeded_and_keep_about_p() -> None:
