@@ -2,8 +2,14 @@
 
 import argparse
 import csv
+import inspect
+import itertools
+import math
+import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -11,8 +17,9 @@ import torch
 from PIL import Image
 
 from ptame import PTAME
-from ptame.datasets.shapes import SHAPE_CLASSES
-from tests.conftest import randomise_head, save_timm_checkpoint
+from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
+from ptame.serving.manifest import ModelEntry, load_model
+from tests.conftest import ROOT, randomise_head, save_timm_checkpoint, shapes_file
 from train import evaluate
 
 SIZE = 32
@@ -57,6 +64,7 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
     options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "2", "--batch-size", "2"]
     run_evaluate(*options, "--rise-masks", "8", "--deletion-steps", "2", "--out", str(tmp_path))
     rows = read_rows(tmp_path / "evaluation.csv")
+    assert b"\r" not in (tmp_path / "evaluation.csv").read_bytes()  # plain \n line ends, as evaluation.md
     assert [row["method"] for row in rows] == ["ptame", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise"]
     for row in rows:
         values = {key: float(value) for key, value in row.items() if key != "method"}
@@ -68,6 +76,11 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
             assert 0 <= values[key] <= 1, key
         for key in ("road_morf_10", "road_morf_70", "road_lerf_30", "road_lerf_50"):
             assert 0 <= values[key] <= 1, key
+        for order in ("morf", "lerf"):  # trapezoids through (0, 1), the mean accuracies at 10/30/50/70%, (1, 0)
+            xs = [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
+            ys = [1.0, *(values[f"road_{order}_{percent}"] for percent in (10, 30, 50, 70)), 0.0]
+            area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(5))
+            assert values[f"road_{order}_auc"] == pytest.approx(area, abs=1e-5), order
     markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
     assert "| Method | s / image | AD 100% ↓ |" in markdown and "Energy PG ↑ |" in markdown
     for name in ("P-TAME", "Grad-CAM", "Grad-CAM++", "Score-CAM", "Ablation-CAM", "RISE"):
@@ -79,7 +92,24 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
     assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluation.csv", "evaluation.md"]
 
 
-def test_a_folder_of_images_without_masks(checkpoint: Path, tmp_path: Path) -> None:
+def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make ``run``'s evaluation append the number of images of each batch it gets to the returned list."""
+    batch_sizes: list[int] = []
+    real_evaluate = evaluate.evaluate
+
+    def recording_evaluate(model: object, batches: Iterator[tuple], *args: object, **kwargs: object) -> object:
+        def counted() -> Iterator[tuple]:
+            for batch in batches:
+                batch_sizes.append(batch[0].shape[0])
+                yield batch
+
+        return real_evaluate(model, counted(), *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate", recording_evaluate)
+    return batch_sizes
+
+
+def test_a_folder_of_images_without_masks(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images = tmp_path / "images" / "some_class"
     images.mkdir(parents=True)
     for index in range(3):
@@ -95,10 +125,19 @@ def test_a_folder_of_images_without_masks(checkpoint: Path, tmp_path: Path) -> N
     assert all(row["images"] == "2" for row in rows)
     assert "pointing_game" not in rows[0] and "road_morf_auc" not in rows[0]
     markdown = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert f"; 2 images of {tmp_path / 'images'} (every image, the first ones); device cpu." in markdown
     assert "except: every image (paper: its test subset)." in markdown
     setup = "\n".join(line for line in markdown.splitlines() if not line.startswith("- Protocol:"))
     for absent in ("Pointing", "pointing", "top-1 accuracy", "ROAD", "RISE", "Deletion"):
         assert absent not in setup, absent
+    batch_sizes = record_batch_sizes(monkeypatch)
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "folder", "--images-root", str(tmp_path / "images")),
+        *("--subset", "all", "--batch-size", "2", "--methods", "gradcam", "--metrics", "ad_ic", "--out", str(out)),
+    )
+    assert batch_sizes == [2, 1]
+    markdown = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert f"; 3 images of {tmp_path / 'images'} (every image); device cpu." in markdown
 
 
 def parse(*options: str) -> argparse.Namespace:
@@ -113,6 +152,9 @@ def test_defaults_are_the_papers_protocol() -> None:
     assert args.ad_ic_percents == [100, 50, 15] and args.road_percents == [10, 30, 50, 70]
     assert args.road_imputation == "telea" and args.rise_masks == 8000
     assert "ablationcam" in args.methods and "rise" in args.methods
+    assert args.metrics == ["ad_ic", "road", "deletion_insertion", "pointing"]
+    assert (args.deletion_steps, args.batch_size, args.seed, args.threads) == (50, 16, 0, None)
+    assert (args.device, args.split, args.manifest) == ("cpu", "test", ROOT / "checkpoints" / "manifest.toml")
     settings = evaluate.EvaluationSettings()
     assert settings.ad_ic_fractions == (1.0, 0.5, 0.15) and settings.road_fractions == (0.1, 0.3, 0.5, 0.7)
     assert (settings.road_imputation, settings.rise_masks) == ("telea", 8000)
@@ -122,6 +164,26 @@ def test_defaults_are_the_papers_protocol() -> None:
         "Protocol: the P-TAME paper's (ImageNet val's test subset of 2000 images, AD/IC at 100/50/15%"
     )
     assert "except" not in line
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--data", "shapes", "--out", "out"),  # neither --model nor --checkpoint
+        ("--model", "m", "--checkpoint", "c", "--data", "shapes", "--out", "out"),  # both
+        ("--model", "m", "--out", "out"),  # no --data
+        ("--model", "m", "--data", "shapes"),  # no --out
+        ("--model", "m", "--data", "imagenet", "--out", "out"),
+        ("--model", "m", "--data", "shapes", "--split", "holdout", "--out", "out"),
+        ("--model", "m", "--data", "folder", "--images-root", "val", "--subset", "half", "--out", "out"),
+        ("--model", "m", "--data", "shapes", "--metrics", "accuracy", "--out", "out"),
+        ("--model", "m", "--data", "shapes", "--road-imputation", "zero", "--out", "out"),
+    ],
+)
+def test_missing_and_unknown_options_are_usage_errors(options: tuple[str, ...]) -> None:
+    with pytest.raises(SystemExit) as usage_error:
+        parse(*options)
+    assert usage_error.value.code == 2  # argparse's usage error
 
 
 def test_every_protocol_choice_is_a_flag_and_the_report_says_which(checkpoint: Path, tmp_path: Path) -> None:
@@ -184,13 +246,24 @@ def test_bad_options_are_clear_errors(checkpoint: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "evaluation.csv").exists()
 
 
-def test_markdown_shows_only_the_figures_present() -> None:
-    rows = [{"method": "ptame", "images": 2.0, "seconds_per_image": 0.01234, "ad_100": 12.3456}]
-    markdown = evaluate.markdown_text(rows, ["setup line"])
-    assert "- setup line" in markdown
-    assert "| Method | s / image | AD 100% ↓ |" in markdown
-    assert "| P-TAME | 0.012 | 12.35 |" in markdown
-    assert "IC" not in markdown.split("| Method")[1]
+def test_markdown_is_a_heading_the_setup_list_and_a_table_of_the_figures_present() -> None:
+    """Columns no row has are left out; a row without a figure another row has gets an empty cell."""
+    rows = [
+        {"method": "ptame", "images": 2.0, "seconds_per_image": 0.01234, "ad_100": 12.3456, "ic_100": 50.0},
+        {"method": "gradcam", "images": 2.0, "seconds_per_image": 0.5, "ad_100": 3.0},
+    ]
+    markdown = evaluate.markdown_text(rows, ["setup line", "another line"], ad_ic_percents=(100,))
+    assert markdown == (
+        "## Evaluation\n"
+        "\n"
+        "- setup line\n"
+        "- another line\n"
+        "\n"
+        "| Method | s / image | AD 100% ↓ | IC 100% ↑ |\n"
+        "|---|---:|---:|---:|\n"
+        "| P-TAME | 0.012 | 12.35 | 50.00 |\n"
+        "| Grad-CAM | 0.500 | 3.00 |  |\n"
+    )
 
 
 def test_reports_name_folders_relative_to_the_working_directory(
@@ -204,17 +277,16 @@ def test_reports_name_folders_relative_to_the_working_directory(
 def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpoint: Path) -> None:
     """Batches of 3 and 1 images: each row must be the mean over the 4 images (not of the batch
     means), with AD in percent as computed and IC the percentage of images whose probability rises."""
-    from ptame.datasets.shapes import shapes_sample
     from ptame.methods.grad_cam import grad_cam
     from ptame.metrics import ad_ic, deletion_insertion
-    from ptame.serving.manifest import ModelEntry, load_model
 
     model = load_model(ModelEntry.from_folder(checkpoint))
     pixels = torch.stack([shapes_sample(index, "test", SIZE).pixels for index in range(4)])
     settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic", "deletion_insertion"))
     batches = [(pixels[:3], None, None), (pixels[3:], None, None)]
-    rows, accuracy = evaluate.evaluate(model, iter(batches), settings, torch.device("cpu"))
-    assert accuracy is None and len(rows) == 1 and rows[0]["images"] == 4
+    finished: list[int] = []
+    rows, accuracy = evaluate.evaluate(model, iter(batches), settings, torch.device("cpu"), progress=finished.append)
+    assert accuracy is None and len(rows) == 1 and rows[0]["images"] == 4 and finished == [3, 1]
     per_image: dict[str, list[float]] = {}
     for image in range(4):
         one = pixels[image : image + 1]
@@ -229,3 +301,280 @@ def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpo
         per_image.setdefault("insertion_auc", []).append(curves.insertion_auc.item())
     for name, values in per_image.items():
         assert rows[0][name] == pytest.approx(sum(values) / 4, rel=1e-4, abs=1e-6), name
+
+
+def test_the_setup_lists_every_measured_figure_with_its_settings() -> None:
+    """The report's setup says how each figure was measured, with the settings of this run, and the accuracy."""
+    settings = evaluate.EvaluationSettings(
+        methods=("gradcam", "rise"),
+        ad_ic_percents=(100, 25),
+        road_percents=(20, 60),
+        road_imputation="linear",
+        rise_masks=8,
+        deletion_steps=7,
+    )
+    assert evaluate.setup_description(settings, 87.54, with_masks=True)[1:] == [
+        "Every map explains the classifier's prediction (top-1 accuracy 87.5%).",
+        "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+        "AD / IC: the top 100/25% of the map kept with its soft values; in percent.",
+        "ROAD: area under the accuracy curve at 20%, 60% of the pixels removed (linear imputation), "
+        "end points (0%, 1) and (100%, 0).",
+        "Deletion / insertion: areas under the class-probability curves (7 steps; deleted pixels black, "
+        "inserted onto the blurred image).",
+        "Pointing game: maximum of the map on the object, in percent; with ±15/224: within 15 pixels of it at "
+        "224x224 (Zhang et al.'s tolerance, scaled to the image size); energy-based pointing game (Energy PG): "
+        "share of the map's mass on the object.",
+        "RISE: 8 masks, 7x7 grid, p = 0.5.",
+    ]
+
+
+def test_the_setup_leaves_out_what_was_not_measured() -> None:
+    """Without the pointing metric there is no pointing line, even on images with masks; no labels, no accuracy."""
+    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic",))
+    assert evaluate.setup_description(settings, None, with_masks=True)[1:] == [
+        "Every map explains the classifier's prediction.",
+        "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+        "AD / IC: the top 100/50/15% of the map kept with its soft values; in percent.",
+    ]
+
+
+SIZES_RULE = "--images, --batch-size and --rise-masks must be >= 1"
+ROAD_RULE = "--road-percents must increase within 1..99, got "
+LABELS_RULE = "--labels labels a flat ImageNet val folder: it needs --data folder and --subset val or test"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--images", "0"), SIZES_RULE),
+        (("--batch-size", "0"), SIZES_RULE),
+        (("--rise-masks", "0"), SIZES_RULE),
+        (("--deletion-steps", "0"), "--deletion-steps must be >= 1"),
+        (("--threads", "0"), "--threads must be >= 1"),
+        (("--ad-ic-percents", "50", "101"), "--ad-ic-percents must be in 1..100, got [50, 101]"),
+        (("--road-percents", "0", "50"), ROAD_RULE + "[0, 50]"),
+        (("--road-percents", "50", "100"), ROAD_RULE + "[50, 100]"),
+        (("--road-percents", "10", "10"), ROAD_RULE + "[10, 10]"),
+        (("--data", "folder"), "--data folder needs --images-root"),
+        (("--labels", "labels.csv"), LABELS_RULE),
+        (("--data", "folder", "--images-root", "val", "--subset", "all", "--labels", "labels.csv"), LABELS_RULE),
+    ],
+)
+def test_out_of_range_options_are_refused_with_their_rule(
+    options: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    """Refused before anything is loaded (--model names no manifest entry); the options override --data shapes."""
+    with pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
+        run_evaluate("--model", "unchecked", "--data", "shapes", *options, "--out", str(tmp_path))
+
+
+def test_the_smallest_valid_values_are_accepted(checkpoint: Path, tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        run_evaluate(
+            *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "1", "--batch-size", "1"),
+            *("--methods", "rise", "--rise-masks", "1", "--metrics", "ad_ic", "road", "deletion_insertion"),
+            *("--deletion-steps", "1", "--ad-ic-percents", "1", "100", "--road-percents", "1", "99"),
+            *("--threads", "1", "--out", str(tmp_path)),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = read_rows(tmp_path / "evaluation.csv")
+    assert row["images"] == "1" and {"ad_1", "ic_1", "ad_100", "road_morf_1", "road_lerf_99"} <= set(row)
+
+
+def test_one_deletion_step_scores_the_curves_end_points_only(checkpoint: Path, tmp_path: Path) -> None:
+    """With --deletion-steps 1 the deletion curve is the image, then the all-black image, whatever the map: its area
+    is the mean of the two class probabilities. The report states the steps and the accuracy on the shapes' labels,
+    counted over both batches (3 + 1 images)."""
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "4", "--batch-size", "3"),
+        *("--methods", "gradcam", "ptame", "--metrics", "deletion_insertion", "--deletion-steps", "1"),
+        *("--out", str(tmp_path)),
+    )
+    model = load_model(ModelEntry.from_folder(checkpoint))
+    samples = [shapes_sample(index, "test", SIZE) for index in range(4)]
+    pixels = torch.stack([sample.pixels for sample in samples])
+    with torch.no_grad():
+        image = torch.softmax(model.backbone.logits(pixels), dim=1)
+        classes = image.argmax(dim=1, keepdim=True)
+        black = torch.softmax(model.backbone.logits(torch.zeros_like(pixels)), dim=1)
+    expected = ((image.gather(1, classes) + black.gather(1, classes)) / 2).mean().item()
+    for row in read_rows(tmp_path / "evaluation.csv"):
+        assert set(row) == {"method", "images", "seconds_per_image", "deletion_auc", "insertion_auc"}  # no others
+        assert float(row["deletion_auc"]) == pytest.approx(expected, rel=1e-4), row["method"]
+    accuracy = 100 * sum(int(predicted) == sample.label for predicted, sample in zip(classes[:, 0], samples)) / 4
+    markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
+    assert f" (top-1 accuracy {accuracy:.1f}%)." in markdown and " (1 steps; " in markdown
+
+
+def test_the_seed_draws_rises_masks(checkpoint: Path, tmp_path: Path) -> None:
+    """Another --seed gives RISE other masks, so other figures; the same seed gives the same figures again."""
+
+    def rise_figures(seed: int, out: Path) -> dict[str, str]:
+        run_evaluate(
+            *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "1", "--methods", "rise"),
+            *("--rise-masks", "8", "--metrics", "ad_ic", "--seed", str(seed), "--out", str(out)),
+        )
+        (row,) = read_rows(out / "evaluation.csv")
+        return {key: value for key, value in row.items() if key != "seconds_per_image"}
+
+    first = rise_figures(1, tmp_path / "first")
+    assert rise_figures(1, tmp_path / "again") == first
+    assert rise_figures(0, tmp_path / "other") != first
+
+
+def test_threads_device_and_batch_size_reach_the_computation(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    devices: list[object] = []
+
+    def recording_load_model(entry: ModelEntry, *args: object, **kwargs: object) -> object:
+        devices.append(args[0] if args else kwargs.get("device"))
+        return load_model(entry, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "load_model", recording_load_model)
+    batch_sizes = record_batch_sizes(monkeypatch)
+    threads = torch.get_num_threads()
+    try:
+        run_evaluate(
+            *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "3", "--batch-size", "2"),
+            *("--methods", "gradcam", "--metrics", "ad_ic", "--threads", str(threads + 1), "--device", "cpu"),
+            *("--out", str(tmp_path)),
+        )
+        assert torch.get_num_threads() == threads + 1
+    finally:
+        torch.set_num_threads(threads)
+    assert devices == ["cpu"] and batch_sizes == [2, 1]
+
+
+def test_a_model_is_chosen_by_its_key_in_the_manifest(checkpoint: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(
+        f'[[models]]\nkey = "tiny"\ndisplay_name = "Tiny"\nclassifier = "local-dir:{checkpoint / "classifier"}"\n'
+        f'explainer = "{checkpoint / "explainer"}"\n',
+        encoding="utf-8",
+    )
+    options = ["--manifest", str(manifest), "--data", "shapes", "--images", "1", "--methods", "ptame"]
+    unknown = f"no model 'nope' in {manifest}; known: ['tiny']"
+    with pytest.raises(SystemExit, match=f"^{re.escape(unknown)}$"):
+        run_evaluate("--model", "nope", *options, "--out", str(tmp_path / "out"))
+    run_evaluate("--model", "tiny", *options, "--metrics", "ad_ic", "--out", str(tmp_path / "out"))
+    markdown = (tmp_path / "out" / "evaluation.md").read_text(encoding="utf-8")
+    assert f"Classifier `local-dir:{checkpoint / 'classifier'}`, explainer `{checkpoint / 'explainer'}`;" in markdown
+
+
+def test_the_papers_subset_is_read_with_the_labels_and_a_cut_of_it_is_reported(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--data folder on a flat val with --labels and the default --subset test. The subset's reader is stubbed (the
+    real one needs all 50,000 val images): it must get the labels; the protocol line names a cut of the subset, and
+    nothing when all of it ran."""
+    subset = [shapes_file(tmp_path / "val", index) for index in range(2)]
+    calls: list[tuple[Path, str, Path | None]] = []
+
+    def two_image_subset(root: Path, name: str, labels: Path | None = None) -> list[Path]:
+        calls.append((root, name, labels))
+        return subset
+
+    monkeypatch.setattr(evaluate, "paper_subset", two_image_subset)
+    options = ["--checkpoint", str(checkpoint), "--data", "folder", "--images-root", str(tmp_path / "val")]
+    options += ["--labels", str(tmp_path / "labels.csv"), "--methods", "gradcam", "--metrics", "ad_ic"]
+    run_evaluate(*options, "--out", str(tmp_path / "whole"))
+    run_evaluate(*options, "--images", "1", "--out", str(tmp_path / "cut"))
+    assert calls == [(tmp_path / "val", "test", tmp_path / "labels.csv")] * 2
+    whole = (tmp_path / "whole" / "evaluation.md").read_text(encoding="utf-8")
+    assert f"; 2 images of {tmp_path / 'val'} (the paper's test subset); device cpu." in whole
+    assert "- Protocol: the P-TAME paper's (ImageNet val's test subset of 2000 images, " in whole
+    assert "except" not in whole
+    cut = (tmp_path / "cut" / "evaluation.md").read_text(encoding="utf-8")
+    assert f"; 1 images of {tmp_path / 'val'} (the paper's test subset, the first ones); device cpu." in cut
+    assert "masks) except: the first 1 of the 2 images.\n" in cut
+
+
+def test_pointing_games_on_hand_made_maps(checkpoint: Path) -> None:
+    """Masks of a 6x6 object at rows and columns 10..15 of 32x32 images; ±15/224 at 32 px is round(2.14) = 2 px.
+    Image 0: peak 2 px right of the object (a tolerant hit only), a 0.5 inside: energy 0.5 / 1.5. Image 1: peak
+    inside, a 0.25 outside: energy 1 / 1.25. Images without masks (a folder) get no pointing figures."""
+    model = load_model(ModelEntry.from_folder(checkpoint))
+    masks = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    masks[:, 10:16, 10:16] = True
+    maps = torch.zeros(2, SIZE, SIZE)
+    maps[0, 12, 17], maps[0, 12, 12] = 1.0, 0.5
+    maps[1, 11, 11], maps[1, 0, 0] = 1.0, 0.25
+    pixels, classes = torch.rand(2, 3, SIZE, SIZE), torch.zeros(2, dtype=torch.int64)
+    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("pointing",))
+    totals = evaluate.MethodTotals(seconds=1.0, images=2)
+    evaluate.score_batch(totals, model, pixels, maps, classes, masks, settings)
+    assert totals.means() == pytest.approx(
+        {
+            "images": 2.0,
+            "seconds_per_image": 0.5,
+            "pointing_game": 50.0,
+            "pointing_game_tolerant": 100.0,
+            "energy_pointing_game": (0.5 / 1.5 + 1 / 1.25) / 2,
+        }
+    )
+    without_masks = evaluate.MethodTotals(seconds=1.0, images=2)
+    evaluate.score_batch(without_masks, model, pixels, maps, classes, None, settings)
+    assert without_masks.means() == {"images": 2.0, "seconds_per_image": 0.5}
+
+
+class BrightnessClassifier:
+    """Two classes, logits (-m, m) of the mean pixel m: a darker image looks more like class 0."""
+
+    class_names = ("dark", "bright")
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = pixels.mean(dim=(1, 2, 3))
+        return torch.stack([-mean, mean], dim=1)
+
+
+def test_ad_and_ic_are_in_percent_and_road_gets_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two grey (0.8) images, maps of 0.5 everywhere: AD/IC at 100% halves the mean pixel to 0.4. Class 0 ("dark")
+    gains: IC for that image, no drop; class 1 loses sigmoid(1.6) - sigmoid(0.8) of sigmoid(1.6). ROAD is called
+    with the settings' seed (its noise)."""
+    model = SimpleNamespace(backbone=BrightnessClassifier())
+    pixels, maps, classes = torch.full((2, 3, 8, 8), 0.8), torch.full((2, 8, 8), 0.5), torch.tensor([0, 1])
+    seeds: list[object] = []
+    real_road = evaluate.road
+
+    def recording_road(*args: object, **kwargs: object) -> object:
+        seeds.append(inspect.signature(real_road).bind(*args, **kwargs).arguments.get("seed", "the default"))
+        return real_road(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "road", recording_road)
+    settings = evaluate.EvaluationSettings(
+        methods=("gradcam",), metrics=("ad_ic", "road"), ad_ic_percents=(100,), road_imputation="linear", seed=3
+    )
+    totals = evaluate.MethodTotals()
+    evaluate.score_batch(totals, model, pixels, maps, classes, None, settings)
+    figures = totals.means()
+
+    def sigmoid(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
+    drop = (sigmoid(1.6) - sigmoid(0.8)) / sigmoid(1.6) * 100
+    assert figures["ad_100"] == pytest.approx(drop / 2, rel=1e-5) and figures["ic_100"] == pytest.approx(50.0)
+    assert seeds == [3]
+
+
+def test_seconds_per_image_is_the_map_time_over_the_images(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clock that ticks 1 s per reading: each map computation (one per method and batch) takes 1 s, so two batches
+    of 3 images make 2/3 s per image, one image alone 1 s."""
+    ticks = itertools.count()
+    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    model = load_model(ModelEntry.from_folder(checkpoint))
+    pixels = torch.stack([shapes_sample(index, "test", SIZE).pixels for index in range(3)])
+    settings = evaluate.EvaluationSettings(methods=("gradcam", "gradcam++"), metrics=())
+    cpu = torch.device("cpu")
+    rows, _ = evaluate.evaluate(model, iter([(pixels[:2], None, None), (pixels[2:], None, None)]), settings, cpu)
+    assert [row["seconds_per_image"] for row in rows] == pytest.approx([2 / 3, 2 / 3])
+    rows, _ = evaluate.evaluate(model, iter([(pixels[:1], None, None)]), settings, cpu)
+    assert [row["seconds_per_image"] for row in rows] == pytest.approx([1.0, 1.0])
+
+
+def test_evaluate_refuses_unknown_methods_and_metrics() -> None:
+    settings = evaluate.EvaluationSettings(methods=("gradcam", "lime"), metrics=("ad_ic", "accuracy"))
+    with pytest.raises(ValueError, match=re.escape("unknown methods or metrics ['lime', 'accuracy']; methods: (")):
+        evaluate.evaluate(None, iter([]), settings, torch.device("cpu"))  # type: ignore[arg-type]  # refused first
