@@ -36,11 +36,20 @@ import timm
 import torch
 from PIL import Image
 from timm.models import save_for_hf
+from tqdm import tqdm as tqdm_std
+from tqdm.auto import tqdm as tqdm_auto
 
 from ptame import PTAME
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
 from train import imagenet
 from train import shapes as shapes_recipe
+
+# Progress bars take a lock of this process only. tqdm's default lock includes a semaphore shared
+# with forked processes: mutmut runs each mutant's tests in a fork and kills one that times out,
+# and a fork killed while it held the lock would block every later progress bar (every later
+# mutant's tests would hang until their timeout).
+for bar_class in (tqdm_std, tqdm_auto):
+    bar_class.set_lock(threading.RLock())
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINED_DEMO = ROOT / "checkpoints" / "shapes"  # python -m train shapes --out checkpoints/shapes
