@@ -368,19 +368,27 @@ def test_out_of_range_options_are_refused_with_their_rule(
         run_evaluate("--model", "unchecked", "--data", "shapes", *options, "--out", str(tmp_path))
 
 
-def test_the_smallest_valid_values_are_accepted(checkpoint: Path, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
-    try:
-        run_evaluate(
-            *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "1", "--batch-size", "1"),
-            *("--methods", "rise", "--rise-masks", "1", "--metrics", "ad_ic", "road", "deletion_insertion"),
-            *("--deletion-steps", "1", "--ad-ic-percents", "1", "100", "--road-percents", "1", "99"),
-            *("--threads", "1", "--out", str(tmp_path)),
-        )
-    finally:
-        torch.set_num_threads(threads)
+def recorded_thread_counts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The counts ``torch.set_num_threads`` is called with, recorded and not applied: a thread pool started
+    in the test process would hang the processes mutmut forks from it."""
+    counts: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", counts.append)
+    return counts
+
+
+def test_the_smallest_valid_values_are_accepted(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thread_counts = recorded_thread_counts(monkeypatch)
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "1", "--batch-size", "1"),
+        *("--methods", "rise", "--rise-masks", "1", "--metrics", "ad_ic", "road", "deletion_insertion"),
+        *("--deletion-steps", "1", "--ad-ic-percents", "1", "100", "--road-percents", "1", "99"),
+        *("--threads", "1", "--out", str(tmp_path)),
+    )
     (row,) = read_rows(tmp_path / "evaluation.csv")
     assert row["images"] == "1" and {"ad_1", "ic_1", "ad_100", "road_morf_1", "road_lerf_99"} <= set(row)
+    assert thread_counts == [1]
 
 
 def test_one_deletion_step_scores_the_curves_end_points_only(checkpoint: Path, tmp_path: Path) -> None:
@@ -435,17 +443,13 @@ def test_threads_device_and_batch_size_reach_the_computation(
 
     monkeypatch.setattr(evaluate, "load_model", recording_load_model)
     batch_sizes = record_batch_sizes(monkeypatch)
-    threads = torch.get_num_threads()
-    try:
-        run_evaluate(
-            *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "3", "--batch-size", "2"),
-            *("--methods", "gradcam", "--metrics", "ad_ic", "--threads", str(threads + 1), "--device", "cpu"),
-            *("--out", str(tmp_path)),
-        )
-        assert torch.get_num_threads() == threads + 1
-    finally:
-        torch.set_num_threads(threads)
-    assert devices == ["cpu"] and batch_sizes == [2, 1]
+    thread_counts = recorded_thread_counts(monkeypatch)
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "3", "--batch-size", "2"),
+        *("--methods", "gradcam", "--metrics", "ad_ic", "--threads", "3", "--device", "cpu"),
+        *("--out", str(tmp_path)),
+    )
+    assert devices == ["cpu"] and batch_sizes == [2, 1] and thread_counts == [3]
 
 
 def test_a_model_is_chosen_by_its_key_in_the_manifest(checkpoint: Path, tmp_path: Path) -> None:
