@@ -60,11 +60,17 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> None:
+def test_every_method_and_metric_on_shapes(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Also: --out is created with its parents; the report is printed, then where it was written; a
+    progress bar counts the images."""
+    out = tmp_path / "runs" / "shapes"
     options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "2", "--batch-size", "2"]
-    run_evaluate(*options, "--rise-masks", "8", "--deletion-steps", "2", "--out", str(tmp_path))
-    rows = read_rows(tmp_path / "evaluation.csv")
-    assert b"\r" not in (tmp_path / "evaluation.csv").read_bytes()  # plain \n line ends, as evaluation.md
+    run_evaluate(*options, "--rise-masks", "8", "--deletion-steps", "2", "--out", str(out))
+    printed = capsys.readouterr()
+    rows = read_rows(out / "evaluation.csv")
+    assert b"\r" not in (out / "evaluation.csv").read_bytes()  # plain \n line ends, as evaluation.md
     assert [row["method"] for row in rows] == ["ptame", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise"]
     for row in rows:
         values = {key: float(value) for key, value in row.items() if key != "method"}
@@ -81,7 +87,12 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
             ys = [1.0, *(values[f"road_{order}_{percent}"] for percent in (10, 30, 50, 70)), 0.0]
             area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(5))
             assert values[f"road_{order}_auc"] == pytest.approx(area, abs=1e-5), order
-    markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")
+    markdown = (out / "evaluation.md").read_text(encoding="utf-8")
+    assert printed.out == f"{markdown}\nwrote {out / 'evaluation.csv'} and {out / 'evaluation.md'}\n"
+    assert "evaluate: 100%" in printed.err and " 2/2 " in printed.err
+    setup = markdown.split("\n\n")[1].splitlines()
+    assert setup[0].startswith(f"- Classifier `local-dir:{checkpoint / 'classifier'}`, explainer `")
+    assert any(line.startswith("- Pointing game: ") for line in setup)  # shapes images have object masks
     assert "| Method | s / image | AD 100% ↓ |" in markdown and "Energy PG ↑ |" in markdown
     for name in ("P-TAME", "Grad-CAM", "Grad-CAM++", "Score-CAM", "Ablation-CAM", "RISE"):
         assert f"\n| {name} | " in markdown
@@ -89,7 +100,7 @@ def test_every_method_and_metric_on_shapes(checkpoint: Path, tmp_path: Path) -> 
     protocol = next(line for line in markdown.splitlines() if line.startswith("- Protocol:"))
     assert "except: the shapes world's test split, not ImageNet; RISE with 8 masks (paper 8000)." in protocol
     assert "telea imputation" in markdown
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["evaluation.csv", "evaluation.md"]
+    assert sorted(path.name for path in out.iterdir()) == ["evaluation.csv", "evaluation.md"]
 
 
 def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
