@@ -395,7 +395,7 @@ def test_the_smallest_valid_values_are_accepted(
         *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "1", "--batch-size", "1"),
         *("--methods", "rise", "--rise-masks", "1", "--metrics", "ad_ic", "road", "deletion_insertion"),
         *("--deletion-steps", "1", "--ad-ic-percents", "1", "100", "--road-percents", "1", "99"),
-        *("--threads", "1", "--out", str(tmp_path)),
+        *("--road-imputation", "telea", "--threads", "1", "--out", str(tmp_path)),
     )
     (row,) = read_rows(tmp_path / "evaluation.csv")
     assert row["images"] == "1" and {"ad_1", "ic_1", "ad_100", "road_morf_1", "road_lerf_99"} <= set(row)
