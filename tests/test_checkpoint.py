@@ -15,6 +15,12 @@ from ptame import PTAME, CheckpointError
 from tests.conftest import ROOT, seed_hf_cache
 
 
+def add_to_config(folder: Path, **values: object) -> None:
+    """Rewrite ``folder``'s config.json with ``values`` added (or replacing the same keys)."""
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+
+
 @pytest.fixture
 def saved(explainer: PTAME, tmp_path: Path) -> Path:
     folder = tmp_path / "explainer"
@@ -88,8 +94,7 @@ def test_loads_repo_id_from_seeded_cache_offline(explainer: PTAME, auxiliary_fol
     hub_explainer = PTAME(num_classes=10, auxiliary="resnet18.tv_in1k", pretrained_auxiliary=False)
     hub_explainer.head.load_state_dict(explainer.head.state_dict())
     hub_explainer.save_pretrained(tmp_path / "repo")
-    config_path = tmp_path / "repo" / "config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "pretrained_auxiliary": True}))
+    add_to_config(tmp_path / "repo", pretrained_auxiliary=True)
     seed_hf_cache(cache, "ptame/resnet50-explainer", tmp_path / "repo", revisions=("main", "v1"))
     pixels = torch.rand(1, 3, 64, 64)
     torch.save(pixels, tmp_path / "pixels.pt")
@@ -257,15 +262,13 @@ def test_from_pretrained_passes_its_hub_options_to_the_download(saved: Path, mon
 @pytest.mark.parametrize("key", ["auxiliary_root", "self"])
 def test_a_config_cannot_set_where_the_auxiliary_network_is_looked_for(saved: Path, key: str) -> None:
     """auxiliary_root is the checkpoint's own folder, never a value from config.json."""
-    config = json.loads((saved / "config.json").read_text())
-    (saved / "config.json").write_text(json.dumps({**config, key: "/elsewhere"}))
+    add_to_config(saved, **{key: "/elsewhere"})
     with pytest.raises(CheckpointError, match=re.escape(f"has unknown keys ['{key}']")):
         PTAME.from_pretrained(saved)
 
 
 def test_a_config_that_describes_no_valid_explainer_is_a_checkpoint_error(saved: Path) -> None:
-    config = json.loads((saved / "config.json").read_text())
-    (saved / "config.json").write_text(json.dumps({**config, "class_names": ["a", "b", "c"]}))
+    add_to_config(saved, class_names=["a", "b", "c"])
     message = f"cannot build the explainer described by {saved / 'config.json'}: 3 class names for 10 classes"
     with pytest.raises(CheckpointError, match=re.escape(message)):
         PTAME.from_pretrained(saved)
