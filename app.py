@@ -15,6 +15,8 @@ import atexit
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -69,6 +71,19 @@ PHOTOS_WITHOUT_MODEL = (
 
 
 FileData = dict[str, Any]  # an upload as Gradio sends it when preprocess=False: {"path": ..., ...}
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A new temporary folder, removed when the process exits: normally, on Ctrl-C (SIGINT) or on
+    SIGTERM (how Spaces and containers stop a server; ``main`` turns it into a normal exit)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return Path(folder)
+
+
+def exit_on_signal(signum: int, frame: object) -> None:
+    """A signal handler: exit normally (atexit handlers run), with the shell's status for a signal."""
+    sys.exit(128 + signum)
 
 
 def uploaded_path(upload: FileData | str | None) -> str | None:
@@ -488,7 +503,7 @@ def build_demo(
         downloads: folder of the .npz downloads (default: a new temporary folder).
         cache_examples: compute the shapes examples' results at launch (as a Space does).
     """
-    handlers = Handlers(session, downloads or Path(tempfile.mkdtemp(prefix="ptame-downloads-")))
+    handlers = Handlers(session, downloads or temporary_folder("ptame-downloads-"))
     registry = session.registry
     method_choices = [(method.name, key) for key, method in METHODS.items()]
     with gr.Blocks(title="P-TAME explainer", delete_cache=GRADIO_CACHE_CLEANING) as demo:
@@ -707,10 +722,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             registry.load(DEMO_MODEL)
         except ModelUnavailable as error:
             logger.warning("%s", error)
+    signal.signal(signal.SIGTERM, exit_on_signal)
     if "GRADIO_EXAMPLES_CACHE" not in os.environ:  # fresh per run: never results of older checkpoints
-        cache = tempfile.mkdtemp(prefix="ptame-examples-")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ["GRADIO_EXAMPLES_CACHE"] = cache
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(temporary_folder("ptame-examples-"))
     for problem in problems:
         logger.warning("%s", problem)
     demo = build_demo(ExplainSession(registry, lane_threads=max(1, args.threads)), problems)

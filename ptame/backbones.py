@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -19,7 +20,9 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as transforms
 
+from ptame.errors import describe
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ptame.timm_sources import SourceFolder, create_network, locate_network
 
 INTERPOLATIONS = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
 
@@ -134,8 +137,11 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def _timm_backbone(name: str, pretrained: bool, preprocessing: Preprocessing | None = None) -> Backbone:
-    model = _frozen(timm.create_model(name, pretrained=pretrained))
+def _timm_backbone(
+    name: str, pretrained: bool, preprocessing: Preprocessing | None = None, local_files_only: bool = False
+) -> Backbone:
+    files = locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
+    model = _frozen(create_network(files, f"the classifier {describe(name)}"))
     if hasattr(model, "patch_embed") and hasattr(model, "blocks"):
         target_layer = model.blocks[-1].norm1
         reshape = functools.partial(
@@ -154,18 +160,19 @@ def _timm_backbone(name: str, pretrained: bool, preprocessing: Preprocessing | N
     )
 
 
-def _vgg16(pretrained: bool) -> Backbone:
-    backbone = _timm_backbone("vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING)
+def _vgg16(pretrained: bool, local_files_only: bool) -> Backbone:
+    backbone = _timm_backbone("vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only)
     # The last ReLU of conv5_3 (14x14 at 224): the layer of the Grad-CAM paper, before the pool.
     backbone.target_layer = backbone.model.features[29]
     return backbone
 
 
-def _resnet50(pretrained: bool) -> Backbone:
-    return _timm_backbone("resnet50.tv_in1k", pretrained, PAPER_PREPROCESSING)
+def _resnet50(pretrained: bool, local_files_only: bool) -> Backbone:
+    return _timm_backbone("resnet50.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only)
 
 
-def _vit_b_16(pretrained: bool) -> Backbone:
+def _vit_b_16(pretrained: bool, local_files_only: bool) -> Backbone:
+    """torchvision's ViT-B/16 (its weights come from torchvision's own download, cached by torch.hub)."""
     weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1 if pretrained else None
     model = _frozen(torchvision.models.vit_b_16(weights=weights))
     return Backbone(
@@ -181,7 +188,7 @@ def _vit_b_16(pretrained: bool) -> Backbone:
 # The paper's classifiers, with the exact weights their explainers are trained for:
 # timm's vgg16.tv_in1k and resnet50.tv_in1k hold torchvision's IMAGENET1K_V1 tensors; no timm
 # tag holds torchvision's ViT-B/16 weights, so that one comes from torchvision.
-PAPER_BACKBONES: dict[str, Callable[[bool], Backbone]] = {
+PAPER_BACKBONES: dict[str, Callable[[bool, bool], Backbone]] = {
     "vgg16": _vgg16,
     "resnet50": _resnet50,
     "vit_b_16": _vit_b_16,
@@ -244,7 +251,7 @@ def _user_backbone(spec: str) -> Backbone:
     )
 
 
-def create_backbone(name: str, pretrained: bool = True) -> Backbone:
+def create_backbone(name: str, pretrained: bool = True, local_files_only: bool = False) -> Backbone:
     """Build a classifier by name.
 
     Args:
@@ -256,16 +263,21 @@ def create_backbone(name: str, pretrained: bool = True) -> Backbone:
             Grad-CAM's target layer is the model's last Conv2d.
         pretrained: load the weights (False: random initialisation, builds offline); a user's
             function builds its model as it likes.
+        local_files_only: read local folders and the local Hugging Face cache only (offline),
+            for this call alone.
 
     Returns:
         The backbone, frozen, in eval mode, on the CPU.
 
     Raises:
         ValueError: a "MODULE:FUNCTION" that cannot be imported or returns something else.
+        CheckpointError: a timm name, Hub repo or folder that cannot be used: unknown, missing
+            files (weights are read from safetensors only), a config over the size its weights
+            hold (``ptame.timm_sources``).
     """
     builder = PAPER_BACKBONES.get(name)
     if builder is not None:
-        return builder(pretrained)
+        return builder(pretrained, local_files_only)
     if USER_FUNCTION.fullmatch(name):
         return _user_backbone(name)
-    return _timm_backbone(name, pretrained)
+    return _timm_backbone(name, pretrained, local_files_only=local_files_only)

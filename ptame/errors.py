@@ -3,11 +3,41 @@
 Catch ``PtameError`` for all of them, or the builtin (``ValueError`` for bad input, ``LookupError``
 for a model that is not there, ``RuntimeError`` for a failure while running). Messages are written
 for the person who gave the input: they say what is wrong and, where it helps, what to do.
+
+A message is at most ``MAX_MESSAGE_CHARS`` long, whatever a file or a server put into it (an app
+shows it to every visitor): ``str(error)`` is that short form, ``error.details`` the whole message
+(at most ``MAX_DETAILS_CHARS``), for logs.
 """
+
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAILS_CHARS = 20_000
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` if it has at most ``limit`` (>= 40) characters, else its start and how much was cut,
+    in at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    kept = max(limit - 40, 0)  # room for the note
+    return text[:kept] + f"… [{len(text) - kept} more characters]"
+
+
+def describe(value: object, limit: int = 80) -> str:
+    """A value from an untrusted file as a message may quote it: its repr, at most ``limit`` characters."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # a deeply nested value; ints of over 4300 digits
+        text = f"<{type(value).__name__}>"
+    return shorten(text, limit)
 
 
 class PtameError(Exception):
-    """The base of ptame's errors."""
+    """The base of ptame's errors; its message is bounded (``shorten``), the whole one in ``details``."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        text = str(message)
+        self.details = shorten(text, MAX_DETAILS_CHARS)
+        super().__init__(shorten(text), *args)
 
 
 class CheckpointError(PtameError, RuntimeError):

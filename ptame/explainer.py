@@ -3,20 +3,27 @@
 from collections.abc import Sequence
 from pathlib import Path
 
-import timm
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
-from ptame.checkpoint import WEIGHTS_NAME, checkpoint_files, read_config, read_head_weights, write_head_weights
-from ptame.errors import CheckpointError
+from ptame.checkpoint import (
+    WEIGHTS_NAME,
+    checkpoint_files,
+    read_config,
+    read_head_header,
+    read_head_weights,
+    write_head_weights,
+)
+from ptame.errors import CheckpointError, describe
 from ptame.head import AttentionHead
+from ptame.hub import is_folder_source
 from ptame.maps import normalize_maps
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
+from ptame.timm_sources import LOCAL_DIR_PREFIX, SourceFolder, create_network, locate_network
 
 CUSTOM_PREFIX = "custom:"
-LOCAL_DIR_PREFIX = "local-dir:"
 PROBE_SIZE = 64  # side of the dummy image that reveals a custom auxiliary network's channels
 
 
@@ -33,29 +40,41 @@ def _custom_module_error(value: str) -> nn.Module:
     )
 
 
+def _source_folder(root: str | Path | SourceFolder | None) -> SourceFolder | None:
+    if root is None or isinstance(root, SourceFolder):
+        return root
+    return SourceFolder(Path(root))
+
+
 def build_auxiliary(
-    name: str, feature_levels: Sequence[int], pretrained: bool, folder: str | Path | None = None
+    name: str, feature_levels: Sequence[int], pretrained: bool, source: str | Path | SourceFolder | None = None
 ) -> nn.Module:
     """A timm model as a multi-level feature extractor.
 
     Args:
         name: a timm model name ("resnet18.tv_in1k"), "hf-hub:org/name", or
-            "local-dir:PATH" (a relative PATH is taken from ``folder``).
+            "local-dir:PATH" (a relative PATH is taken from ``source``).
         feature_levels: timm ``out_indices`` (1..4 = ResNet layer1..layer4).
-        pretrained: load the weights named by ``name``.
-        folder: the explainer checkpoint's folder, for relative local-dir paths.
+        pretrained: load the weights named by ``name`` (from safetensors only).
+        source: where the name was written: the explainer checkpoint's folder (relative
+            local-dir paths start there), or a ``SourceFolder`` (a Hub repo's paths stay inside
+            it; offline reading); None: the working directory.
 
     Returns:
         A frozen module in eval mode mapping normalised (B, 3, H, W) images to a list of
         (B, c_l, h_l, w_l) maps. Its BatchNorm layers are folded into the preceding convolutions
         (torch.fx): the same function up to float rounding, ~1 ms faster per image on CPU.
+
+    Raises:
+        CheckpointError: a custom network's name, a name or path that cannot be used, a network
+            over its budget (``ptame.timm_sources.create_network``), or weights that do not fit.
     """
     if name.startswith(CUSTOM_PREFIX):
         _custom_module_error(name)
-    if name.startswith(LOCAL_DIR_PREFIX) and folder is not None:
-        path = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser()
-        name = LOCAL_DIR_PREFIX + str(path if path.is_absolute() else (Path(folder) / path).resolve())
-    model = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=tuple(feature_levels)).eval()
+    files = locate_network(name, pretrained, _source_folder(source))
+    model = create_network(
+        files, f"the auxiliary network {describe(name)}", features_only=True, out_indices=tuple(feature_levels)
+    ).eval()
     try:
         folded = fold_batchnorm(model)
     except (torch.fx.proxy.TraceError, TypeError, RuntimeError):
@@ -92,8 +111,12 @@ class PTAME(
         pretrained_auxiliary: load the named network's weights (False: random, for tests).
         class_names: optional K display names.
         auxiliary_root: the folder a relative "local-dir:" auxiliary path starts from, saved
-            relative (``from_pretrained`` uses the checkpoint's folder). Default: the current
-            directory, and the path is saved absolute. Not saved itself.
+            relative (``from_pretrained`` passes the checkpoint's ``SourceFolder``: a Hub repo's
+            paths stay inside it). Default: the current directory, and the path is saved
+            absolute. Not saved itself.
+        head_channels: the channels per level that the head must have (``from_pretrained``
+            passes its weights file's): the auxiliary network must give exactly these, checked
+            before the head is built. None: whatever it gives. Not saved.
     """
 
     def __init__(
@@ -105,7 +128,8 @@ class PTAME(
         auxiliary_std: Sequence[float] | None = None,
         pretrained_auxiliary: bool = True,
         class_names: Sequence[str] | None = None,
-        auxiliary_root: str | Path | None = None,
+        auxiliary_root: str | Path | SourceFolder | None = None,
+        head_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
@@ -128,9 +152,16 @@ class PTAME(
         self.auxiliary_mean = tuple(auxiliary_mean or config.get("mean", IMAGENET_MEAN))
         self.auxiliary_std = tuple(auxiliary_std or config.get("std", IMAGENET_STD))
         self.class_names = list(class_names) if class_names is not None else None
-        self.head = AttentionHead(self._auxiliary_channels(), num_classes)
+        channels = self._auxiliary_channels()
+        if head_channels is not None and tuple(channels) != tuple(head_channels):
+            raise CheckpointError(
+                f"the auxiliary network {describe(self.auxiliary_name)} gives {len(channels)} feature levels of "
+                f"{tuple(channels)} channels, the head's weights expect {tuple(head_channels)}"
+            )
+        self.head = AttentionHead(channels, num_classes)
         if self._hub_mixin_config is not None:
             self._hub_mixin_config.pop("auxiliary_root", None)
+            self._hub_mixin_config.pop("head_channels", None)
             self._hub_mixin_config["auxiliary"] = self.auxiliary_name
             self._hub_mixin_config["auxiliary_mean"] = list(self.auxiliary_mean)
             self._hub_mixin_config["auxiliary_std"] = list(self.auxiliary_std)
@@ -213,6 +244,28 @@ class PTAME(
         """Write the head's weights, with the explainer's identity as metadata (the Hub mixin writes config.json)."""
         write_head_weights(Path(save_directory) / WEIGHTS_NAME, self.head.state_dict(), self.identity())
 
+    def check_probe(self) -> None:
+        """Refuse an explainer whose maps are not finite on a probe image (NaN or huge weights,
+        statistics or normalisation values that passed every other check).
+
+        The probe: seeded uniform noise at the auxiliary network's input size (64 pixels for a
+        network that declares none; at most 256).
+
+        Raises:
+            CheckpointError: NaN or infinite raw maps.
+        """
+        input_size = (getattr(self.auxiliary, "pretrained_cfg", None) or {}).get("input_size") or (3, PROBE_SIZE)
+        side = min(int(max(input_size[1:])), 256)
+        device = next(self.head.parameters()).device
+        probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            maps = self(probe)
+        if not torch.isfinite(maps).all():
+            raise CheckpointError(
+                "this explainer's maps of a probe image are NaN or infinite: its weights, BatchNorm "
+                "statistics or normalisation values cannot give usable maps"
+            )
+
     @classmethod
     def from_pretrained(
         cls,
@@ -228,10 +281,19 @@ class PTAME(
     ) -> "PTAME":
         """Load an explainer from a local folder or a Hub repo (config.json + model.safetensors).
 
+        Everything is checked before it is built: config.json's values against their types and
+        bounds, and against the weights file's header (class count, levels, channels), read
+        without loading a tensor; the auxiliary network within the budget of its own weights
+        (``ptame.timm_sources``). A Hub repo's config may name its auxiliary network by a timm
+        name, "hf-hub:ORG/NAME", or "local-dir:SUBFOLDER" of the same repo (fetched at the same
+        revision), never a path outside it. The loaded explainer must give finite maps on a
+        probe image (``check_probe``).
+
         Args:
             pretrained_model_name_or_path: folder, or Hub repo id.
             revision: branch, tag or commit of a Hub repo.
-            cache_dir, force_download, token, local_files_only: as in ``hf_hub_download``.
+            cache_dir, force_download, token, local_files_only: as in ``hf_hub_download``;
+                ``local_files_only`` also holds for the auxiliary network's files.
             map_location: device of the loaded weights.
             model_kwargs: override config.json values (e.g. ``auxiliary=my_module``).
 
@@ -239,25 +301,42 @@ class PTAME(
             The explainer, in eval mode.
 
         Raises:
-            CheckpointError: files missing or unreadable, or weights that do not match the
-                explainer the config describes (names the mismatching part).
+            CheckpointError: files missing or unreadable, a config out of bounds, weights that
+                do not match the explainer the config describes (names the mismatching part),
+                or maps that are not finite. Every failure is a CheckpointError.
         """
+        source = str(pretrained_model_name_or_path)
+        hub_options = {"cache_dir": cache_dir, "force_download": force_download, "token": token}
         config_path, weights_path = checkpoint_files(
-            pretrained_model_name_or_path,
+            pretrained_model_name_or_path, revision=revision, local_files_only=local_files_only, **hub_options
+        )
+        allowed = set(cls._hub_mixin_init_parameters) - {"self", "auxiliary_root", "head_channels"}
+        config = read_config(config_path, allowed)
+        described = {**config, **model_kwargs}
+        named = isinstance(described.get("auxiliary", ""), str) and not described.get("auxiliary", "").startswith(
+            CUSTOM_PREFIX
+        )
+        channels = read_head_header(
+            weights_path,
+            described.get("num_classes", 1000),
+            described.get("feature_levels", (1, 2, 3, 4)) if named else None,
+        )
+        root = SourceFolder(
+            path=weights_path.parent,
+            hub_repo=None if is_folder_source(source) else source,
             revision=revision,
-            cache_dir=cache_dir,
-            force_download=force_download,
-            token=token,
             local_files_only=local_files_only,
         )
-        config = read_config(config_path, set(cls._hub_mixin_init_parameters) - {"self", "auxiliary_root"})
         try:
-            model = cls(**{"auxiliary_root": weights_path.parent, **config, **model_kwargs})
+            model = cls(**{"auxiliary_root": root, "head_channels": channels, **config, **model_kwargs})
+            model.head.load_state_dict(
+                read_head_weights(weights_path, model.identity(), model.head.state_dict(), map_location)
+            )
+            model.eval().check_probe()
         except CheckpointError:
             raise
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"cannot build the explainer described by {config_path}: {error}") from error
-        model.head.load_state_dict(
-            read_head_weights(weights_path, model.identity(), model.head.state_dict(), map_location)
-        )
-        return model.eval()
+        except Exception as error:  # noqa: BLE001 - whatever a config makes timm or torch raise is a CheckpointError
+            raise CheckpointError(
+                f"cannot build the explainer described by {config_path}: {type(error).__name__}: {error}"
+            ) from error
+        return model

@@ -12,9 +12,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ptame.errors import CheckpointError
+from ptame.errors import CheckpointError, describe, shorten
 
 HUB_TIMEOUT_S = 10.0  # per request to the Hub; an unreachable Hub fails after this, no hang
+
+
+def is_folder_source(source: str | Path) -> bool:
+    """Whether a checkpoint source is a local folder (an existing path, or one starting with ".",
+    "/" or "~"); anything else is a Hub repo id."""
+    text = str(source)
+    return text.startswith((".", "/", "~")) or Path(text).expanduser().exists()
 
 
 def resolve_file(
@@ -32,7 +39,7 @@ def resolve_file(
     Args:
         source: a local folder, or a Hub repo id ("org/name"). A path that exists on disk, or
             that starts with ".", "/" or "~", is a folder; anything else is a repo id.
-        filename: the file inside it, e.g. "config.json".
+        filename: the file inside it, e.g. "config.json" or "auxiliary/model.safetensors".
         revision: branch, tag or commit of a Hub repo (pin a commit for reproducibility).
         cache_dir, force_download, token, local_files_only: as in ``hf_hub_download``. With
             ``HF_HUB_OFFLINE=1`` only the local Hugging Face cache is read.
@@ -45,14 +52,14 @@ def resolve_file(
     """
     text = str(source)
     folder = Path(text).expanduser()
-    if folder.exists() or text.startswith((".", "/", "~")):
+    if is_folder_source(source):
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint folder {folder} does not exist")
         path = folder / filename
         if not path.is_file():
             raise CheckpointError(f"checkpoint folder {folder} has no {filename}")
         return path
-    where = f"Hub repo {text}" + (f" at revision {revision}" if revision else "")
+    where = f"Hub repo {shorten(text, 200)}" + (f" at revision {shorten(revision, 100)}" if revision else "")
     try:
         return Path(
             hf_hub_download(
@@ -67,7 +74,7 @@ def resolve_file(
             )
         )
     except HFValidationError as error:
-        raise CheckpointError(f"{text!r} is neither an existing folder nor a valid Hub repo id: {error}") from error
+        raise CheckpointError(f"{describe(text)} is neither an existing folder nor a valid Hub repo id: {error}") from error
     except LocalEntryNotFoundError as error:
         raise CheckpointError(
             f"{filename} of {where} is not in the local Hugging Face cache and the Hub cannot be "

@@ -239,19 +239,25 @@ def test_head_weights_are_read_onto_the_cpu_by_default(explainer: PTAME, saved: 
 def test_from_pretrained_passes_its_hub_options_to_the_download(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every Hub option reaches the download (a dropped revision would load another version)."""
     import ptame.explainer
-    from ptame.checkpoint import checkpoint_files
 
     calls = []
 
     def recording(source: object, **options: object) -> tuple[Path, Path]:
         calls.append(options)
-        return checkpoint_files(saved)
+        raise CheckpointError("recorded")
 
     monkeypatch.setattr(ptame.explainer, "checkpoint_files", recording)
-    PTAME.from_pretrained("someone/explainer")
-    PTAME.from_pretrained(
-        "someone/explainer", revision="v2", cache_dir="/cache", force_download=True, token="hf_x", local_files_only=True
-    )
+    with pytest.raises(CheckpointError, match="recorded"):
+        PTAME.from_pretrained("someone/explainer")
+    with pytest.raises(CheckpointError, match="recorded"):
+        PTAME.from_pretrained(
+            "someone/explainer",
+            revision="v2",
+            cache_dir="/cache",
+            force_download=True,
+            token="hf_x",
+            local_files_only=True,
+        )
     defaults = {"revision": None, "cache_dir": None, "force_download": False, "token": None, "local_files_only": False}
     assert calls == [
         defaults,
@@ -269,6 +275,6 @@ def test_a_config_cannot_set_where_the_auxiliary_network_is_looked_for(saved: Pa
 
 def test_a_config_that_describes_no_valid_explainer_is_a_checkpoint_error(saved: Path) -> None:
     add_to_config(saved, class_names=["a", "b", "c"])
-    message = f"cannot build the explainer described by {saved / 'config.json'}: 3 class names for 10 classes"
+    message = f"{saved / 'config.json'}: class_names must be null or one name per class (10), got ['a', 'b', 'c']"
     with pytest.raises(CheckpointError, match=re.escape(message)):
         PTAME.from_pretrained(saved)

@@ -105,7 +105,7 @@ def test_the_explainer_is_optional_and_domain_and_image_size_are_read(tmp_path: 
         ("models = ['demo']", "model 1 must be a \\[\\[models\\]\\] table"),
         (ONE_MODEL + "colour = 'red'", "unknown fields \\['colour'\\]"),
         (ONE_MODEL.replace('display_name = "Demo"', ""), "lacks the fields \\['display_name'\\]"),
-        (ONE_MODEL.replace('"Demo"', "3"), "display_name must be a non-empty string, got 3"),
+        (ONE_MODEL.replace('"Demo"', "3"), "display_name must be a non-empty string of at most 1000 characters, got 3"),
         (ONE_MODEL.replace('"Demo"', '"  "'), "display_name must be a non-empty string"),
         (ONE_MODEL.replace('"demo"', '"my demo"'), "key 'my demo' may hold only"),
         (ONE_MODEL + ONE_MODEL, "repeats the keys \\['demo'\\]"),
@@ -115,7 +115,7 @@ def test_the_explainer_is_optional_and_domain_and_image_size_are_read(tmp_path: 
             "explainer_revision is given without an explainer",
         ),
         (ONE_MODEL + "domain = ''", "domain must be a non-empty string"),
-        (ONE_MODEL + "domain = 3", "domain must be a non-empty string, got 3"),
+        (ONE_MODEL + "domain = 3", "domain must be a non-empty string of at most 1000 characters, got 3"),
         (ONE_MODEL + "image_size = 0", "image_size must be a positive integer .*, got 0"),
         (ONE_MODEL + "image_size = -128", "image_size must be a positive integer .*, got -128"),
         (ONE_MODEL + "image_size = '128'", "image_size must be a positive integer .*, got '128'"),
@@ -303,15 +303,28 @@ def test_cached_classifier_with_missing_hub_explainer_offline(hub_offline: None,
         load_explainer(entry, "cpu", 10)
 
 
-def test_unreachable_hub_switches_to_the_cache_only_and_restores_the_setting(
+def test_unreachable_hub_reads_the_cache_only_per_call_never_process_wide(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With the Hub unreachable, every download asks for the local cache only (local_files_only),
+    while the process's offline setting, which other threads of a server see, never changes."""
+    import ptame.hub
+
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     monkeypatch.setattr("ptame.serving.manifest.hub_reachable", lambda: False)
+    seen = []
+    download = ptame.hub.hf_hub_download
+
+    def recording(*args: object, **kwargs: object) -> str:
+        seen.append((kwargs["local_files_only"], hub_constants.HF_HUB_OFFLINE))
+        return download(*args, **kwargs)
+
+    monkeypatch.setattr(ptame.hub, "hf_hub_download", recording)
     entry = ModelEntry("r50", "ResNet-50", "resnet50", "ptame/ptame-resnet50", "main")
     with pytest.raises(CheckpointError, match="the Hub is unreachable or offline mode is on"):
         load_model(entry)
+    assert seen and all(only_local and not offline for only_local, offline in seen)
     assert hub_constants.HF_HUB_OFFLINE is False
 
 

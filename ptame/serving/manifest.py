@@ -8,14 +8,11 @@ unavailable); an explainer that fails leaves a classifier-only model (the baseli
 with the reason. Every failure covers an unreachable Hub with nothing cached.
 """
 
-import contextlib
-import json
+import logging
 import re
 import socket
-import threading
 import tomllib
 import urllib.parse
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +22,9 @@ from huggingface_hub import constants as hub_constants
 
 from ptame.backbones import USER_FUNCTION, Backbone, create_backbone
 from ptame.checkpoint import CONFIG_NAME
-from ptame.errors import CheckpointError
+from ptame.errors import CheckpointError, describe, shorten
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
+from ptame.untrusted import read_json_object
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier")
@@ -36,7 +34,9 @@ NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
 HUB_REPO_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # ORG/NAME
 FOLDER_PREFIXES = ("./", "../", "/", "~")  # an explainer value starting so is a folder, else a Hub repo id
 HUB_PROBE_TIMEOUT_S = 3.0  # connecting to the Hub longer than this counts as unreachable
-_offline_lock = threading.Lock()
+logger = logging.getLogger(__name__)
+MAX_MANIFEST_BYTES = 2**20
+MAX_FIELD_CHARS = 1000  # a manifest's strings (keys, names, specs, domains)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,9 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
         raise CheckpointError(f"{where} must be a [[models]] table, not {type(table).__name__}")
     unknown = sorted(set(table) - set(REQUIRED_FIELDS) - set(OPTIONAL_FIELDS))
     if unknown:
-        raise CheckpointError(f"{where} has unknown fields {unknown} (allowed: {[*REQUIRED_FIELDS, *OPTIONAL_FIELDS]})")
+        raise CheckpointError(
+            f"{where} has unknown fields {describe(unknown, 200)} (allowed: {[*REQUIRED_FIELDS, *OPTIONAL_FIELDS]})"
+        )
     missing = [name for name in REQUIRED_FIELDS if name not in table]
     if missing:
         raise CheckpointError(f"{where} lacks the fields {missing}")
@@ -151,12 +153,15 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
         if name == "image_size":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CheckpointError(
-                    f"{where}: image_size must be a positive integer (the side of its square images), got {value!r}"
+                    f"{where}: image_size must be a positive integer (the side of its square images), got {describe(value)}"
                 )
-        elif not isinstance(value, str) or not value.strip():
-            raise CheckpointError(f"{where}: {name} must be a non-empty string, got {value!r}")
+        elif not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_CHARS:
+            raise CheckpointError(
+                f"{where}: {name} must be a non-empty string of at most {MAX_FIELD_CHARS} characters, "
+                f"got {describe(value)}"
+            )
     if not KEY_PATTERN.fullmatch(table["key"]):
-        raise CheckpointError(f"{where}: key {table['key']!r} may hold only letters, digits, '_' and '-'")
+        raise CheckpointError(f"{where}: key {describe(table['key'])} may hold only letters, digits, '_' and '-'")
     where = f"{path}: model {table['key']!r}"
     root = path.parent
     classifier = table["classifier"]
@@ -166,6 +171,11 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
     revision = table.get("explainer_revision")
     if explainer is None and revision is not None:
         raise CheckpointError(f"{where}: explainer_revision is given without an explainer")
+    if explainer is not None and not explainer.startswith(FOLDER_PREFIXES) and not HUB_REPO_PATTERN.fullmatch(explainer):
+        raise CheckpointError(
+            f"{where}: explainer {describe(explainer)} is neither a folder (./PATH, ../PATH, /PATH) "
+            "nor a Hub repo id ORG/NAME"
+        )
     if explainer is not None and explainer.startswith(FOLDER_PREFIXES):
         if revision is not None:
             raise CheckpointError(
@@ -193,14 +203,23 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as error:
-        raise CheckpointError(f"cannot read the model manifest {path}: {error}") from error
+        raise CheckpointError(f"cannot read the model manifest {path}: {error.strerror or error}") from error
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CheckpointError(f"the model manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except RecursionError as error:
+        raise CheckpointError(f"{path} is nested too deeply to be read") from error
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid TOML: {error}") from error
     unknown = sorted(set(document) - {"models"})
     if unknown:
-        raise CheckpointError(f"{path} has unknown top-level keys {unknown}: only [[models]] tables belong there")
+        raise CheckpointError(
+            f"{path} has unknown top-level keys {describe(unknown, 200)}: only [[models]] tables belong there"
+        )
     tables = document.get("models")
     if not isinstance(tables, list) or not tables:
         raise CheckpointError(f"{path} lists no models: add at least one [[models]] table")
@@ -244,8 +263,8 @@ def _explainer_uses_hub(entry: ModelEntry) -> bool:
     if not entry.explainer_is_folder:
         return True
     try:
-        auxiliary = json.loads((Path(entry.explainer) / CONFIG_NAME).read_text(encoding="utf-8")).get("auxiliary", "")
-    except (OSError, ValueError, AttributeError):
+        auxiliary = read_json_object(Path(entry.explainer) / CONFIG_NAME).get("auxiliary", "")
+    except CheckpointError:
         return False  # from_pretrained reports the broken folder
     return not str(auxiliary).startswith((LOCAL_DIR_PREFIX, "custom:"))
 
@@ -266,22 +285,6 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """huggingface_hub's offline mode (the local cache only, no request) while loading.
-
-    It is process-wide: set only when the Hub is unreachable anyway, where every other request
-    would fail after its retries too.
-    """
-    with _offline_lock:
-        previous = hub_constants.HF_HUB_OFFLINE
-        hub_constants.HF_HUB_OFFLINE = True
-        try:
-            yield
-        finally:
-            hub_constants.HF_HUB_OFFLINE = previous
-
-
 def _check_torchvision_cache(entry: ModelEntry) -> None:
     """Offline, torchvision's ViT-B/16 weights must already be in torch's hub cache (torchvision
     downloads them from download.pytorch.org, which has no offline mode of its own)."""
@@ -297,31 +300,32 @@ def _check_torchvision_cache(entry: ModelEntry) -> None:
 
 
 def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
-    """The entry's classifier on the CPU; CheckpointError naming the model on any failure."""
-    with _hub_offline() if offline else contextlib.nullcontext():
-        if offline:
-            _check_torchvision_cache(entry)
-        try:
-            return create_backbone(entry.classifier, pretrained=True)
-        except Exception as error:  # timm, torchvision and huggingface_hub raise many types
-            reason = "the Hub is unreachable or offline mode is on; " if offline else ""
-            raise CheckpointError(
-                f"cannot load the classifier {entry.classifier} of {entry.display_name!r}: {reason}{error}"
-            ) from error
+    """The entry's classifier on the CPU; CheckpointError naming the model on any failure.
+    Offline, only local folders and caches are read (for this call: nothing process-wide changes)."""
+    if offline:
+        _check_torchvision_cache(entry)
+    try:
+        return create_backbone(entry.classifier, pretrained=True, local_files_only=offline)
+    except Exception as error:  # noqa: BLE001 - timm, torchvision and huggingface_hub raise many types
+        reason = "the Hub is unreachable or offline mode is on; " if offline else ""
+        raise CheckpointError(
+            f"cannot load the classifier {shorten(entry.classifier, 200)} of {entry.display_name!r}: {reason}{error}"
+        ) from error
 
 
 def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
     """``load_explainer`` with the offline decision made."""
     if entry.explainer is None:
         raise CheckpointError(f"{entry.display_name!r} has no P-TAME explainer: no explainer is configured for it")
-    with _hub_offline() if offline else contextlib.nullcontext():
-        try:
-            explainer = PTAME.from_pretrained(entry.explainer, revision=entry.explainer_revision)
-        except Exception as error:  # CheckpointError, or the auxiliary network's loading errors
-            reason = "the Hub is unreachable or offline mode is on; " if offline else ""
-            raise CheckpointError(
-                f"cannot load the explainer {entry.explainer} of {entry.display_name!r}: {reason}{error}"
-            ) from error
+    try:
+        explainer = PTAME.from_pretrained(
+            entry.explainer, revision=entry.explainer_revision, local_files_only=offline
+        )
+    except CheckpointError as error:
+        reason = "the Hub is unreachable or offline mode is on; " if offline else ""
+        raise CheckpointError(
+            f"cannot load the explainer {shorten(entry.explainer, 200)} of {entry.display_name!r}: {reason}{error}"
+        ) from error
     if explainer.num_classes != num_classes:
         raise CheckpointError(
             f"the explainer of {entry.display_name!r} has {explainer.num_classes} classes, "
@@ -369,5 +373,6 @@ def load_model(entry: ModelEntry, device: str = "cpu") -> LoadedModel:
     try:
         explainer = _load_explainer(entry, device, len(backbone.class_names), offline)
     except CheckpointError as error:
+        logger.warning("the explainer of %s cannot be loaded: %s", entry.display_name, error.details)
         return LoadedModel(entry=entry, backbone=backbone, explainer=None, explainer_problem=str(error))
     return LoadedModel(entry=entry, backbone=backbone, explainer=explainer)

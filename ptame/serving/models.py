@@ -7,6 +7,7 @@ does not is ready without P-TAME; its explainer is tried again now and then (``r
 so that P-TAME appears without a restart once it can be loaded.
 """
 
+import logging
 import os
 import threading
 import time
@@ -15,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ptame.errors import CheckpointError, ModelUnavailable
+from ptame.errors import CheckpointError, ModelUnavailable, PtameError, shorten
 from ptame.explainer import PTAME
 from ptame.serving.manifest import (
     DEFAULT_MANIFEST,
@@ -28,6 +29,15 @@ from ptame.serving.manifest import (
 
 State = Literal["waiting", "loading", "ready", "unavailable"]
 LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)  # what a loader's failure may raise
+logger = logging.getLogger(__name__)
+
+
+def failure_reason(error: Exception, what: str) -> str:
+    """The short reason a loader failed, as the app shows it (at most ``ptame.errors.MAX_MESSAGE_CHARS``);
+    the whole message is logged."""
+    details = error.details if isinstance(error, PtameError) else shorten(str(error), 20_000)
+    logger.warning("%s: %s", what, details or type(error).__name__)
+    return shorten(str(error)) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,7 @@ class ModelRegistry:
             try:
                 model = self._loader(entry, self.device)
             except LOAD_ERRORS as error:
-                reason = str(error) or type(error).__name__
+                reason = failure_reason(error, f"{entry.display_name} is unavailable")
                 with self._lock:
                     self._status[key] = ModelStatus(key, entry.display_name, "unavailable", reason)
                 raise ModelUnavailable(f"{entry.display_name} is unavailable: {reason}") from error
@@ -175,7 +185,8 @@ class ModelRegistry:
             try:
                 explainer = self._explainer_loader(entry, self.device, len(model.backbone.class_names))
             except LOAD_ERRORS as error:
-                model = replace(model, explainer_problem=str(error) or type(error).__name__)
+                problem = failure_reason(error, f"the explainer of {entry.display_name} cannot be loaded")
+                model = replace(model, explainer_problem=problem)
             else:
                 model = replace(model, explainer=explainer, explainer_problem="")
             with self._lock:
