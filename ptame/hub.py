@@ -21,7 +21,12 @@ def is_folder_source(source: str | Path) -> bool:
     """Whether a checkpoint source is a local folder (an existing path, or one starting with ".",
     "/" or "~"); anything else is a Hub repo id."""
     text = str(source)
-    return text.startswith((".", "/", "~")) or Path(text).expanduser().exists()
+    if text.startswith((".", "/", "~")):
+        return True
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for a path, or with a NUL: not a folder
+        return False
 
 
 def resolve_file(
@@ -53,11 +58,14 @@ def resolve_file(
     text = str(source)
     folder = Path(text).expanduser()
     if is_folder_source(source):
-        if not folder.is_dir():
-            raise CheckpointError(f"checkpoint folder {folder} does not exist")
-        path = folder / filename
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint folder {folder} has no {filename}")
+        try:
+            if not folder.is_dir():
+                raise CheckpointError(f"checkpoint folder {folder} does not exist")
+            path = folder / filename
+            if not path.is_file():
+                raise CheckpointError(f"checkpoint folder {folder} has no {filename}")
+        except OSError as error:  # a path too long, a folder that cannot be listed
+            raise CheckpointError(f"checkpoint folder {shorten(text, 200)} cannot be read: {error.strerror}") from error
         return path
     where = f"Hub repo {shorten(text, 200)}" + (f" at revision {shorten(revision, 100)}" if revision else "")
     try:

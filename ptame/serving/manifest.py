@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torchvision
 from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from ptame.backbones import USER_FUNCTION, Backbone, create_backbone
 from ptame.checkpoint import CONFIG_NAME
@@ -299,6 +300,16 @@ def _check_torchvision_cache(entry: ModelEntry) -> None:
         )
 
 
+def _offline_note(error: BaseException, offline: bool) -> str:
+    """What to add to a loading error when a file was missing from the local cache while offline."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, LocalEntryNotFoundError):
+            return "the Hub is unreachable or offline mode is on; " if offline else ""
+        cause = cause.__cause__
+    return ""
+
+
 def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
     """The entry's classifier on the CPU; CheckpointError naming the model on any failure.
     Offline, only local folders and caches are read (for this call: nothing process-wide changes)."""
@@ -307,7 +318,7 @@ def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
     try:
         return create_backbone(entry.classifier, pretrained=True, local_files_only=offline)
     except Exception as error:  # noqa: BLE001 - timm, torchvision and huggingface_hub raise many types
-        reason = "the Hub is unreachable or offline mode is on; " if offline else ""
+        reason = _offline_note(error, offline)
         raise CheckpointError(
             f"cannot load the classifier {shorten(entry.classifier, 200)} of {entry.display_name!r}: {reason}{error}"
         ) from error
@@ -322,7 +333,7 @@ def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: b
             entry.explainer, revision=entry.explainer_revision, local_files_only=offline
         )
     except CheckpointError as error:
-        reason = "the Hub is unreachable or offline mode is on; " if offline else ""
+        reason = _offline_note(error, offline)
         raise CheckpointError(
             f"cannot load the explainer {shorten(entry.explainer, 200)} of {entry.display_name!r}: {reason}{error}"
         ) from error
