@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -73,17 +72,29 @@ PHOTOS_WITHOUT_MODEL = (
 FileData = dict[str, Any]  # an upload as Gradio sends it when preprocess=False: {"path": ..., ...}
 
 
+TEMPORARY_FOLDERS: list[Path] = []  # removed at exit, on SIGTERM and on SIGINT
+
+
+def remove_temporary_folders() -> None:
+    """Remove the folders ``temporary_folder`` made."""
+    for folder in TEMPORARY_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def temporary_folder(prefix: str) -> Path:
-    """A new temporary folder, removed when the process exits: normally, on Ctrl-C (SIGINT) or on
-    SIGTERM (how Spaces and containers stop a server; ``main`` turns it into a normal exit)."""
-    folder = tempfile.mkdtemp(prefix=prefix)
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return Path(folder)
+    """A new temporary folder, removed when the process exits normally or is stopped by SIGTERM
+    (how Spaces and containers stop a server) or SIGINT (Ctrl-C): see ``stop_on_signal``."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    TEMPORARY_FOLDERS.append(folder)
+    return folder
 
 
-def exit_on_signal(signum: int, frame: object) -> None:
-    """A signal handler: exit normally (atexit handlers run), with the shell's status for a signal."""
-    sys.exit(128 + signum)
+def stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM / SIGINT handler: remove the temporary folders and exit at once with the shell's
+    status for the signal (an interpreter shutdown would wait on, or abort in, model threads)."""
+    remove_temporary_folders()
+    logging.shutdown()
+    os._exit(128 + signum)
 
 
 def uploaded_path(upload: FileData | str | None) -> str | None:
@@ -722,7 +733,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             registry.load(DEMO_MODEL)
         except ModelUnavailable as error:
             logger.warning("%s", error)
-    signal.signal(signal.SIGTERM, exit_on_signal)
+    atexit.register(remove_temporary_folders)
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, stop_on_signal)
     if "GRADIO_EXAMPLES_CACHE" not in os.environ:  # fresh per run: never results of older checkpoints
         os.environ["GRADIO_EXAMPLES_CACHE"] = str(temporary_folder("ptame-examples-"))
     for problem in problems:
