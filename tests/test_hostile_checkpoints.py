@@ -27,7 +27,7 @@ import app
 from ptame import PTAME, CheckpointError
 from ptame.errors import MAX_MESSAGE_CHARS
 from ptame.serving.manifest import ModelEntry
-from ptame.serving.models import ModelRegistry
+from ptame.serving.models import ModelRegistry, build_registry
 from ptame.serving.session import ExplainSession
 from tests.conftest import random_shapes_demo, seed_hf_cache, shapes_file
 
@@ -412,3 +412,28 @@ def test_a_good_model_keeps_serving_beside_hostile_ones_through_the_app(good: Pa
     outputs = list(handlers.explain(image, "shapes", ["ptame", "gradcam"], progress=None))[-1]
     named = dict(zip(app.OUTPUT_NAMES, outputs))
     assert named["overlay:ptame"].value is not None and named["overlay:gradcam"].value is not None
+
+
+ONE_MODEL = '[[models]]\nkey = "demo"\ndisplay_name = "Demo"\nclassifier = "resnet18"\n'
+MANIFESTS = [
+    ("nested-100000", "a = " + nested(100_000), "nested too deeply|not valid TOML"),
+    ("nested-table", "[" + "a." * 50_000 + "b]\n", "nested too deeply|not valid TOML|unknown top-level"),
+    ("2-mb", ONE_MODEL + "# " + "x" * 2_000_000 + "\n", "larger than 1048576 bytes"),
+    ("5-mb-name", ONE_MODEL.replace('"Demo"', '"' + "D" * 5_000_000 + '"'), "larger than|at most 1000 characters"),
+    ("long-name", ONE_MODEL.replace('"Demo"', '"' + "D" * 5_000 + '"'), "at most 1000 characters"),
+    ("long-key", ONE_MODEL.replace('"demo"', '"' + "k" * 900 + '!"'), "may hold only letters"),
+    ("not-a-repo", ONE_MODEL + 'explainer = "not a repo id"\n', "neither a folder"),
+    ("binary", "\x00\x01\x02", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "pattern"), [case[1:] for case in MANIFESTS], ids=[case[0] for case in MANIFESTS])
+def test_a_hostile_manifest_is_a_short_problem_at_start_not_a_crash(tmp_path: Path, text: str, pattern: str) -> None:
+    """The app's start (build_registry) lists the manifest as a problem and goes on."""
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(text)
+    start = time.perf_counter()
+    registry, problems = build_registry(manifest)
+    assert time.perf_counter() - start < LIMIT_S
+    assert registry.entries == {} and len(problems) == 1
+    assert len(problems[0]) <= MAX_MESSAGE_CHARS + 200 and re.search(pattern, problems[0]), problems[0]
