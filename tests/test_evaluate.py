@@ -5,6 +5,7 @@ import csv
 import inspect
 import itertools
 import math
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -17,10 +18,11 @@ import torch
 from PIL import Image
 
 from ptame import PTAME
+from ptame.bench.app import free_port
 from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
 from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import ROOT, randomise_head, save_timm_checkpoint, shapes_file
-from train import evaluate
+from train import distributed, evaluate
 
 SIZE = 32
 
@@ -88,8 +90,27 @@ def test_every_method_and_metric_on_shapes(
             area = sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(5))
             assert values[f"road_{order}_auc"] == pytest.approx(area, abs=1e-5), order
     markdown = (out / "evaluation.md").read_text(encoding="utf-8")
-    assert printed.out == f"{markdown}\nwrote {out / 'evaluation.csv'} and {out / 'evaluation.md'}\n"
+    per_image = out / "evaluation-per-image.csv"
+    assert printed.out == f"{markdown}\nwrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} and {per_image}\n"
     assert "evaluate: 100%" in printed.err and " 2/2 " in printed.err
+    # Per image and method: AD/IC 1 + 3 passes, ROAD 2 x 4, deletion/insertion 2 x (2 + 1); Score-CAM and
+    # Ablation-CAM one pass per channel of the 64-channel target layer and one more; RISE one per mask.
+    assert printed.err.startswith(
+        "Expected cost in classifier passes per image (map + metrics): prediction 1; P-TAME 0 + 18; Grad-CAM 2 + 18; "
+        "Grad-CAM++ 2 + 18; Score-CAM 65 + 18; Ablation-CAM 65 + 18; RISE 8 + 18. In all 251 per image, 502 for the "
+        "2 images.\nAt "
+    )
+    assert "The first 2 images took " in printed.err
+    images = read_rows(per_image)
+    assert [(row["image"], row["method"]) for row in images] == [
+        (f"test/{index}", method) for method in ("ptame", "gradcam", "gradcam++", "scorecam", "ablationcam", "rise")
+        for index in (0, 1)
+    ]  # fmt: skip
+    for row in rows:  # the table's figures are the means of the per-image ones
+        mine = [image for image in images if image["method"] == row["method"]]
+        for key in set(row) - {"method", "images", "seconds_per_image"}:
+            mean = sum(float(image[key]) for image in mine) / 2
+            assert float(row[key]) == pytest.approx(mean, rel=1e-5, abs=1e-6), key
     setup = markdown.split("\n\n")[1].splitlines()
     assert setup[0].startswith(f"- Classifier `local-dir:{checkpoint / 'classifier'}`, explainer `")
     assert any(line.startswith("- Pointing game: ") for line in setup)  # shapes images have object masks
@@ -100,13 +121,17 @@ def test_every_method_and_metric_on_shapes(
     protocol = next(line for line in markdown.splitlines() if line.startswith("- Protocol:"))
     assert "except: the shapes world's test split, not ImageNet; RISE with 8 masks (paper 8000)." in protocol
     assert "telea imputation" in markdown
-    assert sorted(path.name for path in out.iterdir()) == ["evaluation.csv", "evaluation.md"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "evaluation-per-image.csv",
+        "evaluation.csv",
+        "evaluation.md",
+    ]
 
 
 def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make ``run``'s evaluation append the number of images of each batch it gets to the returned list."""
     batch_sizes: list[int] = []
-    real_evaluate = evaluate.evaluate
+    real_evaluate = evaluate.evaluate_tally
 
     def recording_evaluate(model: object, batches: Iterator[tuple], *args: object, **kwargs: object) -> object:
         def counted() -> Iterator[tuple]:
@@ -116,7 +141,7 @@ def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         return real_evaluate(model, counted(), *args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "evaluate", recording_evaluate)
+    monkeypatch.setattr(evaluate, "evaluate_tally", recording_evaluate)
     return batch_sizes
 
 
@@ -593,3 +618,183 @@ def test_evaluate_refuses_unknown_methods_and_metrics() -> None:
     settings = evaluate.EvaluationSettings(methods=("gradcam", "lime"), metrics=("ad_ic", "accuracy"))
     with pytest.raises(ValueError, match=re.escape("unknown methods or metrics ['lime', 'accuracy']; methods: (")):
         evaluate.evaluate(None, iter([]), settings, torch.device("cpu"))  # type: ignore[arg-type]  # refused first
+
+
+# Several processes (torchrun): whole batches per process, per-image values gathered on rank 0.
+
+
+def test_processes_take_whole_batches_in_turn_and_every_image_once() -> None:
+    assert distributed.batch_ranges(7, 2) == [range(0, 2), range(2, 4), range(4, 6), range(6, 7)]
+    assert distributed.batches_of_rank(7, 2, 0, 2) == [range(0, 2), range(4, 6)]
+    assert distributed.batches_of_rank(7, 2, 1, 2) == [range(2, 4), range(6, 7)]
+    assert distributed.batches_of_rank(3, 4, 1, 2) == []  # more processes than batches: nothing to do
+    for count, batch_size, world_size in ((10, 3, 3), (5, 5, 2), (0, 2, 2), (13, 1, 4)):
+        shares = [distributed.batches_of_rank(count, batch_size, rank, world_size) for rank in range(world_size)]
+        images = sorted(index for share in shares for batch in share for index in batch)
+        assert images == list(range(count))
+        assert sorted((b for share in shares for b in share), key=lambda b: b.start) == distributed.batch_ranges(
+            count, batch_size
+        )
+    with pytest.raises(ValueError, match="rank 2 is outside 0..1"):
+        distributed.batches_of_rank(4, 2, 2, 2)
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        distributed.batch_ranges(4, 0)
+
+
+def tally_of(indices: list[int], seconds: float, correct: int = 0) -> evaluate.Tally:
+    """A one-method tally whose per-image figure is 10 x the image's index (and 1 more in a second figure)."""
+    totals = evaluate.MethodTotals(seconds=seconds, images=len(indices))
+    totals.add("ad_100", torch.tensor([10.0 * index for index in indices]))
+    totals.add("deletion_auc", torch.tensor([10.0 * index + 1 for index in indices]))
+    return evaluate.Tally({"gradcam": totals}, correct, len(indices), torch.tensor(indices))
+
+
+def test_merged_parts_hold_every_image_in_order_as_one_process_would() -> None:
+    merged = evaluate.merge_tallies([tally_of([0, 1, 4], 3.0, correct=2), tally_of([2, 3], 1.0, correct=1)])
+    assert merged.indices.tolist() == [0, 1, 2, 3, 4]
+    values = merged.totals["gradcam"].per_image()
+    assert values["ad_100"].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
+    assert values["deletion_auc"].tolist() == [1.0, 11.0, 21.0, 31.0, 41.0]
+    assert merged.rows() == [
+        {"method": "gradcam", "images": 5.0, "seconds_per_image": 0.8, "ad_100": 20.0, "deletion_auc": 21.0}
+    ]
+    assert merged.accuracy() == 60.0
+    assert evaluate.merge_tallies([tally_of([0, 1, 2, 3, 4], 4.0)]).rows()[0]["ad_100"] == 20.0
+    with pytest.raises(ValueError, match="overlap"):
+        evaluate.merge_tallies([tally_of([0, 1], 1.0), tally_of([1, 2], 1.0)])
+    with pytest.raises(ValueError, match="which images"):
+        evaluate.merge_tallies([evaluate.Tally({})])
+    partial = tally_of([2], 1.0)
+    del partial.totals["gradcam"].values["deletion_auc"]
+    with pytest.raises(ValueError, match="gradcam's deletion_auc was measured on 2 of 3 images"):
+        evaluate.merge_tallies([tally_of([0, 1], 1.0), partial])
+
+
+def test_the_cost_is_counted_from_the_registry_and_the_metrics() -> None:
+    """The paper's protocol on a ResNet-50 (2048 channels in its last stage): Score-CAM and Ablation-CAM 2049
+    passes, RISE 8000; AD/IC 1 + 3, ROAD 2 x 4, deletion/insertion 2 x 51 passes per method's map."""
+    settings = evaluate.EvaluationSettings()
+    assert evaluate.metric_passes(settings) == 114
+    assert evaluate.metric_passes(evaluate.EvaluationSettings(metrics=("pointing",))) == 0
+    assert evaluate.map_passes(settings, 2048) == {
+        "ptame": 0, "gradcam": 2, "gradcam++": 2, "scorecam": 2049, "ablationcam": 2049, "rise": 8000,
+    }  # fmt: skip
+    lines = evaluate.cost_lines(settings, 2048, 2000, 2, 0.01, "cuda")
+    assert lines == [
+        "Expected cost in classifier passes per image (map + metrics): prediction 1; P-TAME 0 + 114; Grad-CAM 2 + 114; "
+        "Grad-CAM++ 2 + 114; Score-CAM 2049 + 114; Ablation-CAM 2049 + 114; RISE 8000 + 114. In all 12,787 per image, "
+        "25,574,000 for the 2000 images.",
+        "At 10.0 ms per image and pass (one timed batch on cuda): about 3.0 days; 2 processes: about 35.5 h each.",
+    ]
+    assert [evaluate.duration(s) for s in (0.42, 42, 90, 7200, 86400, 3 * 86400)] == [
+        "0.4 s", "42 s", "1.5 min", "2.0 h", "24.0 h", "3.0 days",
+    ]  # fmt: skip
+
+
+def test_the_first_images_give_the_estimate_of_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = iter([100.0, 130.0])  # started at 100 s; the first 3 images done at 130 s
+    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    lines: list[str] = []
+    estimate = evaluate.FirstImagesEstimate(12, lines.append, after=2)
+    estimate(3)
+    estimate(3)  # said once only
+    assert lines == ["The first 3 images took 30 s: about 1.5 min more for the other 9 of this process."]
+
+
+def test_a_dry_run_prints_the_cost_and_evaluates_nothing(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_evaluate(
+        *("--checkpoint", str(checkpoint), "--data", "shapes", "--images", "40", "--methods", "gradcam", "rise"),
+        *("--rise-masks", "100", "--metrics", "ad_ic", "--dry-run", "--out", str(tmp_path / "out")),
+    )
+    printed = capsys.readouterr()
+    assert printed.out == "" and not (tmp_path / "out").exists()
+    assert printed.err.startswith(
+        "Expected cost in classifier passes per image (map + metrics): prediction 1; Grad-CAM 2 + 4; RISE 100 + 4. "
+        "In all 111 per image, 4,440 for the 40 images.\nAt "
+    )
+    assert " ms per image and pass (one timed batch on cpu): about " in printed.err
+
+
+def test_amp_computes_under_bf16_autocast_and_the_report_says_so(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    autocast: list[tuple[bool, torch.dtype]] = []
+    real_ad_ic = evaluate.ad_ic
+
+    def recording_ad_ic(*args: object, **kwargs: object) -> object:
+        autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real_ad_ic(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "ad_ic", recording_ad_ic)
+    options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "3", "--batch-size", "2"]
+    options += ["--methods", "gradcam", "ptame", "--metrics", "ad_ic"]
+    run_evaluate(*options, "--amp", "--out", str(tmp_path / "amp"))
+    assert autocast == [(True, torch.bfloat16)] * 4  # 2 methods x 2 batches
+    assert "; device cpu, bf16 autocast.\n" in (tmp_path / "amp" / "evaluation.md").read_text(encoding="utf-8")
+    autocast.clear()
+    run_evaluate(*options, "--out", str(tmp_path / "fp32"))
+    assert [enabled for enabled, _ in autocast] == [False] * 4
+    assert "; device cpu.\n" in (tmp_path / "fp32" / "evaluation.md").read_text(encoding="utf-8")
+    amp_rows, fp32_rows = (
+        read_rows(tmp_path / "amp" / "evaluation.csv"),
+        read_rows(tmp_path / "fp32" / "evaluation.csv"),
+    )
+    assert [row["method"] for row in amp_rows] == ["gradcam", "ptame"]
+    assert all(0 <= float(row["ad_100"]) <= 100 for row in amp_rows)
+    assert any(a["ad_100"] != b["ad_100"] for a, b in zip(amp_rows, fp32_rows))  # bf16 rounds otherwise
+
+
+def _evaluate_as_rank(rank: int, world_size: int, port: int, argv: list[str]) -> None:
+    """One torchrun-like process: the environment torchrun sets, one thread, then the command."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    run_evaluate(*argv)
+
+
+def without_seconds(path: Path) -> list[list[str]]:
+    """A CSV's rows without its seconds_per_image column (wall time differs from run to run)."""
+    with open(path, newline="", encoding="utf-8") as file:
+        rows = list(csv.reader(file))
+    keep = [index for index, column in enumerate(rows[0]) if column != "seconds_per_image"]
+    return [[row[index] for index in keep] for row in rows]
+
+
+def table_without_seconds(path: Path) -> list[str]:
+    """An evaluation.md's setup lines after the first (which names the processes) and its table, without the
+    s / image column."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    setup = [line for line in lines[3:] if line.startswith("- ")]
+    table = [line.split(" | ") for line in lines if line.startswith("| ")]
+    assert table and table[0][1] == "s / image"
+    return setup + [" | ".join(cells[:1] + cells[2:]) for cells in table]
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_as_one_process(tmp_path: Path) -> None:
+    """The trained shapes demo, 5 images in batches of 2, every method and metric: two Gloo processes (the first
+    gets batches 0 and 2, the second batch 1) against one. Each image is evaluated in the same batch either way, so
+    every per-image value is the same bit for bit, and so is the table, but for the wall times."""
+    argv = ["--checkpoint", str(ROOT / "checkpoints" / "shapes"), "--data", "shapes", "--images", "5"]
+    argv += ["--batch-size", "2", "--rise-masks", "16", "--deletion-steps", "4", "--device", "cpu"]
+    two = tmp_path / "two"
+    torch.multiprocessing.spawn(
+        _evaluate_as_rank, args=(2, free_port(), [*argv, "--out", str(two)]), nprocs=2, join=True
+    )
+    one = tmp_path / "one"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process: the same summation order
+    try:
+        run_evaluate(*argv, "--out", str(one))
+    finally:
+        torch.set_num_threads(threads)
+    per_image = (one / "evaluation-per-image.csv").read_text(encoding="utf-8")
+    assert per_image.count("\ntest/") == 5 * 6 and "\ntest/4,rise," in per_image
+    assert (two / "evaluation-per-image.csv").read_text(encoding="utf-8") == per_image
+    assert without_seconds(two / "evaluation.csv") == without_seconds(one / "evaluation.csv")
+    assert table_without_seconds(two / "evaluation.md") == table_without_seconds(one / "evaluation.md")
+    first = (two / "evaluation.md").read_text(encoding="utf-8").splitlines()[2]
+    assert first.endswith("first 5 images at 128 px; device cpu, 2 processes.")

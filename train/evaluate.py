@@ -19,22 +19,25 @@ import argparse
 import csv
 import io
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from ptame.bench.timing import synchronize
 from ptame.datasets.shapes import SPLIT_SEEDS, ShapesDataset
 from ptame.files import atomic_write_text
 from ptame.methods import get_method, method_keys
+from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
 from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
 from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
 from train.data import ImageFiles, image_files
+from train.distributed import Processes, batches_of_rank, gather_to_main, start_processes, stop_processes
 from train.imagenet_val import SUBSET_NAMES, paper_subset
 
 METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
@@ -114,12 +117,70 @@ class MethodTotals:
         """Append a (B,) tensor of per-image values of one figure."""
         self.values.setdefault(name, []).append(per_image.detach().float().cpu())
 
+    def per_image(self) -> dict[str, torch.Tensor]:
+        """Each figure's (images,) float32 values, in the order the images were added."""
+        return {name: torch.cat(parts) for name, parts in self.values.items()}
+
     def means(self) -> dict[str, float]:
         """Each figure averaged over the images (ROAD: the AUCs of the mean curves)."""
         row = {"images": float(self.images), "seconds_per_image": self.seconds / max(self.images, 1)}
         for name, parts in self.values.items():
             row[name] = torch.cat(parts).mean().item()
         return row
+
+
+@dataclass
+class Tally:
+    """Everything measured on a set of images: per method, per image; and the classifier's hits.
+
+    ``indices``: (images,) int64, the images' positions in the evaluated list, in the order of the
+    per-image values (set by whoever knows which images were evaluated; None: 0, 1, 2, ...).
+    """
+
+    totals: dict[str, MethodTotals]
+    correct: int = 0
+    labelled: int = 0
+    indices: torch.Tensor | None = None
+
+    def rows(self) -> list[dict[str, float | str]]:
+        """One row per method: the figures averaged over the images (AD, IC, pointing in percent)."""
+        return [{"method": method, **totals.means()} for method, totals in self.totals.items()]
+
+    def accuracy(self) -> float | None:
+        """The classifier's top-1 accuracy in percent, or None without labels."""
+        return 100.0 * self.correct / self.labelled if self.labelled else None
+
+
+def merge_tallies(parts: Sequence[Tally]) -> Tally:
+    """One tally of the images of several (each process's), its per-image values in image order.
+
+    Each part's ``indices`` say which images its values belong to. Seconds, images and hits add
+    up; every figure's values are put in the order of the indices, so the merged tally is the one
+    a single process would have made of all the images in that order.
+
+    Raises:
+        ValueError: a part without indices, repeated images, or a figure missing on some images.
+    """
+    if any(part.indices is None for part in parts):
+        raise ValueError("every part of a merged evaluation must say which images it holds (indices)")
+    indices = torch.cat([part.indices for part in parts])  # type: ignore[misc]
+    if indices.unique().numel() != indices.numel():
+        raise ValueError("the parts of an evaluation overlap: an image was evaluated twice")
+    order = indices.argsort()
+    methods = list(dict.fromkeys(method for part in parts for method in part.totals))
+    merged = Tally(totals={}, indices=indices[order])
+    for method in methods:
+        held = [part.totals[method] for part in parts if method in part.totals]
+        totals = MethodTotals(seconds=sum(t.seconds for t in held), images=sum(t.images for t in held))
+        for name in dict.fromkeys(name for t in held for name in t.values):
+            values = torch.cat([t.per_image()[name] for t in held if name in t.values])
+            if values.numel() != indices.numel():
+                raise ValueError(f"{method}'s {name} was measured on {values.numel()} of {indices.numel()} images")
+            totals.values[name] = [values[order]]
+        merged.totals[method] = totals
+    merged.correct = sum(part.correct for part in parts)
+    merged.labelled = sum(part.labelled for part in parts)
+    return merged
 
 
 def method_maps(
@@ -165,14 +226,15 @@ def score_batch(
         totals.add("energy_pointing_game", energy_pointing_game(maps, masks))
 
 
-def evaluate(
+def evaluate_tally(
     model: LoadedModel,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
     settings: EvaluationSettings,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
-) -> tuple[list[dict[str, float | str]], float | None]:
-    """Run every method and metric over batches of images.
+    amp: bool = False,
+) -> Tally:
+    """Run every method and metric over batches of images, keeping every per-image value.
 
     Args:
         model: the classifier and its explainer, on ``device``.
@@ -181,49 +243,185 @@ def evaluate(
         settings: methods, metrics and their parameters.
         device: where to compute.
         progress: called with the number of images of each finished batch.
+        amp: compute under bf16 autocast (predictions, maps and metrics; the maps are scored as
+            float32), as the official code does.
+
+    Returns:
+        The tally: per method, each figure's per-image values (AD, IC and the pointing game in
+        percent) and the seconds spent on its maps; the classifier's hits on labelled images.
+    """
+    unknown = sorted(set(settings.methods) - set(method_keys())) + sorted(set(settings.metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"unknown methods or metrics {unknown}; methods: {method_keys()}, metrics: {METRICS}")
+    tally = Tally(totals={method: MethodTotals() for method in settings.methods})
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    for pixels, labels, masks in batches:
+        pixels = pixels.to(device)
+        masks = masks.to(device) if masks is not None else None
+        with torch.inference_mode(), autocast:
+            classes = model.backbone.logits(pixels).argmax(dim=1)
+        if labels is not None:
+            tally.correct += int((classes.cpu() == labels).sum())
+            tally.labelled += labels.numel()
+        for method in settings.methods:
+            synchronize(device)
+            start = time.perf_counter()
+            with autocast:
+                maps = method_maps(method, model, pixels, classes, settings)
+            synchronize(device)
+            totals = tally.totals[method]
+            totals.seconds += time.perf_counter() - start
+            totals.images += pixels.shape[0]
+            with autocast:
+                score_batch(totals, model, pixels, maps.float(), classes, masks, settings)
+        if progress is not None:
+            progress(pixels.shape[0])
+    return tally
+
+
+def evaluate(
+    model: LoadedModel,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    settings: EvaluationSettings,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, float | str]], float | None]:
+    """Run every method and metric over batches of images (see ``evaluate_tally``).
 
     Returns:
         (rows, accuracy): one row per method (figures averaged over the images; AD, IC and the
         pointing game in percent), and the classifier's top-1 accuracy in percent (None without labels).
     """
-    unknown = sorted(set(settings.methods) - set(method_keys())) + sorted(set(settings.metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown methods or metrics {unknown}; methods: {method_keys()}, metrics: {METRICS}")
-    totals = {method: MethodTotals() for method in settings.methods}
-    correct, labelled = 0, 0
-    for pixels, labels, masks in batches:
-        pixels = pixels.to(device)
-        masks = masks.to(device) if masks is not None else None
-        with torch.inference_mode():
-            classes = model.backbone.logits(pixels).argmax(dim=1)
-        if labels is not None:
-            correct += int((classes.cpu() == labels).sum())
-            labelled += labels.numel()
-        for method in settings.methods:
-            synchronize(device)
-            start = time.perf_counter()
-            maps = method_maps(method, model, pixels, classes, settings)
-            synchronize(device)
-            totals[method].seconds += time.perf_counter() - start
-            totals[method].images += pixels.shape[0]
-            score_batch(totals[method], model, pixels, maps, classes, masks, settings)
-        if progress is not None:
-            progress(pixels.shape[0])
-    rows = [{"method": method, **totals[method].means()} for method in settings.methods]
-    return rows, (100.0 * correct / labelled if labelled else None)
+    tally = evaluate_tally(model, batches, settings, device, progress)
+    return tally.rows(), tally.accuracy()
 
 
 def shapes_batches(
-    split: str, count: int, size: int, batch_size: int
+    split: str, count: int, size: int, batch_size: int, indices: Sequence[int] | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The first ``count`` images of a shapes split, with labels and ground-truth masks."""
-    yield from DataLoader(ShapesDataset(split, count, size), batch_size=batch_size)
+    """The first ``count`` images of a shapes split (only ``indices`` of them, if given), with
+    labels and ground-truth masks, in batches of ``batch_size``."""
+    dataset = ShapesDataset(split, count, size)
+    yield from DataLoader(dataset if indices is None else Subset(dataset, list(indices)), batch_size=batch_size)
 
 
 def folder_batches(paths: Sequence[Path], model: LoadedModel, batch_size: int) -> Iterator[tuple]:
     """Images from files through the classifier's preprocessing; no labels, no masks."""
     for pixels in DataLoader(ImageFiles(paths, model.backbone.preprocessing.transform()), batch_size=batch_size):
         yield pixels, None, None
+
+
+def metric_passes(settings: EvaluationSettings) -> int:
+    """The classifier's forward passes per image that the chosen metrics take for one method's map:
+    AD/IC the clean image and one per percentage, ROAD one per percentage and order, deletion and
+    insertion one per step and end point each, the pointing games none."""
+    passes = 0
+    if "ad_ic" in settings.metrics:
+        passes += 1 + len(settings.ad_ic_percents)
+    if "road" in settings.metrics:
+        passes += 2 * len(settings.road_percents)
+    if "deletion_insertion" in settings.metrics:
+        passes += 2 * (settings.deletion_steps + 1)
+    return passes
+
+
+def map_passes(settings: EvaluationSettings, channels: int) -> dict[str, float]:
+    """Each method's classifier passes per image for its map, from the registry (``Method.passes``)
+    with this evaluation's options; ``channels``: the CAM target layer's (Score-CAM's masks)."""
+    passes = {}
+    for key in settings.methods:
+        method = get_method(key)
+        passes[key] = method.passes(channels, {**method.options, **settings.options(key)})
+    return passes
+
+
+def cam_channels(model: LoadedModel, pixels: torch.Tensor) -> int:
+    """The channels of the classifier's CAM target layer, from one pass over ``pixels`` (0 if the
+    layer's output is not a feature grid: the CAM methods will say why when they run)."""
+    with torch.inference_mode(), capture_target_layer(model.backbone) as outputs:
+        model.backbone.logits(pixels)
+    try:
+        return int(as_feature_grid(model.backbone, single_output(outputs, model.backbone)).shape[1])
+    except ValueError:
+        return 0
+
+
+def seconds_per_pass(model: LoadedModel, pixels: torch.Tensor, device: torch.device, amp: bool) -> float:
+    """Seconds per image of one forward pass of the classifier, timed on a batch (after a warm-up pass)."""
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    with torch.inference_mode(), autocast:
+        model.backbone.logits(pixels)
+        synchronize(device)
+        start = time.perf_counter()
+        model.backbone.logits(pixels)
+        synchronize(device)
+    return (time.perf_counter() - start) / pixels.shape[0]
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: "0.4 s", "42 s", "3.5 min", "2.1 h" or "3.3 days"."""
+    for unit, size in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * size if unit == "days" else seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def cost_lines(
+    settings: EvaluationSettings, channels: int, images: int, processes: int, pass_seconds: float, device: str
+) -> list[str]:
+    """The expected cost of an evaluation, printed before it starts.
+
+    Args:
+        settings: methods, metrics and their parameters.
+        channels: the classifier's CAM target layer's channels (Score-CAM, Ablation-CAM).
+        images: images evaluated in all.
+        processes: processes sharing them.
+        pass_seconds: seconds per image of one classifier pass (``seconds_per_pass``).
+        device: where the pass was timed.
+
+    Returns:
+        Two lines: the passes per image of each method (its map, then its metrics) and in all; the
+        time that makes at ``pass_seconds`` per pass, in all and per process.
+    """
+    metrics = metric_passes(settings)
+    methods = map_passes(settings, channels)
+    per_image = 1 + sum(methods.values()) + metrics * len(methods)
+    parts = "; ".join(f"{get_method(key).name} {passes:g} + {metrics}" for key, passes in methods.items())
+    total = per_image * images
+    seconds = total * pass_seconds
+    shared = f"; {processes} processes: about {duration(seconds / processes)} each" if processes > 1 else ""
+    return [
+        f"Expected cost in classifier passes per image (map + metrics): prediction 1; {parts}. "
+        f"In all {per_image:,.0f} per image, {total:,.0f} for the {images} images.",
+        f"At {pass_seconds * 1000:.1f} ms per image and pass (one timed batch on {device}): "
+        f"about {duration(seconds)}{shared}.",
+    ]
+
+
+class FirstImagesEstimate:
+    """A progress callback that, once ``after`` images are done, says how long the rest will take.
+
+    Args:
+        total: the images this process evaluates.
+        report: called once with the estimate's line.
+        after: images to time first (at least one batch is always timed).
+    """
+
+    def __init__(self, total: int, report: Callable[[str], None], after: int = 1) -> None:
+        self.total, self.report, self.after = total, report, after
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def __call__(self, images: int) -> None:
+        """Count ``images`` more done; report once the first ``after`` are."""
+        before, self.done = self.done, self.done + images
+        if before < self.after <= self.done:
+            elapsed = time.perf_counter() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            self.report(
+                f"The first {self.done} images took {duration(elapsed)}: about {duration(left)} more "
+                f"for the other {self.total - self.done} of this process."
+            )
 
 
 def csv_text(rows: list[dict[str, float | str]]) -> str:
@@ -374,7 +572,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 on a CPU shared with other work)"
     )
-    parser.add_argument("--out", type=Path, required=True, help="writes OUT/evaluation.csv and OUT/evaluation.md")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="bf16 autocast (the official code's setting; default: float32)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the expected cost and stop")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="writes OUT/evaluation.csv, OUT/evaluation.md and OUT/evaluation-per-image.csv",
+    )
 
 
 def _entry(args: argparse.Namespace) -> ModelEntry:
@@ -393,6 +603,7 @@ def relative_to_cwd(source: str) -> str:
 
 
 SHAPES_IMAGES = 500  # --data shapes: images evaluated by default
+PER_IMAGE_NAME = "evaluation-per-image.csv"
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -413,12 +624,108 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise SystemExit("--threads must be >= 1")
 
 
+@dataclass(frozen=True)
+class Images:
+    """What an evaluation runs on: its images' names, how to batch any of them, and what to say of them.
+
+    ``batches(indices)``: the images at ``indices`` (of ``names``), in batches of the batch size.
+    """
+
+    names: list[str]
+    batches: Callable[[Sequence[int]], Iterator[tuple]]
+    description: str
+    differences: list[str]
+    with_masks: bool
+
+
+def chosen_images(args: argparse.Namespace, model: LoadedModel, paths: list[Path] | None) -> Images:
+    """The images of ``--data``: the shapes world's split, or ``paths`` (a folder's, the first ``--images``)."""
+    size = model.backbone.preprocessing.crop
+    if args.data == "shapes":
+        count = args.images or SHAPES_IMAGES
+        return Images(
+            names=[f"{args.split}/{index}" for index in range(count)],
+            batches=lambda indices: shapes_batches(args.split, count, size, args.batch_size, indices),
+            description=f"shapes world, split {args.split}, first {count} images at {size} px",
+            differences=[f"the shapes world's {args.split} split, not ImageNet"],
+            with_masks=True,
+        )
+    assert paths is not None
+    chosen = paths[: args.images]
+    count = len(chosen)
+    subset = "every image" if args.subset == "all" else f"the paper's {args.subset} subset"
+    differences = []
+    if args.subset != PAPER_SUBSET:
+        differences.append(f"{subset} (paper: its {PAPER_SUBSET} subset)")
+    elif count < len(paths):
+        differences.append(f"the first {count} of the {len(paths)} images")
+    cut = "" if count == len(paths) else ", the first ones"
+    return Images(
+        names=[image_name(path, args.images_root) for path in chosen],
+        batches=lambda indices: folder_batches([chosen[index] for index in indices], model, args.batch_size),
+        description=f"{count} images of {args.images_root} ({subset}{cut})",
+        differences=differences,
+        with_masks=False,
+    )
+
+
+def image_name(path: Path, root: Path) -> str:
+    """An image's name in the per-image report: its path under ``root`` (else the whole path)."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def per_image_csv(tally: Tally, names: Sequence[str]) -> str:
+    """Every figure of every image and method as CSV: image, method, then one column per figure
+    (9 significant digits: a float32 value exactly). ``names``: the evaluated images, by index."""
+    indices = tally.indices.tolist() if tally.indices is not None else list(range(len(names)))
+    columns = list(dict.fromkeys(name for totals in tally.totals.values() for name in totals.values))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "method", *columns])
+    for method, totals in tally.totals.items():
+        values = totals.per_image()
+        for position, index in enumerate(indices):
+            cells = [f"{values[column][position].item():.9g}" if column in values else "" for column in columns]
+            writer.writerow([names[index], method, *cells])
+    return buffer.getvalue()
+
+
+def print_cost(
+    model: LoadedModel,
+    settings: EvaluationSettings,
+    images: Images,
+    args: argparse.Namespace,
+    processes: Processes,
+) -> None:
+    """Print the evaluation's expected cost (``cost_lines``) to stderr, from one timed batch."""
+    size = model.backbone.preprocessing.crop
+    pixels = torch.rand(min(args.batch_size, len(images.names)), 3, size, size, device=processes.device)
+    channels = cam_channels(model, pixels[:1])
+    pass_seconds = seconds_per_pass(model, pixels, processes.device, args.amp)
+    lines = cost_lines(settings, channels, len(images.names), processes.world_size, pass_seconds, args.device)
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> None:
-    """Evaluate, print the table, write OUT/evaluation.csv and OUT/evaluation.md."""
+    """Evaluate, print the table, write OUT/evaluation.csv, OUT/evaluation.md and
+    OUT/evaluation-per-image.csv. Under torchrun each process evaluates its share of the batches
+    and rank 0 gathers the per-image values and writes the one report."""
     _check_arguments(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    processes = start_processes(args.device)
+    try:
+        evaluate_on(args, processes)
+    finally:
+        stop_processes()
+
+
+def evaluate_on(args: argparse.Namespace, processes: Processes) -> None:
+    """``run`` in one process of ``processes``."""
+    device = processes.device
     entry = _entry(args)
     settings = EvaluationSettings(
         methods=tuple(dict.fromkeys(args.methods)),
@@ -430,6 +737,7 @@ def run(args: argparse.Namespace) -> None:
         deletion_steps=args.deletion_steps,
         seed=args.seed,
     )
+    paths = None
     if args.data == "folder":
         try:
             if args.subset == "all":
@@ -438,34 +746,41 @@ def run(args: argparse.Namespace) -> None:
                 paths = paper_subset(args.images_root, args.subset, args.labels)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from error
-    model = load_model(entry, args.device)
+    model = load_model(entry, str(device))
     if not model.has_explainer and any(get_method(method).uses_explainer for method in settings.methods):
         raise SystemExit(f"cannot evaluate P-TAME: {model.explainer_problem} (leave it out with --methods)")
-    if args.data == "shapes":
-        count = args.images or SHAPES_IMAGES
-        batches = shapes_batches(args.split, count, model.backbone.preprocessing.crop, args.batch_size)
-        data = f"shapes world, split {args.split}, first {count} images at {model.backbone.preprocessing.crop} px"
-        data_differences = [f"the shapes world's {args.split} split, not ImageNet"]
-    else:
-        chosen = paths[: args.images]
-        count = len(chosen)
-        batches = folder_batches(chosen, model, args.batch_size)
-        subset = "every image" if args.subset == "all" else f"the paper's {args.subset} subset"
-        data = f"{count} images of {args.images_root} ({subset}{'' if count == len(paths) else ', the first ones'})"
-        data_differences = []
-        if args.subset != PAPER_SUBSET:
-            data_differences.append(f"{subset} (paper: its {PAPER_SUBSET} subset)")
-        elif count < len(paths):
-            data_differences.append(f"the first {count} of the {len(paths)} images")
-    with tqdm(total=count, desc="evaluate", unit="image") as bar:
-        rows, accuracy = evaluate(model, batches, settings, device, progress=bar.update)
-    description = setup_description(settings, accuracy, args.data == "shapes", data_differences)
+    images = chosen_images(args, model, paths)
+    shares = batches_of_rank(len(images.names), args.batch_size, processes.rank, processes.world_size)
+    mine = [index for batch in shares for index in batch]
+    if processes.is_main:
+        print_cost(model, settings, images, args, processes)
+    if args.dry_run:
+        return
+    with tqdm(total=len(mine), desc="evaluate", unit="image", disable=not processes.is_main) as bar:
+        estimate = FirstImagesEstimate(len(mine), lambda line: bar.write(line, file=sys.stderr))
+
+        def progress(done: int) -> None:
+            bar.update(done)
+            if processes.is_main:
+                estimate(done)
+
+        tally = evaluate_tally(model, images.batches(mine), settings, device, progress, amp=args.amp)
+    tally.indices = torch.tensor(mine, dtype=torch.int64)
+    parts = gather_to_main(tally, processes)
+    if parts is None:
+        return
+    merged = merge_tallies(parts)
+    rows = merged.rows()
+    description = setup_description(settings, merged.accuracy(), images.with_masks, images.differences)
     classifier = relative_to_cwd(entry.classifier)
     explainer = relative_to_cwd(entry.explainer) if model.has_explainer else "none"
-    description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {data}; device {device}.")
+    where = f"device {args.device}" + (f", {processes.world_size} processes" if processes.world_size > 1 else "")
+    where += ", bf16 autocast" if args.amp else ""
+    description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {images.description}; {where}.")
     markdown = markdown_text(rows, description, settings.ad_ic_percents)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "evaluation.csv", csv_text(rows))
     atomic_write_text(args.out / "evaluation.md", markdown)
+    atomic_write_text(args.out / PER_IMAGE_NAME, per_image_csv(merged, images.names))
     print(markdown)
-    print(f"wrote {args.out / 'evaluation.csv'} and {args.out / 'evaluation.md'}")
+    print(f"wrote {args.out / 'evaluation.csv'}, {args.out / 'evaluation.md'} and {args.out / PER_IMAGE_NAME}")

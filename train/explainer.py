@@ -53,6 +53,7 @@ from ptame.files import atomic_write_text, replace_folder
 from ptame.training import make_optimizer, make_scheduler, train_explainer
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
+from train.distributed import Processes, start_processes, stop_processes
 from train.publish import model_card
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
 from train.runs import (
@@ -157,33 +158,6 @@ def resolve_recipe(args: argparse.Namespace, recipe: Recipe) -> Recipe:
     if args.feature_levels is not None:
         values["feature_levels"] = tuple(args.feature_levels)
     return dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, **loss), **values)
-
-
-@dataclasses.dataclass(frozen=True)
-class Processes:
-    """This process's place among the training processes."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the process that writes files."""
-        return self.rank == 0
-
-
-def start_processes(device: str | None) -> Processes:
-    """Join the torchrun process group if there is one (NCCL on CUDA, Gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    wanted = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if world_size == 1:
-        return Processes(rank=0, world_size=1, device=wanted)
-    if wanted.type == "cuda":
-        wanted = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(wanted)
-    dist.init_process_group(backend="nccl" if wanted.type == "cuda" else "gloo")
-    return Processes(rank=dist.get_rank(), world_size=world_size, device=wanted)
 
 
 def timm_weights(model: torch.nn.Module) -> str | None:
@@ -298,8 +272,7 @@ def run(args: argparse.Namespace, command: str = "explainer", paper_schedule: bo
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"python -m train {command}: {error}") from error
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        stop_processes()
 
 
 def train(args: argparse.Namespace, processes: Processes, command: str, default_recipe: Recipe) -> None:
