@@ -27,12 +27,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ),
     ("ptame.methods",),
     ("ptame.metrics",),
+    ("ptame.interop",),  # Quantus and captum adapters: optional, imported by nothing below them
     ("ptame.serving",),
     ("ptame.bench", "ptame.cli", "ptame.__main__", "ptame"),
     ("train",),
     ("app",),
 )
-LAYER_NAMES = ("core", "methods", "metrics", "serving", "faces of ptame", "train", "app")
+LAYER_NAMES = ("core", "methods", "metrics", "interop", "serving", "faces of ptame", "train", "app")
 
 
 def layer_of(module: str) -> int | None:
