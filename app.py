@@ -27,7 +27,7 @@ import torch
 
 from ptame.errors import ExplainerMissing, ImageInputError, MethodFailed, ModelUnavailable
 from ptame.methods import METHODS, default_method_keys, get_method
-from ptame.serving.captions import display_class_names, format_seconds, method_caption
+from ptame.serving.captions import blank_map_note, display_class_names, format_seconds, method_caption
 from ptame.serving.export import prune_folder, save_maps
 from ptame.serving.images import MAX_FILE_BYTES, CheckedImage
 from ptame.serving.lanes import threads_per_lane
@@ -185,7 +185,8 @@ class Handlers:
             elif method.key in explanations:
                 done = explanations[method.key]
                 picture = overlay(analysis.picture, done.saliency, opacity, colormap)
-                updates.append(gr.Image(value=picture, label=method_caption(done.method, done.seconds), visible=True))
+                label = method_caption(done.method, done.seconds, done.blank)
+                updates.append(gr.Image(value=picture, label=label, visible=True))
             else:
                 label = f"{method.name} · computing, about {format_seconds(expected[method.key])}"
                 updates.append(gr.Image(value=None, label=label, visible=True))
@@ -212,8 +213,12 @@ class Handlers:
         )
         return gr.Gallery(value=items, visible=True, selected_index=None), caption
 
-    def _notes(self, image: CheckedImage, model_key: str, unavailable: dict[str, str]) -> Any:
+    def _notes(
+        self, image: CheckedImage, model_key: str, unavailable: dict[str, str], explanations: dict[str, Explanation]
+    ) -> Any:
         lines = list(dict.fromkeys(unavailable.values()))
+        layer = self.session.registry.get(model_key).backbone.target_layer_name
+        lines += [blank_map_note(key, layer) for key, done in explanations.items() if done.blank]
         domain = self.session.domain_note(image, model_key)
         if domain:
             lines.append(domain)
@@ -328,7 +333,7 @@ class Handlers:
                     opacity,
                     colormap,
                 )
-                notes = self._notes(image, model_key, update.unavailable)
+                notes = self._notes(image, model_key, update.unavailable, update.explanations)
                 yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, None, status)
         except ModelUnavailable as error:
             raise gr.Error(str(error), title="Model unavailable") from error
@@ -336,7 +341,7 @@ class Handlers:
             raise gr.Error(str(error), title="Explaining failed") from error
         explanations = update.explanations
         overlays = self._overlays(analysis, methods, explanations, {}, update.unavailable, opacity, colormap)
-        notes = self._notes(image, model_key, update.unavailable)
+        notes = self._notes(image, model_key, update.unavailable, explanations)
         maps_file = self._maps_file(analysis, image, model_key, index, explanations) if explanations else None
         status = f"Explained **{names[index]}** (class {index}); pick another class above or in the gallery."
         yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, maps_file, status)
@@ -656,29 +661,36 @@ def build_demo(
 
 
 class ClassifierAction(argparse.Action):
-    """--classifier NAME: one more (classifier, explainer) pair, its explainer still unset."""
+    """--classifier NAME: one more [classifier, explainer, target layer], its options still unset."""
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
     ) -> None:
-        setattr(namespace, self.dest, [*getattr(namespace, self.dest), [value, None]])
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), [value, None, None]])
 
 
-class ExplainerAction(argparse.Action):
-    """--explainer SPEC: the explainer of the last --classifier."""
+class ClassifierOptionAction(argparse.Action):
+    """--explainer SPEC / --target-layer NAME: an option of the last --classifier (once each)."""
+
+    def __init__(self, *args: Any, position: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
 
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
     ) -> None:
-        pairs = getattr(namespace, self.dest)
-        if not pairs or pairs[-1][1] is not None:
-            parser.error("--explainer must follow the --classifier it explains (one explainer each)")
-        pairs[-1][1] = value
+        specs = getattr(namespace, self.dest)
+        if not specs or specs[-1][self.position] is not None:
+            parser.error(f"{option_string} must follow the --classifier it belongs to (once each)")
+        specs[-1][self.position] = value
 
 
-def classifier_entries(pairs: Sequence[Sequence[str | None]]) -> list[ModelEntry]:
-    """The models of --classifier NAME [--explainer SPEC] pairs."""
-    return [ModelEntry.from_classifier(str(classifier), explainer) for classifier, explainer in pairs]
+def classifier_entries(specs: Sequence[Sequence[str | None]]) -> list[ModelEntry]:
+    """The models of --classifier NAME [--explainer SPEC] [--target-layer NAME] groups."""
+    return [
+        ModelEntry.from_classifier(str(classifier), explainer, target_layer)
+        for classifier, explainer, target_layer in specs
+    ]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -701,10 +713,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--explainer",
-        action=ExplainerAction,
+        action=ClassifierOptionAction,
+        position=1,
         dest="classifiers",
         metavar="SPEC",
         help="the P-TAME explainer of the --classifier before it: a folder or a Hub repo ORG/NAME[@REVISION]",
+    )
+    parser.add_argument(
+        "--target-layer",
+        action=ClassifierOptionAction,
+        position=2,
+        dest="classifiers",
+        metavar="NAME",
+        help="the CAM methods' layer of the --classifier before it, a dotted module path (e.g. layer4, "
+        "blocks.-1.norm1); default: its family's layer, else a probe's",
     )
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the models' manifest (TOML)")
     parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")

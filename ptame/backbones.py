@@ -21,8 +21,19 @@ from torch import nn
 from torchvision.transforms import v2 as transforms
 
 from ptame.errors import describe
+from ptame.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
+from ptame.hub import resolve_file
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
-from ptame.timm_sources import SourceFolder, create_network, locate_network
+from ptame.target_layers import find_target_layer
+from ptame.timm_sources import (
+    CONFIG_NAME,
+    HF_HUB_PREFIX,
+    LOCAL_DIR_PREFIX,
+    SourceFolder,
+    create_network,
+    locate_network,
+)
+from ptame.untrusted import read_json_object
 
 INTERPOLATIONS = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
 
@@ -83,6 +94,7 @@ class Backbone:
         reshape_transform: None for CNNs; for transformers, (B, N, C) tokens ->
             (B, C, h, w) grid, prefix tokens dropped.
         class_names: K display names.
+        target_layer_name: the target layer's dotted path ("" where it was given as a module).
     """
 
     name: str
@@ -91,6 +103,7 @@ class Backbone:
     target_layer: nn.Module
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None
     class_names: list[str]
+    target_layer_name: str = ""
 
     def logits(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) pixels in [0, 1] -> (B, K) logits."""
@@ -100,21 +113,6 @@ class Backbone:
         """Move the model to a device (in place); returns self."""
         self.model.to(device)
         return self
-
-
-def tokens_to_grid(tokens: torch.Tensor, prefix_tokens: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Transformer tokens -> feature map: drop the prefix (class) tokens, reshape patches.
-
-    Args:
-        tokens: (B, prefix_tokens + h * w, C).
-        prefix_tokens: number of leading non-patch tokens.
-        grid: (h, w) patch grid.
-
-    Returns:
-        (B, C, h, w).
-    """
-    patches = tokens[:, prefix_tokens:, :]
-    return patches.reshape(patches.shape[0], grid[0], grid[1], patches.shape[2]).permute(0, 3, 1, 2)
 
 
 @functools.cache
@@ -137,58 +135,91 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def _timm_backbone(
-    name: str, pretrained: bool, preprocessing: Preprocessing | None = None, local_files_only: bool = False
+def _with_target_layer(
+    name: str,
+    model: nn.Module,
+    preprocessing: Preprocessing,
+    class_names: list[str],
+    target_layer: str | None,
+    family: nn.Module | None = None,
 ) -> Backbone:
-    files = locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
-    model = _frozen(create_network(files, f"the classifier {describe(name)}"))
-    if hasattr(model, "patch_embed") and hasattr(model, "blocks"):
-        target_layer = model.blocks[-1].norm1
-        reshape = functools.partial(
-            tokens_to_grid, prefix_tokens=model.num_prefix_tokens, grid=tuple(model.patch_embed.grid_size)
-        )
-    else:
-        target_layer = model.get_submodule(model.feature_info[-1]["module"])
-        reshape = None
+    """A Backbone whose CAM layer is ``target_layer``, the family's declared one, or the probe's
+    (``ptame.target_layers.find_target_layer``), with the reshape its output's layout needs."""
+    try:
+        found = find_target_layer(model, preprocessing.crop, target_layer, family)
+    except ValueError as error:
+        raise ValueError(f"the classifier {name}: {error}") from error
     return Backbone(
         name=name,
         model=model,
-        preprocessing=preprocessing or Preprocessing.from_timm(model),
-        target_layer=target_layer,
-        reshape_transform=reshape,
-        class_names=_class_names(model, model.num_classes),
+        preprocessing=preprocessing,
+        target_layer=found.module,
+        reshape_transform=found.layout.reshape_transform(),
+        class_names=class_names,
+        target_layer_name=found.name,
     )
 
 
-def _vgg16(pretrained: bool, local_files_only: bool) -> Backbone:
-    backbone = _timm_backbone("vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only)
+def _transformers_folder(name: str, local_files_only: bool) -> Path | None:
+    """The local folder of an "hf-hub:" or "local-dir:" classifier if it is a transformers model, else None."""
+    if name.startswith(HF_HUB_PREFIX):
+        repo, _, revision = name[len(HF_HUB_PREFIX) :].partition("@")
+        config = resolve_file(repo, CONFIG_NAME, revision=revision or None, local_files_only=local_files_only)
+        source = (repo, revision or None)
+    elif name.startswith(LOCAL_DIR_PREFIX):
+        config = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve() / CONFIG_NAME
+        source = (None, None)
+        if not config.is_file():
+            return None  # locate_network says what is missing
+    else:
+        return None
+    if not is_transformers_config(read_json_object(config)):
+        return None
+    return transformers_folder(config, *source, local_files_only)
+
+
+def _transformers_backbone(name: str, folder: Path, target_layer: str | None) -> Backbone:
+    built = load_transformers_classifier(folder, f"the classifier {describe(name)}")
+    network = _frozen(built.model)
+    preprocessing = Preprocessing(built.resize, built.crop, built.mean, built.std, built.interpolation)
+    model = _frozen(LogitsOnly(network))
+    return _with_target_layer(name, model, preprocessing, built.class_names, target_layer, family=network)
+
+
+def _timm_backbone(
+    name: str,
+    pretrained: bool,
+    preprocessing: Preprocessing | None = None,
+    local_files_only: bool = False,
+    target_layer: str | None = None,
+) -> Backbone:
+    files = locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
+    model = _frozen(create_network(files, f"the classifier {describe(name)}"))
+    preprocessing = preprocessing or Preprocessing.from_timm(model)
+    return _with_target_layer(name, model, preprocessing, _class_names(model, model.num_classes), target_layer)
+
+
+def _vgg16(pretrained: bool, local_files_only: bool, target_layer: str | None) -> Backbone:
     # The last ReLU of conv5_3 (14x14 at 224): the layer of the Grad-CAM paper, before the pool.
-    backbone.target_layer = backbone.model.features[29]
-    return backbone
+    return _timm_backbone("vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only, target_layer or "features.29")
 
 
-def _resnet50(pretrained: bool, local_files_only: bool) -> Backbone:
-    return _timm_backbone("resnet50.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only)
+def _resnet50(pretrained: bool, local_files_only: bool, target_layer: str | None) -> Backbone:
+    return _timm_backbone("resnet50.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only, target_layer)
 
 
-def _vit_b_16(pretrained: bool, local_files_only: bool) -> Backbone:
+def _vit_b_16(pretrained: bool, local_files_only: bool, target_layer: str | None) -> Backbone:
     """torchvision's ViT-B/16 (its weights come from torchvision's own download, cached by torch.hub)."""
     weights = torchvision.models.ViT_B_16_Weights.IMAGENET1K_V1 if pretrained else None
     model = _frozen(torchvision.models.vit_b_16(weights=weights))
-    return Backbone(
-        name="vit_b_16",
-        model=model,
-        preprocessing=PAPER_PREPROCESSING,
-        target_layer=model.encoder.layers[-1].ln_1,
-        reshape_transform=functools.partial(tokens_to_grid, prefix_tokens=1, grid=(14, 14)),
-        class_names=list(imagenet_class_names()),
-    )
+    names = list(imagenet_class_names())
+    return _with_target_layer("vit_b_16", model, PAPER_PREPROCESSING, names, target_layer or "encoder.layers.-1.ln_1")
 
 
 # The paper's classifiers, with the exact weights their explainers are trained for:
 # timm's vgg16.tv_in1k and resnet50.tv_in1k hold torchvision's IMAGENET1K_V1 tensors; no timm
 # tag holds torchvision's ViT-B/16 weights, so that one comes from torchvision.
-PAPER_BACKBONES: dict[str, Callable[[bool, bool], Backbone]] = {
+PAPER_BACKBONES: dict[str, Callable[[bool, bool, str | None], Backbone]] = {
     "vgg16": _vgg16,
     "resnet50": _resnet50,
     "vit_b_16": _vit_b_16,
@@ -200,22 +231,20 @@ PAPER_BACKBONES: dict[str, Callable[[bool, bool], Backbone]] = {
 USER_FUNCTION = re.compile(r"(?P<module>[A-Za-z_][\w.]*):(?P<function>[A-Za-z_]\w*)")
 
 
-def last_convolution(model: nn.Module) -> nn.Module:
-    """The last ``nn.Conv2d`` of a model in module order: the layer Grad-CAM reads by default.
+class LogitsOnly(nn.Module):
+    """A classifier whose forward returns an output object (``.logits``, as Hugging Face
+    transformers models do), as a module returning the (B, K) logits tensor."""
 
-    Raises:
-        ValueError: the model has no Conv2d (return a ``Backbone`` with its target layer instead).
-    """
-    convolutions = [module for module in model.modules() if isinstance(module, nn.Conv2d)]
-    if not convolutions:
-        raise ValueError(
-            f"{type(model).__name__} has no Conv2d layer for Grad-CAM to read: return a ptame.Backbone "
-            "with its target_layer (and reshape_transform for a transformer)"
-        )
-    return convolutions[-1]
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        output = self.network(pixels)
+        return output if isinstance(output, torch.Tensor) else output.logits
 
 
-def _user_backbone(spec: str) -> Backbone:
+def _user_backbone(spec: str, target_layer: str | None) -> Backbone:
     """The classifier a user's function builds: "MODULE:FUNCTION" (see ``create_backbone``)."""
     found = USER_FUNCTION.fullmatch(spec)
     module_name, function_name = found["module"], found["function"]
@@ -237,34 +266,43 @@ def _user_backbone(spec: str) -> Backbone:
     model, preprocessing = built
     if not isinstance(preprocessing, Preprocessing):
         raise ValueError(f"{spec} returned {type(preprocessing).__name__} as preprocessing, not a ptame.Preprocessing")
-    model = _frozen(model)
+    network = _frozen(model)
     with torch.no_grad():
-        probe = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop, device=next(model.parameters()).device)
-        num_classes = model(probe).shape[-1]
-    return Backbone(
-        name=spec,
-        model=model,
-        preprocessing=preprocessing,
-        target_layer=last_convolution(model),
-        reshape_transform=None,
-        class_names=_class_names(model, num_classes),
-    )
+        probe = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop, device=next(network.parameters()).device)
+        output = network(probe)
+    if not isinstance(output, torch.Tensor) and not isinstance(getattr(output, "logits", None), torch.Tensor):
+        raise ValueError(
+            f"{spec}'s model returns {type(output).__name__}: it must return the (B, K) logits or an "
+            "object with a .logits tensor"
+        )
+    model = network if isinstance(output, torch.Tensor) else LogitsOnly(network)
+    num_classes = (output if isinstance(output, torch.Tensor) else output.logits).shape[-1]
+    names = _class_names(network, num_classes)
+    return _with_target_layer(spec, model, preprocessing, names, target_layer, family=network)
 
 
-def create_backbone(name: str, pretrained: bool = True, local_files_only: bool = False) -> Backbone:
+def create_backbone(
+    name: str, pretrained: bool = True, local_files_only: bool = False, target_layer: str | None = None
+) -> Backbone:
     """Build a classifier by name.
 
     Args:
         name: "vgg16", "resnet50", "vit_b_16" (the paper's), any timm model name, including
-            "hf-hub:org/name" and "local-dir:PATH", or "MODULE:FUNCTION": a function of an
-            importable module, called without arguments, that returns a ``Backbone`` or
-            ``(model, Preprocessing)``; with the latter the class count comes from one forward
-            pass, the class names from ``model.pretrained_cfg["label_names"]`` if present, and
-            Grad-CAM's target layer is the model's last Conv2d.
+            "hf-hub:org/name[@revision]" and "local-dir:PATH" (a timm folder, or a Hugging Face
+            transformers one: config.json with a model_type, loaded with
+            AutoModelForImageClassification; needs the transformers extra), or
+            "MODULE:FUNCTION": a function of an importable module, called without arguments,
+            that returns a ``Backbone`` or ``(model, Preprocessing)``; with the latter the class
+            count comes from one forward pass (a model returning an object with ``.logits`` is
+            wrapped), the class names from ``model.pretrained_cfg["label_names"]`` if present.
         pretrained: load the weights (False: random initialisation, builds offline); a user's
-            function builds its model as it likes.
+            function builds its model as it likes; a transformers folder always loads its own.
         local_files_only: read local folders and the local Hugging Face cache only (offline),
             for this call alone.
+        target_layer: the layer Grad-CAM-style methods read, a dotted module path of the model
+            ("layer4", "blocks.-1.norm1"; a transformers or wrapped model: of the inner model);
+            None: the family's declared layer, else the probe's (``ptame.target_layers``). Its
+            output's layout (channels first or last, tokens) is read from a probe image.
 
     Returns:
         The backbone, frozen, in eval mode, on the CPU.
@@ -277,7 +315,10 @@ def create_backbone(name: str, pretrained: bool = True, local_files_only: bool =
     """
     builder = PAPER_BACKBONES.get(name)
     if builder is not None:
-        return builder(pretrained, local_files_only)
+        return builder(pretrained, local_files_only, target_layer)
     if USER_FUNCTION.fullmatch(name):
-        return _user_backbone(name)
-    return _timm_backbone(name, pretrained, local_files_only=local_files_only)
+        return _user_backbone(name, target_layer)
+    folder = _transformers_folder(name, local_files_only)
+    if folder is not None:
+        return _transformers_backbone(name, folder, target_layer)
+    return _timm_backbone(name, pretrained, local_files_only=local_files_only, target_layer=target_layer)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ptame.errors import CheckpointError, ImageInputError, MethodFailed, ModelUnavailable
 from ptame.methods import default_method_keys, get_method, method_keys
-from ptame.serving.captions import display_class_names, explainer_missing_message
+from ptame.serving.captions import blank_map_note, display_class_names, explainer_missing_message
 from ptame.serving.export import figure, save_maps, save_png
 from ptame.serving.images import CheckedImage
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
@@ -87,6 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--explainer", help="with --classifier: its P-TAME explainer, a folder or a Hub repo ORG/NAME[@REVISION]"
     )
     parser.add_argument(
+        "--target-layer",
+        help="with --classifier: the CAM methods' layer, a dotted module path (default: its family's, else a probe's)",
+    )
+    parser.add_argument(
         "--methods",
         type=parse_methods,
         default=list(default_method_keys()),
@@ -109,10 +113,10 @@ def _registry(args: argparse.Namespace) -> tuple[ModelRegistry, str]:
         CheckpointError: a --model folder without classifier/.
     """
     if args.classifier is not None:
-        entry = ModelEntry.from_classifier(args.classifier, args.explainer)
+        entry = ModelEntry.from_classifier(args.classifier, args.explainer, args.target_layer)
         return ModelRegistry([entry], device=args.device), entry.key
-    if args.explainer is not None:
-        raise ValueError("--explainer needs --classifier (a --model brings its own explainer)")
+    if args.explainer is not None or args.target_layer is not None:
+        raise ValueError("--explainer and --target-layer need --classifier (a --model brings its own)")
     folder = Path(args.model)
     if folder.is_dir():
         entry = ModelEntry.from_folder(folder)
@@ -187,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
             failures += 1
             continue
         analysis, index, explanations = result.analysis, result.class_index, list(result.explanations.values())
+        for explanation in explanations:
+            if explanation.blank:
+                note = blank_map_note(explanation.method, model.backbone.target_layer_name)
+                tqdm.write(f"warning: {path}: {note}", file=sys.stderr)
         title = f"{names[index]} · {analysis.probabilities[index]:.1%}"
         save_png(args.out / f"{stem}.png", figure(analysis.picture, explanations, title, args.opacity, args.colormap))
         save_maps(

@@ -235,6 +235,21 @@ def test_the_command_line_adds_classifiers_with_or_without_explainers(tmp_path: 
         app.parse_args(["--classifier", "vgg16", "--explainer", "a/b", "--explainer", "c/d"])
 
 
+def test_the_command_line_gives_a_classifier_its_target_layer() -> None:
+    args = app.parse_args(
+        ["--classifier", "resnet50", "--target-layer", "layer3", "--explainer", "org/x", "--classifier", "vgg16"]
+    )
+    entries = app.classifier_entries(args.classifiers)
+    assert [(e.classifier, e.explainer, e.target_layer) for e in entries] == [
+        ("resnet50", "org/x", "layer3"),
+        ("vgg16", None, None),
+    ]
+    with pytest.raises(SystemExit):
+        app.parse_args(["--target-layer", "layer3"])  # no --classifier before it
+    with pytest.raises(SystemExit):
+        app.parse_args(["--classifier", "vgg16", "--target-layer", "a", "--target-layer", "b"])
+
+
 def test_a_classifier_only_model_gives_the_baselines_and_says_how_to_get_p_tame(
     demo_folder: Path, images: Path, tmp_path: Path
 ) -> None:

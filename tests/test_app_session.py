@@ -261,8 +261,11 @@ def test_exports(session: ExplainSession, image_file: Path, tmp_path: Path) -> N
             "gradcam",
             "seconds_ptame",
             "seconds_gradcam",
+            "blank_ptame",
+            "blank_gradcam",
         }
         np.testing.assert_array_equal(saved["ptame"], explanations[0].saliency)
+        assert [bool(saved[f"blank_{m}"]) for m in ("ptame", "gradcam")] == [e.blank for e in explanations]
         assert saved["ptame"].dtype == np.float32 and str(saved["class_name"]) == "cross"
         assert int(saved["class_index"]) == 4
     assert sorted(p.name for p in path.parent.iterdir()) == ["maps.npz"]  # no temporary file left

@@ -15,7 +15,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ptame import create_backbone
-from ptame.backbones import Backbone, Preprocessing, tokens_to_grid
+from ptame.backbones import Backbone, Preprocessing
+from ptame.target_layers import tokens_to_grid
 from ptame.methods import METHODS
 from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
@@ -67,7 +68,7 @@ BACKBONES = {"cnn": tiny_cnn, "vit": tiny_vit}
 
 
 def reference_maps(method, backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's maps for the same model and input."""
+    """pytorch-grad-cam's maps for the same model and input (Ablation-CAM one copy per batch)."""
     normalized = normalize(pixels, backbone.preprocessing.mean, backbone.preprocessing.std)
     options = {}
     if method is ablation_cam:
@@ -75,6 +76,11 @@ def reference_maps(method, backbone: Backbone, pixels: torch.Tensor, classes: to
     cam = REFERENCES[method](
         backbone.model, [backbone.target_layer], reshape_transform=backbone.reshape_transform, **options
     )
+    if method is ablation_cam:
+        # One ablated copy per batch: pytorch-grad-cam takes the batch's minimum again after each
+        # write, so in larger batches a layer with negative outputs ablates later copies to lower
+        # values; with one copy the value is the image's minimum - 1e7 as in ptame's.
+        cam.batch_size = 1
     try:
         inputs = normalized if method in GRADIENT_FREE else normalized.clone().requires_grad_(True)
         maps = cam(inputs, [ClassifierOutputTarget(int(c)) for c in classes])

@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from ptame import PTAME, Preprocessing, TrainSettings, create_backbone
-from ptame.backbones import last_convolution
 from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint
 from train import explainer as command
 from train import recipes
+from train.data import image_files
+from train.shards import pack_folder
 from train.verdict import COLUMNS, verdict_sentence, wins
 
 RUN = ["--batch-size", "4", "--steps", "4", "--held-out", "4", "--workers", "0", "--log-every", "2", "--no-progress"]
@@ -114,15 +115,17 @@ def test_stopping_and_resuming_gives_the_uninterrupted_result(
     train_run(local_models, data, out, "--stop-after", "2")
     assert not (out / "explainer").exists() and not (out / "verdict.md").exists()
     train_run(local_models, data, out, "--resume")
-    got = load_file(str(out / "explainer" / "model.safetensors"))
-    want = load_file(str(finished / "explainer" / "model.safetensors"))
+    assert_same_heads(out, finished)
+    assert figures(out) == figures(finished)
+
+
+def assert_same_heads(run: Path, reference: Path) -> None:
+    """The explainers of two runs hold the same tensors."""
+    got = load_file(str(run / "explainer" / "model.safetensors"))
+    want = load_file(str(reference / "explainer" / "model.safetensors"))
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
-    figures = [{key: value for key, value in row.items() if key != "seconds_per_image"} for row in rows(out)]
-    assert figures == [
-        {key: value for key, value in row.items() if key != "seconds_per_image"} for row in rows(finished)
-    ]
 
 
 def test_the_held_out_images_are_never_trained_on(data: Path) -> None:
@@ -180,7 +183,8 @@ def not_a_classifier() -> str:
 def test_a_users_module_function_is_a_classifier_spec(data: Path, tmp_path: Path) -> None:
     backbone = create_backbone("tests.test_train_explainer:build_user_classifier")
     assert len(backbone.class_names) == 4 and backbone.preprocessing.crop == 24
-    assert backbone.target_layer is backbone.model[2] is last_convolution(backbone.model)
+    # the probe's layer: the last spatial one with a gradient, after the last convolution's activation
+    assert backbone.target_layer is backbone.model[3] and backbone.target_layer_name == "3"
     assert not any(parameter.requires_grad for parameter in backbone.model.parameters())
     with pytest.raises(ValueError, match="cannot import 'tests.nowhere'"):
         create_backbone("tests.nowhere:build")
@@ -197,3 +201,27 @@ def test_a_users_module_function_is_a_classifier_spec(data: Path, tmp_path: Path
     run = json.loads((out / "run.json").read_text())
     assert run["transform"]["crop"] == 24 and run["transform"]["resize"] == 28
     assert PTAME.from_pretrained(out / "explainer").num_classes == 4
+
+
+def test_shards_of_the_folders_images_train_the_same_weights_and_verdict(
+    local_models: tuple[Path, Path], data: Path, finished: Path, tmp_path: Path
+) -> None:
+    """The folder's 24 images written in its order into webdataset shards of 5: one reader whose shuffle window
+    holds them all reads the folder's global batches, with the same held-out images, augmentations and verdict."""
+    pack_folder(image_files(data / "train"), data / "train", tmp_path / "shards", per_shard=5)
+    out = tmp_path / "from-shards"
+    train_run(local_models, data, out, "--data", f"{tmp_path}/shards/train-{{0000..0004}}.tar")
+    assert_same_heads(out, finished)
+    assert figures(out) == figures(finished)
+    run = json.loads((out / "run.json").read_text())
+    assert run["num_images"] == 20 and run["held_out"] == 4 and run["data"].endswith("train-{0000..0004}.tar")
+    assert run["shards"] == {"count": 5, "readers": 1, "window": 4096}
+
+
+def test_shards_too_few_for_the_readers_are_a_clear_error(
+    local_models: tuple[Path, Path], data: Path, tmp_path: Path
+) -> None:
+    pack_folder(image_files(data / "train"), data / "train", tmp_path / "shards", per_shard=12)
+    spec = f"{tmp_path}/shards/train-{{0000..0001}}.tar"
+    with pytest.raises(SystemExit, match="cannot feed 1 process.* x 3 reader.*use fewer --workers"):
+        train_run(local_models, data, tmp_path / "out", "--data", spec, "--workers", "3")

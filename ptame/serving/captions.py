@@ -26,9 +26,23 @@ def display_class_names(class_names: list[str]) -> list[str]:
     return [name if counts[name] == 1 else f"{name} ({index})" for index, name in enumerate(class_names)]
 
 
-def method_caption(method: str, seconds: float) -> str:
-    """ "P-TAME · 12 ms": a method's display name and its compute time."""
-    return f"{get_method(method).name} · {format_seconds(seconds)}"
+def method_caption(method: str, seconds: float, blank: bool = False) -> str:
+    """ "P-TAME · 12 ms": a method's display name and its compute time ("· blank map" after a
+    constant map)."""
+    return f"{get_method(method).name} · {format_seconds(seconds)}" + (" · blank map" if blank else "")
+
+
+def blank_map_note(method: str, target_layer: str) -> str:
+    """Why a method's map is blank (constant), and what to try: plain text, no Markdown."""
+    name = get_method(method).name
+    if get_method(method).uses_explainer:
+        return f"The {name} map is blank (constant): the explainer sees no evidence for this class in this image."
+    layer = f"its target layer {target_layer}" if target_layer else "its target layer"
+    return (
+        f"The {name} map is blank (constant): no positive evidence for this class at {layer} "
+        "(zero gradients, a saturated classifier, or a layer that does not see the class). "
+        "Another layer may show it: --target-layer NAME (app, ptame explain, python -m train explainer)."
+    )
 
 
 def explainer_missing_message(model: LoadedModel) -> str:

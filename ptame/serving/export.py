@@ -38,7 +38,8 @@ def figure(
         picture = cv2.resize(picture, (round(width * scale), FIGURE_PANEL_SIDE), interpolation=cv2.INTER_CUBIC)
     panels = [(title, picture)]
     panels += [
-        (method_caption(e.method, e.seconds), overlay(picture, e.saliency, opacity, colormap)) for e in explanations
+        (method_caption(e.method, e.seconds, e.blank), overlay(picture, e.saliency, opacity, colormap))
+        for e in explanations
     ]
     return side_by_side(panels)
 
@@ -59,7 +60,8 @@ def save_maps(
     """Write the raw maps of one class as a compressed .npz, atomically.
 
     Arrays: ``image`` (S, S, 3) uint8; one (S, S) float32 map in [0, 1] per method, under its
-    key ("ptame", "gradcam", ...); ``seconds_<method>`` float; ``class_index`` int;
+    key ("ptame", "gradcam", ...); ``seconds_<method>`` float; ``blank_<method>`` bool (a constant
+    map: no evidence at the method's layer); ``class_index`` int;
     ``class_name`` and ``model`` str.
 
     Returns:
@@ -74,6 +76,7 @@ def save_maps(
     for explanation in explanations:
         arrays[explanation.method] = explanation.saliency.astype(np.float32)
         arrays[f"seconds_{explanation.method}"] = np.array(explanation.seconds)
+        arrays[f"blank_{explanation.method}"] = np.array(explanation.blank)
 
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:

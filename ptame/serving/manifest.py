@@ -29,7 +29,7 @@ from ptame.untrusted import read_json_object
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier")
-OPTIONAL_FIELDS = ("explainer", "explainer_revision", "domain", "image_size")
+OPTIONAL_FIELDS = ("explainer", "explainer_revision", "domain", "image_size", "target_layer")
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 NOT_KEY_CHARACTERS = re.compile(r"[^A-Za-z0-9_-]+")
 HUB_REPO_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # ORG/NAME
@@ -51,6 +51,8 @@ class ModelEntry:
     explainer_revision: the commit (or branch) of a Hub explainer; None for a folder.
     domain: one line on the model's world ("photos of the 1000 ImageNet classes"); "" if unsaid.
     image_size: the images of its world are exactly this square size (pixels); None: any image.
+    target_layer: the classifier's layer for the CAM methods (a dotted module path); None: its
+    family's declared layer or the probe's (``ptame.target_layers``).
     """
 
     key: str
@@ -60,6 +62,7 @@ class ModelEntry:
     explainer_revision: str | None = None
     domain: str = ""
     image_size: int | None = None
+    target_layer: str | None = None
 
     @classmethod
     def from_folder(cls, folder: Path) -> "ModelEntry":
@@ -84,14 +87,17 @@ class ModelEntry:
         )
 
     @classmethod
-    def from_classifier(cls, classifier: str, explainer: str | None = None) -> "ModelEntry":
-        """The entry of ``--classifier SPEC [--explainer SPEC]``.
+    def from_classifier(
+        cls, classifier: str, explainer: str | None = None, target_layer: str | None = None
+    ) -> "ModelEntry":
+        """The entry of ``--classifier SPEC [--explainer SPEC] [--target-layer NAME]``.
 
         Args:
             classifier: a ``create_backbone`` name: a timm name, "hf-hub:ORG/NAME" or
                 "local-dir:PATH" (a relative PATH starts at the working directory).
             explainer: a folder (an existing path, or one starting with ./ ../ / ~), or a Hub repo id
                 "ORG/NAME" or "ORG/NAME@REVISION"; None: classifier-only.
+            target_layer: the CAM methods' layer (a dotted module path); None: the default.
 
         Returns:
             key: the classifier spec as a slug of letters, digits, "_" and "-"
@@ -111,9 +117,9 @@ class ModelEntry:
         if spec.startswith(LOCAL_DIR_PREFIX):
             source = LOCAL_DIR_PREFIX + str(Path(spec[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve())
         if explainer is None:
-            return cls(key, spec, source)
+            return cls(key, spec, source, target_layer=target_layer)
         folder, revision = _explainer_source(explainer)
-        return cls(key, spec, source, folder, revision)
+        return cls(key, spec, source, folder, revision, target_layer=target_layer)
 
     @property
     def explainer_is_folder(self) -> bool:
@@ -191,6 +197,7 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
         revision,
         table.get("domain", ""),
         table.get("image_size"),
+        table.get("target_layer"),
     )
 
 
@@ -316,7 +323,9 @@ def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
     if offline:
         _check_torchvision_cache(entry)
     try:
-        return create_backbone(entry.classifier, pretrained=True, local_files_only=offline)
+        return create_backbone(
+            entry.classifier, pretrained=True, local_files_only=offline, target_layer=entry.target_layer
+        )
     except Exception as error:  # noqa: BLE001 - timm, torchvision and huggingface_hub raise many types
         reason = _offline_note(error, offline)
         raise CheckpointError(

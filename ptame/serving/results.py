@@ -49,6 +49,12 @@ class Explanation:
     saliency: np.ndarray
     seconds: float
 
+    @property
+    def blank(self) -> bool:
+        """Whether the map is constant (a CAM with no positive evidence at its layer: zero
+        gradients, a saturated classifier, or a layer that does not see the class)."""
+        return bool(np.ptp(self.saliency) == 0)
+
 
 @dataclass(frozen=True)
 class Curves:

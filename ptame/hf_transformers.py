@@ -1,0 +1,149 @@
+"""Hugging Face transformers image classifiers (ViT, DeiT, BEiT, Swin, ConvNeXt, ResNet, ...): found,
+checked and built as ptame classifiers.
+
+A transformers folder or Hub repo has a config.json with "model_type" / "architectures" (timm's
+has "architecture"), model.safetensors, and usually preprocessor_config.json. The model is built
+with ``AutoModelForImageClassification`` within the budget of its weights file (``ptame.budget``),
+from safetensors only, offline when asked; its preprocessing comes from the image processor's
+config (size, crop, resample, mean, std) and its class names from ``id2label``. transformers is
+an optional dependency: ``pip install "ptame-xai[transformers]"``.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from ptame.budget import build_within_budget
+from ptame.errors import CheckpointError
+from ptame.hub import resolve_file
+from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD
+from ptame.untrusted import read_json_object, read_safetensors_header
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PROCESSOR_NAME = "preprocessor_config.json"
+EXTRA = 'pip install "ptame-xai[transformers]" (or: pip install transformers)'
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's codes as image processors store them
+MAX_MODULES_PER_TENSOR = 10
+
+
+def is_transformers_config(config: dict[str, object]) -> bool:
+    """Whether a config.json is a transformers model's (it names a model_type or architectures,
+    not a timm architecture)."""
+    return "architecture" not in config and ("model_type" in config or "architectures" in config)
+
+
+@dataclass(frozen=True)
+class TransformersClassifier:
+    """A built transformers classifier: the model (in eval mode), how its images are prepared,
+    and its class names in index order.
+
+    resize: the shorter side before the centre crop; crop: the crop's side; mean, std: its
+    normalisation; interpolation: "bilinear" or "bicubic".
+    """
+
+    model: nn.Module
+    resize: int
+    crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    class_names: list[str]
+
+
+def _side(value: object, where: Path) -> int:
+    """A size entry of an image processor's config: an int, or {"height", "width"} / {"shortest_edge"}."""
+    if isinstance(value, dict):
+        value = value.get("shortest_edge", value.get("height"))
+    if not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= 4096:
+        raise CheckpointError(f"{where}: an image size of {value!r} is not a side from 8 to 4096 pixels")
+    return value
+
+
+def _preprocessing(processor: dict[str, object], config: dict[str, object], where: Path) -> dict[str, object]:
+    size = _side(processor.get("size", config.get("image_size", 224)), where)
+    crop = size
+    if processor.get("do_center_crop") and processor.get("crop_size") is not None:
+        crop = _side(processor["crop_size"], where)
+    crop_pct = processor.get("crop_pct")
+    resize = size
+    if isinstance(crop_pct, int | float) and 0 < crop_pct <= 1 and "shortest_edge" in (processor.get("size") or {}):
+        resize, crop = int(math.floor(size / crop_pct)), size  # ConvNeXt's processor: resize, then crop `size`
+    mean = processor.get("image_mean", IMAGENET_MEAN)
+    std = processor.get("image_std", IMAGENET_STD)
+    if not (
+        isinstance(mean, list | tuple)
+        and isinstance(std, list | tuple)
+        and len(mean) == len(std) == 3
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in [*mean, *std])
+        and all(v > 0 for v in std)
+    ):
+        raise CheckpointError(f"{where}: image_mean and image_std must be 3 finite numbers each (std > 0)")
+    interpolation = PIL_RESAMPLE.get(processor.get("resample"), "bilinear")  # type: ignore[arg-type]
+    return {"resize": max(resize, crop), "crop": crop, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation}
+
+
+def _class_names(config: dict[str, object], num_classes: int) -> list[str]:
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and len(labels) == num_classes:
+        try:
+            return [str(labels[key]) for key in sorted(labels, key=int)]
+        except (TypeError, ValueError):
+            pass
+    return [f"class {index}" for index in range(num_classes)]
+
+
+def load_transformers_classifier(folder: Path, what: str) -> TransformersClassifier:
+    """Build the transformers classifier of a local folder (a Hub snapshot) from its safetensors.
+
+    Raises:
+        CheckpointError: transformers not installed (names the extra), no model.safetensors, a
+            config transformers cannot use, a model over the budget of its weights, or an image
+            processor config out of bounds.
+    """
+    try:
+        from transformers import AutoConfig, AutoModelForImageClassification
+    except ImportError as error:
+        raise CheckpointError(f"{what} is a Hugging Face transformers model: {EXTRA}") from error
+    config = read_json_object(folder / CONFIG_NAME)
+    processor_path = folder / PROCESSOR_NAME
+    processor = read_json_object(processor_path) if processor_path.is_file() else {}
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{what} has no {WEIGHTS_NAME} (weights are read from safetensors only)")
+    header = read_safetensors_header(weights)
+    try:
+        architecture = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        model = build_within_budget(
+            lambda: AutoModelForImageClassification.from_pretrained(
+                str(folder), local_files_only=True, use_safetensors=True
+            ),
+            header.numel + 1_000_000,
+            MAX_MODULES_PER_TENSOR * len(header.tensors) + 1000,
+            what,
+            architecture=lambda: AutoModelForImageClassification.from_config(architecture),
+        )
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers raises many types for configs it cannot use
+        raise CheckpointError(f"cannot build {what}: {type(error).__name__}: {error}") from error
+    num_classes = int(getattr(model.config, "num_labels", 0) or len(config.get("id2label") or {}))
+    return TransformersClassifier(
+        model=model.eval(),
+        **_preprocessing(processor, config, processor_path),  # type: ignore[arg-type]
+        class_names=_class_names(config, num_classes),
+    )
+
+
+def transformers_folder(config_path: Path, repo: str | None, revision: str | None, local_files_only: bool) -> Path:
+    """The folder of a transformers model whose config.json is at ``config_path``: for a Hub repo,
+    its weights and image processor config are fetched into the same snapshot first."""
+    if repo is not None:
+        resolve_file(repo, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only)
+        try:
+            resolve_file(repo, PROCESSOR_NAME, revision=revision, local_files_only=local_files_only)
+        except CheckpointError:
+            pass  # no image processor config: the defaults
+    return config_path.parent
