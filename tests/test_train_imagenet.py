@@ -17,7 +17,9 @@ from ptame.training import TrainSettings, make_optimizer
 from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny
 from train import explainer, imagenet, recipes
 from train.checkpointing import read_checkpoint_info
+from train.data import image_files
 from train.runs import CHECKPOINT_NAME
+from train.shards import pack_folder
 
 
 @pytest.fixture(scope="module")
@@ -313,3 +315,21 @@ def test_two_processes_train_as_one_process_on_the_same_global_batches(
     train_tiny(data, out, "--resume")
     assert read_checkpoint_info(out / CHECKPOINT_NAME).step == 4
     assert PTAME.from_pretrained(out / "explainer").num_classes == 1000
+
+
+def test_a_run_from_shards_with_two_workers_resumes_to_the_uninterrupted_weights(data: Path, tmp_path: Path) -> None:
+    """The 18 images in webdataset shards of 4, read by 2 DataLoader workers (2 readers: shards 0, 2, 4 and 1, 3);
+    stopped after step 1 and resumed (where the other reader serves the next step): the uninterrupted weights.
+    Resuming with another number of workers is another run."""
+    pack_folder(image_files(data / "train"), data / "train", tmp_path / "shards", per_shard=4)
+    shards = ["--data", f"{tmp_path}/shards/train-{{0000..0004}}.tar", "--workers", "2"]
+    whole = tmp_path / "whole"
+    train_tiny(data, whole, *shards)
+    run = json.loads((whole / "run.json").read_text())
+    assert run["num_images"] == 18 and run["shards"] == {"count": 5, "readers": 2, "window": 4096}
+    out = tmp_path / "resumed"
+    train_tiny(data, out, *shards, "--stop-after", "1")
+    with pytest.raises(SystemExit, match="different run.*shards"):
+        train_tiny(data, out, *shards, "--resume", "--workers", "1")
+    train_tiny(data, out, *shards, "--resume")
+    assert_same_weights(out, whole)

@@ -31,13 +31,16 @@ the global batch, split evenly across the processes; only rank 0 writes.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -64,6 +67,16 @@ from train.runs import (
     MANIFEST_NAME,
     RUN_NAME,
     manifest_entry,
+)
+from train.shards import (
+    DEFAULT_SHUFFLE_WINDOW,
+    ShardBatches,
+    ShardPlan,
+    Shards,
+    extract_images,
+    held_out_numbers,
+    is_shard_spec,
+    read_shards,
 )
 from train.verdict import measure_verdict, write_verdict
 
@@ -97,7 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
         required=True,
         help="timm name, hf-hub:ORG/NAME, local-dir:PATH or MODULE:FUNCTION (vgg16, resnet50, vit_b_16: the paper's)",
     )
-    parser.add_argument("--data", type=Path, required=True, help="image folder (DIR/train is used if it exists)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="image folder (DIR/train is used if it exists), or webdataset shards: DIR/train-{0000..0127}.tar, "
+        "https:// or hf:// URLs, or a shard index .json (train/shards.py)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/mine")
     parser.add_argument(
         "--pretrained",
@@ -138,6 +156,12 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
     run_group.add_argument("--checkpoint-every", type=positive_int, default=1000, help="steps between checkpoints")
     run_group.add_argument("--log-every", type=positive_int, default=10, help="steps between log records")
     run_group.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    run_group.add_argument(
+        "--shuffle-window",
+        type=positive_int,
+        default=DEFAULT_SHUFFLE_WINDOW,
+        help="shards: images each reader shuffles together (held encoded in memory)",
+    )
     run_group.add_argument("--device", help="cuda or cpu (default: cuda if available); torchrun: cuda:LOCAL_RANK")
     run_group.add_argument("--compile", action="store_true", help="torch.compile the classifier and auxiliary net")
     run_group.add_argument(
@@ -193,12 +217,101 @@ def held_out_count(num_images: int, requested: int | None) -> int:
 
 def split_files(files: list[Path], held_out: int, seed: int) -> tuple[list[Path], list[Path]]:
     """(training files, held-out files): the held-out ones are the first ``held_out`` of a
-    permutation seeded by ``seed``, both lists in the folder's order."""
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
-    kept_out = set(order[:held_out])
+    permutation seeded by ``seed`` (``train.shards.held_out_numbers``), both lists in the folder's order."""
+    kept_out = set(held_out_numbers(len(files), held_out, seed))
     return (
         [path for index, path in enumerate(files) if index not in kept_out],
         [path for index, path in enumerate(files) if index in kept_out],
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+    """A run's images: a folder's files (``files``, ``held_files``) or webdataset shards (``shards``, ``plan``).
+
+    source: the folder (absolute) or the shard spec. num_images: training images. held_out: images
+    kept for the verdict (``held`` their numbers). epoch_images: images trained on per epoch.
+    description: what a resumed run must share (the shards' readers). remark: for the start message.
+    """
+
+    source: str
+    num_images: int
+    held_out: int
+    epoch_images: int
+    held: list[int]
+    files: list[Path] = dataclasses.field(default_factory=list)
+    held_files: list[Path] = dataclasses.field(default_factory=list)
+    shards: Shards | None = None
+    plan: ShardPlan | None = None
+    description: dict[str, object] = dataclasses.field(default_factory=dict)
+    remark: str = ""
+
+    def loader(
+        self, transform: TrainTransform, recipe: Recipe, processes: Processes, start: int, stop: int, workers: int
+    ) -> DataLoader:
+        """This process's batches of steps ``start`` to ``stop`` (``workers`` loading processes)."""
+        common = {"num_workers": workers, "pin_memory": processes.device.type == "cuda"}
+        common["prefetch_factor"] = 4 if workers > 0 else None
+        if self.plan is not None:
+            batches = ShardBatches(self.plan, transform, recipe.seed, processes.rank, start, stop)
+            return DataLoader(batches, batch_size=None, **common)
+        order = TrainingOrder(
+            len(self.files),
+            recipe.batch_size,
+            stop,
+            recipe.seed,
+            rank=processes.rank,
+            world_size=processes.world_size,
+            start_step=start,
+        )
+        images = TrainImages(self.files, transform)
+        return DataLoader(images, batch_size=order.local_batch_size, sampler=order, **common)
+
+    @contextlib.contextmanager
+    def verdict_files(self) -> Iterator[list[Path]]:
+        """The held-out images as files: a folder's own, or the shards' written to a temporary folder."""
+        if self.shards is None:
+            yield self.held_files
+            return
+        with tempfile.TemporaryDirectory(prefix="ptame-held-out-") as folder:
+            yield extract_images(self.shards, self.held, Path(folder))
+
+
+def folder_data(args: argparse.Namespace, recipe: Recipe) -> TrainingData:
+    """The images of a folder (DIR/train when it exists): every file, the held-out ones aside."""
+    folder = training_folder(Path(args.data))
+    all_files = image_files(folder)
+    held_out = held_out_count(len(all_files), args.held_out)
+    files, held_files = split_files(all_files, held_out, recipe.seed)
+    held = held_out_numbers(len(all_files), held_out, recipe.seed)
+    source = str(folder.resolve())
+    return TrainingData(source, len(files), held_out, len(files), held, files=files, held_files=held_files)
+
+
+def shard_data(args: argparse.Namespace, recipe: Recipe, processes: Processes) -> TrainingData:
+    """The images of webdataset shards, streamed by this layout of processes and workers (train/shards.py)."""
+    shards = read_shards(args.data)
+    held_out = held_out_count(shards.total, args.held_out)
+    held = held_out_numbers(shards.total, held_out, recipe.seed)
+    if recipe.batch_size % processes.world_size != 0:
+        split = f"{processes.world_size} processes"
+        raise ValueError(f"the global batch {recipe.batch_size} does not split evenly across {split}")
+    readers = max(args.workers, 1)
+    local_batch = recipe.batch_size // processes.world_size
+    plan = ShardPlan(shards, held, local_batch, processes.world_size, readers, args.shuffle_window)
+    left_out = plan.images_left_out()
+    return TrainingData(
+        source=args.data,
+        num_images=plan.training_images,
+        held_out=held_out,
+        epoch_images=plan.steps_per_epoch * recipe.batch_size,
+        held=held,
+        shards=shards,
+        plan=plan,
+        description={
+            "shards": {"count": len(shards.urls), "readers": processes.world_size * readers, "window": plan.window}
+        },
+        remark=f"; {len(shards.urls)} shards, {left_out} images left out of each epoch" if left_out else "",
     )
 
 
@@ -285,11 +398,8 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if args.resume:
         read_checkpoint_info(checkpoint)  # a clear error before any model is built
 
-    folder = training_folder(args.data)
-    all_files = image_files(folder)
-    held_out = held_out_count(len(all_files), args.held_out)
-    files, verdict_files = split_files(all_files, held_out, recipe.seed)
-    total_steps = args.steps or recipe.total_steps(len(files))
+    data = shard_data(args, recipe, processes) if is_shard_spec(args.data) else folder_data(args, recipe)
+    total_steps = args.steps or recipe.total_steps(data.epoch_images)
 
     torch.manual_seed(recipe.seed)
     backbone = with_image_size(create_backbone(args.classifier, pretrained=args.pretrained), args.image_size)
@@ -321,10 +431,11 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
         "timm_weights": timm_weights(backbone.model),
         "recipe": recipe.as_dict(),
         "transform": dataclasses.asdict(transform),
-        "data": str(folder.resolve()),
-        "num_images": len(files),
-        "held_out": held_out,
+        "data": data.source,
+        "num_images": data.num_images,
+        "held_out": data.held_out,
         "total_steps": total_steps,
+        **data.description,
     }
 
     settings = recipe.settings(compile=args.compile, log_every=args.log_every, channels_last=args.channels_last)
@@ -345,23 +456,7 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
             explainer.head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(explainer.head)
         device_ids = [processes.device.index] if processes.device.type == "cuda" else None
         model = DistributedDataParallel(explainer, device_ids=device_ids)
-    order = TrainingOrder(
-        len(files),
-        recipe.batch_size,
-        stop_step,
-        recipe.seed,
-        rank=processes.rank,
-        world_size=processes.world_size,
-        start_step=start_step,
-    )
-    loader = DataLoader(
-        TrainImages(files, transform),
-        batch_size=order.local_batch_size,
-        sampler=order,
-        num_workers=args.workers,
-        pin_memory=processes.device.type == "cuda",
-        prefetch_factor=4 if args.workers > 0 else None,
-    )
+    loader = data.loader(transform, recipe, processes, start_step, stop_step, args.workers)
     if processes.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -370,9 +465,9 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if processes.is_main:
         truncate_log(log_path, start_step)
         print(
-            f"P-TAME for {args.classifier}: {len(files)} images from {folder} ({held_out} more held out), "
-            f"steps {start_step + 1}-{stop_step} of {total_steps}, global batch {recipe.batch_size} on "
-            f"{processes.world_size} process(es), {processes.device}",
+            f"P-TAME for {args.classifier}: {data.num_images} images from {data.source} ({data.held_out} more held "
+            f"out{data.remark}), steps {start_step + 1}-{stop_step} of {total_steps}, global batch "
+            f"{recipe.batch_size} on {processes.world_size} process(es), {processes.device}",
             file=sys.stderr,
         )
 
@@ -406,7 +501,8 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if stop_step < total_steps:
         print(f"stopped after step {stop_step}; continue with --resume", file=sys.stderr)
         return
-    finish(args, out, explainer.cpu(), backbone, verdict_files, description, processes)
+    with data.verdict_files() as verdict_files:
+        finish(args, out, explainer.cpu(), backbone, verdict_files, description, processes)
 
 
 def finish(

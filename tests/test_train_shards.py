@@ -1,0 +1,165 @@
+"""Training images from webdataset shards: counts, indexes, the readers' split, the order, resumption."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import make_image_tree
+from train import shards
+from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
+
+TRANSFORM = TrainTransform(resize=40, crop=32)
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_shards(files: list[Path], root: Path, out: Path, per_shard: int) -> list[Path]:
+    """Tar files of ``per_shard`` images each, in the order of ``files`` (named by their path under ``root``),
+    each image with a label file beside it as webdataset datasets have (``.cls``, skipped by the reader)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, start in enumerate(range(0, len(files), per_shard)):
+        path = out / f"train-{number:04d}.tar"
+        with tarfile.open(path, "w") as archive:
+            for file in files[start : start + per_shard]:
+                name = file.relative_to(root).as_posix()
+                add_member(archive, name, file.read_bytes())
+                add_member(archive, name.rsplit(".", 1)[0] + ".cls", b"3")
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """18 noise images (ImageNet's layout in miniature), in the folder's order."""
+    return image_files(make_image_tree(tmp_path_factory.mktemp("images")) / "train")
+
+
+@pytest.fixture(scope="module")
+def spec(images: list[Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The 18 images in shards of 4 (the last holds 2), as a brace pattern."""
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(images, images[0].parents[1], folder, per_shard=4)
+    return f"{folder}/train-{{0000..0004}}.tar"
+
+
+def test_local_shards_are_counted_from_their_headers_and_indexed(spec: str, tmp_path: Path) -> None:
+    found = shards.read_shards(spec)
+    assert [Path(url).name for url in found.urls] == [f"train-000{n}.tar" for n in range(5)]
+    assert found.counts == (4, 4, 4, 4, 2) and found.total == 18 and found.offsets == (0, 4, 8, 12, 16)
+    assert shards.is_shard_spec(spec) and not shards.is_shard_spec(str(tmp_path))
+    assert not shards.is_shard_spec(str(tmp_path / "no-such-folder"))  # a folder's typo stays a folder's error
+
+    index = tmp_path / "index" / "train.json"
+    index.parent.mkdir()
+    assert shards.write_index(spec, index) == found
+    written = json.loads(index.read_text())
+    assert written["__kind__"] == "wids-shard-index-v1" and written["shardlist"][4]["nsamples"] == 2
+    assert shards.read_index(str(index)) == found
+    relative = {"shardlist": [{"url": Path(url).name, "nsamples": 4} for url in found.urls[:2]]}
+    (Path(found.urls[0]).parent / "relative.json").write_text(json.dumps(relative))
+    assert shards.read_shards(str(Path(found.urls[0]).parent / "relative.json")).urls == found.urls[:2]
+    assert shards.beside("https://host/data/index.json", "train-0.tar") == "https://host/data/train-0.tar"
+    assert shards.beside("hf://datasets/org/name/index.json", "/abs/x.tar") == "/abs/x.tar"
+
+
+def test_shard_problems_are_clear_errors(spec: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"remote shards \(https://host/train-0.tar, \.\.\.\) need their image counts"):
+        shards.read_shards("https://host/train-{0..3}.tar")
+    with pytest.raises(FileNotFoundError, match="shard .*train-0005.tar does not exist"):
+        shards.read_shards(spec.replace("0004", "0009"))
+    (tmp_path / "broken.tar").write_bytes(b"not a tar file")
+    with pytest.raises(ValueError, match="broken.tar is not a readable tar file"):
+        shards.read_shards(str(tmp_path / "broken.tar"))
+    with tarfile.open(tmp_path / "labels.tar", "w") as archive:
+        add_member(archive, "a.cls", b"1")
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        shards.read_shards(str(tmp_path / "labels.tar"))
+    (tmp_path / "index.json").write_text('{"shards": []}')
+    with pytest.raises(ValueError, match="is not a shard index"):
+        shards.read_shards(str(tmp_path / "index.json"))
+    found = shards.read_shards(spec)
+    wrong = shards.Shards(found.urls[:1], (5,))  # an index that says 5 for a shard of 4
+    with pytest.raises(ValueError, match="holds 4 images; its count is 5"):
+        list(shards.shard_images(wrong.urls[0], 5))
+
+
+def test_the_readers_split_the_shards_as_webdataset_and_read_each_image_once(spec: str) -> None:
+    """2 processes x 2 workers: shard i to process i mod 2, then to its worker (i div 2) mod 2. In an epoch every
+    training image is read by one reader at most; each reader gives the smallest reader's whole batches."""
+    found = shards.read_shards(spec)
+    plan = shards.ShardPlan(found, held_out=[3], batch_size=2, processes=2, workers=2, window=3)
+    assert [plan.reader_of(shard) for shard in range(5)] == [0, 2, 1, 3, 0]
+    assert plan.lengths == [5, 4, 4, 4]  # reader 0: shard 0 without image 3, and shard 4
+    assert plan.batches_per_epoch == 2 and plan.steps_per_epoch == 4 and plan.images_left_out() == 1
+    seen = []
+    for reader in range(4):
+        epoch = list(plan.shuffled(reader, 0, seed=7, start=0))
+        assert len(epoch) == plan.lengths[reader]
+        seen += [index for index, _, _ in epoch]
+    assert sorted(seen) == list(range(17))  # training indices: 18 images less the held-out one, each once
+    with pytest.raises(ValueError, match="reader 1 gets 4 training images; use fewer --workers"):
+        shards.ShardPlan(found, held_out=[], batch_size=5, processes=2, workers=2, window=3)
+
+
+def test_windows_are_shuffled_within_themselves_and_differ_by_epoch(spec: str) -> None:
+    plan = shards.ShardPlan(shards.read_shards(spec), held_out=[], batch_size=2, processes=1, workers=1, window=5)
+    epoch0 = [index for index, _, _ in plan.shuffled(0, 0, seed=1, start=0)]
+    epoch1 = [index for index, _, _ in plan.shuffled(0, 1, seed=1, start=0)]
+    for start in range(0, 18, 5):
+        assert sorted(epoch0[start : start + 5]) == list(range(start, min(start + 5, 18)))
+    assert epoch0 != epoch1 and epoch0 != list(range(18))
+    assert [index for index, _, _ in plan.shuffled(0, 0, seed=1, start=7)] == epoch0[7:]
+
+
+def test_one_reader_with_the_whole_window_reads_a_folders_batches(images: list[Path], spec: str) -> None:
+    """The same images, augmentations and global batches as TrainingOrder over the folder, two epochs long."""
+    plan = shards.ShardPlan(shards.read_shards(spec), held_out=[], batch_size=4, processes=1, workers=1, window=64)
+    assert plan.steps_per_epoch == 4
+    streamed = list(shards.ShardBatches(plan, TRANSFORM, seed=5, start_step=0, stop_step=9))
+    order = TrainingOrder(len(images), 4, total_steps=9, seed=5)
+    folder = list(DataLoader(TrainImages(images, TRANSFORM), batch_size=4, sampler=order))
+    assert len(streamed) == len(folder) == 9
+    for got, want in zip(streamed, folder, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_workers_take_steps_in_turn_and_a_resumed_stream_is_the_rest(spec: str) -> None:
+    """2 DataLoader workers: steps alternate between them; from step 3 the loader gives steps 3.. of the whole
+    run (worker 0 then serves the second reader). Batches differ from step to step."""
+    plan = shards.ShardPlan(shards.read_shards(spec), held_out=[2, 9], batch_size=2, processes=1, workers=2, window=3)
+    assert plan.lengths == [8, 8] and plan.steps_per_epoch == 8  # shards 0, 2, 4 less images 2 and 9; 1, 3
+
+    def stream(start: int) -> list[torch.Tensor]:
+        batches = shards.ShardBatches(plan, TRANSFORM, seed=3, start_step=start, stop_step=14)
+        return list(DataLoader(batches, batch_size=None, num_workers=2))
+
+    whole = stream(0)
+    assert len(whole) == 14 and all(batch.shape == (2, 3, 32, 32) for batch in whole)
+    assert not any(torch.equal(whole[i], whole[i + 1]) for i in range(13))
+    resumed = stream(3)
+    assert len(resumed) == 11
+    for got, want in zip(resumed, whole[3:], strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="the plan has 2 reader"):
+        next(iter(shards.ShardBatches(plan, TRANSFORM, seed=3, start_step=0, stop_step=2)))
+
+
+def test_held_out_images_are_written_out_as_files(images: list[Path], spec: str, tmp_path: Path) -> None:
+    found = shards.read_shards(spec)
+    written = shards.extract_images(found, [17, 0, 5], tmp_path)
+    assert [path.name for path in written] == ["000000000.jpg", "000000005.png", "000000017.png"]
+    for path, number in zip(written, (0, 5, 17)):
+        assert path.read_bytes() == images[number].read_bytes()
+    assert shards.held_out_numbers(18, 3, seed=4) == sorted(
+        torch.randperm(18, generator=torch.Generator().manual_seed(4))[:3].tolist()
+    )
