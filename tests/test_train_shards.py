@@ -163,3 +163,19 @@ def test_held_out_images_are_written_out_as_files(images: list[Path], spec: str,
     assert shards.held_out_numbers(18, 3, seed=4) == sorted(
         torch.randperm(18, generator=torch.Generator().manual_seed(4))[:3].tolist()
     )
+
+
+def test_a_plan_holds_a_few_numbers_per_shard_and_numbers_training_images_around_held_out_ones() -> None:
+    """ImageNet's size (1,281,167 images in 1024 shards) for 8 processes x 8 workers: built without reading any
+    shard, each shard a few numbers; training indices skip the held-out images."""
+    counts = (1251,) * 1023 + (1_281_167 - 1251 * 1023,)
+    found = shards.Shards(tuple(f"https://host/train-{n:04d}.tar" for n in range(1024)), counts)
+    held = shards.held_out_numbers(found.total, 500, seed=12345)
+    plan = shards.ShardPlan(found, held, batch_size=4, processes=8, workers=8, window=4096)
+    assert plan.training_images == 1_280_667 and sum(plan.lengths) == 1_280_667
+    assert all(len(stream) == 16 for stream in plan.streams)
+    assert plan.steps_per_epoch == 8 * (min(plan.lengths) // 4)
+    assert plan.images_left_out() == 1_280_667 - plan.steps_per_epoch * 4 * 8
+    part = shards.ReaderShard(shard=3, count=6, held_out=(1, 4), first_index=100)
+    assert [part.training_index(number) for number in range(6)] == [100, None, 101, 102, None, 103]
+    assert part.length == 4

@@ -36,6 +36,7 @@ and is the uninterrupted run, for the same processes and workers.
 """
 
 import argparse
+import bisect
 import io
 import json
 import tarfile
@@ -229,11 +230,28 @@ def held_out_numbers(total: int, held_out: int, seed: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ReaderShard:
-    """One shard of a reader's stream: its place in ``Shards``, and the (image number in the shard,
-    training index) pairs of its training images, in order."""
+    """One shard of a reader's stream, held in a few numbers whatever its size.
+
+    shard: its place in ``Shards``. count: its images. held_out: the in-shard numbers of its
+    held-out images, increasing. first_index: the training index of its first training image.
+    """
 
     shard: int
-    images: tuple[tuple[int, int], ...]
+    count: int
+    held_out: tuple[int, ...]
+    first_index: int
+
+    @property
+    def length(self) -> int:
+        """Its training images."""
+        return self.count - len(self.held_out)
+
+    def training_index(self, number: int) -> int | None:
+        """The training index of its image ``number``, or None for a held-out image."""
+        before = bisect.bisect_left(self.held_out, number)
+        if before < len(self.held_out) and self.held_out[before] == number:
+            return None
+        return self.first_index + number - before
 
 
 class ShardPlan:
@@ -259,15 +277,16 @@ class ShardPlan:
         self.shards, self.batch_size, self.processes, self.workers, self.window = (
             shards, batch_size, processes, workers, window,
         )  # fmt: skip
-        skipped = set(held_out)
-        training = [number for number in range(shards.total) if number not in skipped]
-        self.training_images = len(training)
-        index_of = {number: index for index, number in enumerate(training)}
+        held = sorted(set(held_out))
+        self.training_images = shards.total - len(held)
         self.streams: list[list[ReaderShard]] = [[] for _ in range(processes * workers)]
+        first_index = 0
         for shard, (offset, count) in enumerate(zip(shards.offsets, shards.counts)):
-            images = tuple((k, index_of[offset + k]) for k in range(count) if offset + k not in skipped)
-            self.streams[self.reader_of(shard)].append(ReaderShard(shard, images))
-        self.lengths = [sum(len(part.images) for part in stream) for stream in self.streams]
+            inside = held[bisect.bisect_left(held, offset) : bisect.bisect_left(held, offset + count)]
+            part = ReaderShard(shard, count, tuple(number - offset for number in inside), first_index)
+            self.streams[self.reader_of(shard)].append(part)
+            first_index += part.length
+        self.lengths = [sum(part.length for part in stream) for stream in self.streams]
         self.batches_per_epoch = min(self.lengths) // batch_size
         if self.batches_per_epoch == 0:
             reader = self.lengths.index(min(self.lengths))
@@ -317,15 +336,14 @@ class ShardPlan:
         """A reader's training images in stream order from position ``start``: (training index, name, bytes)."""
         position = 0
         for part in self.streams[reader]:
-            if position + len(part.images) <= start:
-                position += len(part.images)
+            if position + part.length <= start:
+                position += part.length
                 continue
-            wanted = dict(part.images)  # image number in the shard -> training index
-            url = self.shards.urls[part.shard]
-            for number, (name, data) in enumerate(shard_images(url, self.shards.counts[part.shard])):
-                if number in wanted:
+            for number, (name, data) in enumerate(shard_images(self.shards.urls[part.shard], part.count)):
+                index = part.training_index(number)
+                if index is not None:
                     if position >= start:
-                        yield wanted[number], name, data
+                        yield index, name, data
                     position += 1
 
     def step_source(self, step: int) -> tuple[int, int, int]:
