@@ -76,20 +76,29 @@ def parse_json(text: str | bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -
     return value
 
 
+def read_bounded(path: Path, max_bytes: int, what: str = "file") -> bytes:
+    """A file's bytes, if it has at most ``max_bytes`` (never more is read).
+
+    Raises:
+        CheckpointError: unreadable, or larger than ``max_bytes``; names ``what`` and the path.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as error:
+        raise CheckpointError(f"cannot read the {what} {path}: {error.strerror or error}") from error
+    if len(data) > max_bytes:
+        raise CheckpointError(f"the {what} {path} is larger than {max_bytes} bytes")
+    return data
+
+
 def read_json_object(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict[str, object]:
     """The JSON object of a file of at most ``max_bytes`` (see ``parse_json``).
 
     Raises:
         CheckpointError: unreadable, larger than ``max_bytes``, not valid JSON, or not an object.
     """
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError as error:
-        raise CheckpointError(f"cannot read {path}: {error.strerror or error}") from error
-    if len(data) > max_bytes:
-        raise CheckpointError(f"{path} is larger than {max_bytes} bytes: not a config file")
-    value = parse_json(data, str(path))
+    value = parse_json(read_bounded(path, max_bytes, "config"), str(path))
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not {type(value).__name__}")
     return value

@@ -417,7 +417,8 @@ def test_a_good_model_keeps_serving_beside_hostile_ones_through_the_app(good: Pa
 ONE_MODEL = '[[models]]\nkey = "demo"\ndisplay_name = "Demo"\nclassifier = "resnet18"\n'
 MANIFESTS = [
     ("nested-100000", "a = " + nested(100_000), "nested too deeply|not valid TOML"),
-    ("nested-table", "[" + "a." * 50_000 + "b]\n", "nested too deeply|not valid TOML|unknown top-level"),
+    ("nested-table", "[" + "a." * 500_000 + "b]\n", "more than 16 dotted parts"),
+    ("nested-key", ONE_MODEL + "a" + ".a" * 400_000 + " = 1\n", "more than 16 dotted parts"),
     ("2-mb", ONE_MODEL + "# " + "x" * 2_000_000 + "\n", "larger than 1048576 bytes"),
     ("5-mb-name", ONE_MODEL.replace('"Demo"', '"' + "D" * 5_000_000 + '"'), "larger than|at most 1000 characters"),
     ("long-name", ONE_MODEL.replace('"Demo"', '"' + "D" * 5_000 + '"'), "at most 1000 characters"),

@@ -25,7 +25,7 @@ from ptame.backbones import USER_FUNCTION, Backbone, create_backbone
 from ptame.checkpoint import CONFIG_NAME
 from ptame.errors import CheckpointError, describe, shorten
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
-from ptame.untrusted import read_json_object
+from ptame.untrusted import read_bounded, read_json_object
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier")
@@ -37,6 +37,7 @@ FOLDER_PREFIXES = ("./", "../", "/", "~")  # an explainer value starting so is a
 HUB_PROBE_TIMEOUT_S = 3.0  # connecting to the Hub longer than this counts as unreachable
 logger = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 2**20
+MAX_KEY_PARTS = 16  # dotted parts of one TOML key or table name (tomllib's time grows with their square)
 MAX_FIELD_CHARS = 1000  # a manifest's strings (keys, names, specs, domains)
 
 
@@ -210,13 +211,11 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
             malformed or repeated key, or a revision given for a folder or without an explainer.
     """
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as error:
-        raise CheckpointError(f"cannot read the model manifest {path}: {error.strerror or error}") from error
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise CheckpointError(f"the model manifest {path} is larger than {MAX_MANIFEST_BYTES} bytes")
+    data = read_bounded(path, MAX_MANIFEST_BYTES, "model manifest")
+    for line in data.splitlines():
+        key = line.split(b"=", 1)[0] if b"=" in line else line
+        if key.count(b".") >= MAX_KEY_PARTS:
+            raise CheckpointError(f"{path} has a key or table name of more than {MAX_KEY_PARTS} dotted parts")
     try:
         document = tomllib.loads(data.decode("utf-8"))
     except RecursionError as error:
