@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 
 from ptame.serving.manifest import ModelEntry, load_model
@@ -27,6 +28,10 @@ def finished_run(local_models: tuple[str, str], tmp_path_factory: pytest.TempPat
     out = tmp_path_factory.mktemp("runs") / "local"
     train_tiny(data, out, "--backbone", classifier, "--auxiliary", auxiliary, "--pretrained")
     (out / "evaluation.md").write_text("| method | AD 100% |\n|---|---|\n| P-TAME | 12.34 |\n")
+    (out / "evaluation.csv").write_text(
+        "method,images,ad_100,ic_100,road_morf_auc,pointing_game\nptame,20,12.34,40,0.25,\ngradcam,20,56.7,5,0.3,\n"
+    )
+    (out / "verdict.csv").write_text("method,images,ad_100,deletion_auc\nptame,2,3.5,0.125\ngradcam,2,9.5,0.5\n")
     return out
 
 
@@ -54,7 +59,20 @@ def test_dry_run_writes_the_repo_folder_and_the_manifest_entry(
         ]
     }
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: ptame\nlicense: apache-2.0\n")
+    metadata = ModelCard.load(folder / "README.md").data
+    assert metadata.library_name == "ptame" and metadata.license == "apache-2.0"
+    assert metadata.datasets == ["ILSVRC/imagenet-1k"]  # python -m train imagenet
+    assert metadata.base_model is None  # a local-dir classifier has no Hub id
+    assert metadata.model_name == "P-TAME explainer for " + local_models[0]
+    figures = {(r.dataset_type, r.dataset_split, r.metric_type): r.metric_value for r in metadata.eval_results}
+    assert figures == {
+        ("ILSVRC/imagenet-1k", "validation", "ad_100"): 12.34,
+        ("ILSVRC/imagenet-1k", "validation", "ic_100"): 40.0,
+        ("ILSVRC/imagenet-1k", "validation", "road_morf_auc"): 0.25,
+        ("imagefolder", "held-out", "ad_100"): 3.5,
+        ("imagefolder", "held-out", "deletion_auc"): 0.125,
+    }  # P-TAME's figures only, empty cells left out
+    assert {r.task_type for r in metadata.eval_results} == {"image-classification"}
     assert f"`{local_models[0]}`" in card and f"`{local_models[1]}`" in card
     assert "| P-TAME | 12.34 |" in card
     assert "PTAME.from_pretrained('someone/ptame-test')" in card
@@ -127,3 +145,39 @@ def test_unfinished_and_random_runs_are_not_pushed(finished_run: Path, tmp_path:
     train_tiny(data, random_run, "--steps", "1")
     with pytest.raises(SystemExit, match="random weights"):
         run_command(publish, [str(random_run), "--repo-id", "someone/x"])
+
+
+def run_description(classifier: str, pretrained: bool = True, timm_weights: str | None = None) -> dict[str, object]:
+    """A run.json as python -m train imagenet writes it, for the card alone."""
+    recipe = {
+        "lr": 1e-4, "weight_decay": 0.1, "loss": {"ce": 1.0, "area": 2.0}, "batch_size": 32, "epochs": 1,
+        "amp": True, "seed": 12345, "source": "the paper", "classifier_weights": "torchvision IMAGENET1K_V1",
+        "auxiliary": "resnet18.tv_in1k", "feature_levels": [1, 2, 3, 4],
+    }  # fmt: skip
+    return {
+        "command": "imagenet", "classifier": classifier, "pretrained": pretrained, "timm_weights": timm_weights,
+        "recipe": recipe, "transform": {"resize": 256, "crop": 224}, "num_images": 1281167, "total_steps": 40036,
+        "arguments": {}, "versions": {"torch": "2.14.1"},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("classifier", "pretrained", "timm_weights", "expected"),
+    [
+        ("resnet50", True, "resnet50.tv_in1k", "timm/resnet50.tv_in1k"),
+        ("convnext_tiny.fb_in1k", True, "convnext_tiny.fb_in1k", "timm/convnext_tiny.fb_in1k"),
+        ("hf-hub:someone/classifier@abc123", True, "resnet18.a1_in1k", "someone/classifier"),
+        ("local-dir:/models/mine", True, "resnet18.a1_in1k", None),
+        ("resnet50", False, None, None),
+        ("vit_b_16", True, None, None),  # torchvision's weights: no Hub repo
+    ],
+)
+def test_the_cards_base_model_is_the_classifiers_hub_id(classifier, pretrained, timm_weights, expected) -> None:
+    run = run_description(classifier, pretrained, timm_weights)
+    assert publish.base_model(run) == expected
+    card = publish.card(run, "someone/ptame-x", "apache-2.0", None)
+    assert card.data.base_model == expected and card.data.library_name == "ptame"
+    assert ModelCard(str(card)).data.base_model == expected  # survives the round trip through README.md
+    assert card.data.eval_results is None and "model-index" not in str(card) and "model_name" not in str(card)
+    assert "Not evaluated yet" in card.text
+    assert ("a test artefact" in card.text) != pretrained

@@ -4,20 +4,23 @@
 
 Writes RUN/publish/ (config.json, model.safetensors, README.md: the model card with the
 classifier and its exact weights, the auxiliary network, the recipe, RUN/evaluation.md and
-RUN/verdict.md if present, the license and a usage snippet), pushes it with huggingface_hub (token: --token, or
+RUN/verdict.md if present, the license and a usage snippet; its metadata, written with
+huggingface_hub's ModelCardData: base_model, library_name, datasets, and P-TAME's figures of
+RUN/evaluation.csv and RUN/verdict.csv as the model-index), pushes it with huggingface_hub (token: --token, or
 HF_TOKEN / the stored login), and prints the [[models]] table to add to
 checkpoints/manifest.toml, pinned to the pushed commit. --dry-run writes the folder only.
 """
 
 import argparse
+import csv
 import json
 import shutil
 import sys
-import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, get_session
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_session
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
@@ -27,9 +30,10 @@ from ptame.errors import PublishError
 from ptame.files import replace_folder
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
 from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
-from train.verdict import VERDICT_NAME
+from train.verdict import VERDICT_CSV_NAME, VERDICT_NAME
 
 CARD_NAME = "README.md"
+EVALUATION_CSV_NAME = "evaluation.csv"  # written by python -m train evaluate --out RUN, beside evaluation.md
 PUBLISH_FOLDER = "publish"
 UPLOAD_TIMEOUT_S = 60.0  # per Hub request of an upload (ptame.hub.HUB_TIMEOUT_S: downloads)
 CITATION = """\
@@ -80,10 +84,6 @@ def read_run(run_dir: Path) -> dict[str, object]:
         raise PublishError(f"cannot read the run in {run_dir}: {error}") from error
 
 
-def _table(rows: list[tuple[str, object]]) -> str:
-    return "\n".join(["| setting | value |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
-
-
 def reproduce_command(run: dict[str, object]) -> str:
     """The command line that trains this run again (recipe flags as given; data and output generic)."""
     arguments = run["arguments"]
@@ -104,20 +104,159 @@ def reproduce_command(run: dict[str, object]) -> str:
     return " ".join(words)
 
 
-def model_card(run: dict[str, object], repo_id: str, license_name: str, evaluation: str | None) -> str:
-    """The model card (README.md with Hub metadata) of a finished run."""
+# The figures of evaluation.csv / verdict.csv written into the card's model-index: column -> name.
+# AD and the areas of deletion and ROAD MoRF are better lower; the rest higher.
+RESULT_NAMES = {
+    "ad_100": "Average Drop, 100% kept (%, lower is better)",
+    "ic_100": "Increase in Confidence, 100% kept (%)",
+    "ad_50": "Average Drop, 50% kept (%, lower is better)",
+    "ic_50": "Increase in Confidence, 50% kept (%)",
+    "ad_15": "Average Drop, 15% kept (%, lower is better)",
+    "ic_15": "Increase in Confidence, 15% kept (%)",
+    "road_morf_auc": "ROAD, most relevant first (area, lower is better)",
+    "road_lerf_auc": "ROAD, least relevant first (area)",
+    "deletion_auc": "Deletion (area, lower is better)",
+    "insertion_auc": "Insertion (area)",
+    "pointing_game": "Pointing game (%)",
+    "energy_pointing_game": "Energy-based pointing game",
+}
+IMAGENET_DATASET = "ILSVRC/imagenet-1k"  # the Hub's ImageNet-1k dataset
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# P-TAME explainer for {{ name }}
+
+A [P-TAME](https://arxiv.org/abs/2501.17813) attention head that explains the classifier below:
+one forward pass gives a saliency map for every class. The classifier is a black box: only its
+logits were used in training, and no labels.
+{% if not pretrained %}
+**Trained against randomly initialised networks: a test artefact.**
+{% endif %}
+- **Classifier**: `{{ classifier }}` (`ptame.create_backbone({{ classifier_literal }})`), weights: {{ weights }}.
+  The explainer is trained for exactly these weights; do not use it with others.
+- **Auxiliary network**: `{{ auxiliary }}`, feature levels {{ feature_levels }} (frozen, named in
+  config.json, loaded by timm; not stored here).
+- **Files**: `config.json` (class count, auxiliary network, class names), `model.safetensors`
+  (the head's weights).
+
+## Usage
+
+```python
+import torch
+from PIL import Image
+
+from ptame import PTAME, create_backbone
+
+backbone = create_backbone({{ classifier_literal }})  # the classifier this explainer was trained for
+explainer = PTAME.from_pretrained({{ repo_literal }})  # pin revision=COMMIT for reproducibility
+pixels = backbone.preprocessing.transform()(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
+with torch.no_grad():
+    top1 = backbone.logits(pixels).argmax(dim=1)
+    saliency = explainer.explain(pixels, top1)  # (1, H, W) in [0, 1]
+```
+
+## Training
+
+| setting | value |
+|---|---|
+{% for key, value in recipe_rows -%}
+| {{ key }} | {{ value }} |
+{% endfor %}
+Reproduce with `{{ command }}`.
+
+## Evaluation
+
+{{ evaluation }}
+
+## License
+
+The head's weights: {{ license }}. The classifier's and auxiliary network's weights keep their
+own licenses; ImageNet's terms of access apply to anything trained on it.
+
+## Citation
+
+```bibtex
+{{ citation }}
+```
+"""
+
+
+def base_model(run: dict[str, object]) -> str | None:
+    """The Hub id of the classifier's weights: ``timm/ARCH.TAG`` for timm's pretrained weights,
+    ``ORG/NAME`` for an ``hf-hub:`` classifier; None for random, local or non-Hub weights."""
+    classifier = str(run["classifier"])
+    if not run["pretrained"]:
+        return None
+    if classifier.startswith("hf-hub:"):
+        return classifier.removeprefix("hf-hub:").partition("@")[0]
+    if run.get("timm_weights") and not classifier.startswith("local-dir:"):
+        return f"timm/{run['timm_weights']}"
+    return None
+
+
+def eval_results(results: Sequence[tuple[Mapping[str, str], Sequence[Mapping[str, object]]]]) -> list[EvalResult]:
+    """P-TAME's figures of evaluation tables as model-index entries.
+
+    Args:
+        results: (dataset, rows) pairs: dataset with "type", "name" and "split"; rows as
+            evaluation.csv's (a "method" column, one column per figure); only the "ptame" row's
+            figures of ``RESULT_NAMES`` are taken.
+    """
+    entries = []
+    for dataset, rows in results:
+        for row in rows:
+            if row.get("method") != "ptame":
+                continue
+            for column, name in RESULT_NAMES.items():
+                if row.get(column) in (None, ""):
+                    continue
+                entries.append(
+                    EvalResult(
+                        task_type="image-classification",
+                        task_name="Explaining the classifier's predictions (saliency maps)",
+                        dataset_type=dataset["type"],
+                        dataset_name=dataset["name"],
+                        dataset_split=dataset["split"],
+                        metric_type=column,
+                        metric_name=name,
+                        metric_value=round(float(row[column]), 6),
+                    )
+                )
+    return entries
+
+
+def card(
+    run: dict[str, object],
+    repo_id: str,
+    license_name: str,
+    evaluation: str | None,
+    results: Sequence[tuple[Mapping[str, str], Sequence[Mapping[str, object]]]] = (),
+) -> ModelCard:
+    """The model card of a finished run: huggingface_hub's ModelCard, its metadata a ModelCardData.
+
+    Args:
+        run: the run's run.json.
+        repo_id: where the explainer is (or will be) published, for the usage snippet.
+        license_name: the head's weights' license.
+        evaluation: Markdown of the evaluation and verdict reports, or None.
+        results: (dataset, rows) pairs of evaluation tables for the model-index (``eval_results``).
+
+    Returns:
+        The card: metadata (library_name, license, base_model, datasets, tags, model-index with
+        P-TAME's evaluation figures) and the text (the classifier and its exact weights, the
+        auxiliary network, usage, the recipe, the evaluation, license, citation).
+    """
     recipe = run["recipe"]
-    loss = recipe["loss"]
     backbone = run["classifier"]
     name = BACKBONE_DISPLAY_NAMES.get(backbone, backbone)
     weights = recipe["classifier_weights"] if run["pretrained"] else "RANDOM initialisation (a test run)"
     if run["pretrained"] and run.get("timm_weights"):
         weights += f" (timm `{run['timm_weights']}`)"
-    warning = "" if run["pretrained"] else "\n**Trained against randomly initialised networks: a test artefact.**\n"
     recipe_rows = [
         ("optimiser", f"AdamW (amsgrad), lr {recipe['lr']}, weight decay {recipe['weight_decay']}"),
         ("schedule", "OneCycle stepped per batch, max_lr = lr"),
-        ("loss", ", ".join(f"{key} {value}" for key, value in loss.items())),
+        ("loss", ", ".join(f"{key} {value}" for key, value in recipe["loss"].items())),
         ("global batch", recipe["batch_size"]),
         ("steps", f"{run['total_steps']} ({recipe['epochs']} epoch(s) of {run['num_images']} images)"),
         ("train transform", f"Resize {run['transform']['resize']}, RandomCrop {run['transform']['crop']}, flip"),
@@ -127,68 +266,76 @@ def model_card(run: dict[str, object], repo_id: str, license_name: str, evaluati
         ("source", recipe["source"]),
         ("versions", ", ".join(f"{key} {value}" for key, value in run.get("versions", {}).items())),
     ]
-    usage = f"""\
-    ```python
-    import torch
-    from PIL import Image
+    model_name = f"P-TAME explainer for {name}"
+    results_metadata = eval_results(results)
+    data = ModelCardData(
+        library_name="ptame",
+        license=license_name,
+        base_model=base_model(run),
+        datasets=[IMAGENET_DATASET] if run["command"] == "imagenet" else None,
+        tags=["explainability", "saliency", "p-tame", "image-classification"],
+        model_name=model_name if results_metadata else None,  # the model-index's name
+        eval_results=results_metadata or None,
+    )
+    return ModelCard.from_template(
+        data,
+        template_str=CARD_TEMPLATE,
+        name=name,
+        pretrained=run["pretrained"],
+        classifier=backbone,
+        weights=weights,
+        auxiliary=recipe["auxiliary"],
+        feature_levels=recipe["feature_levels"],
+        classifier_literal=repr(backbone),
+        repo_literal=repr(repo_id),
+        recipe_rows=recipe_rows,
+        command=reproduce_command(run),
+        evaluation=evaluation.strip()
+        if evaluation
+        else "Not evaluated yet (`python -m train evaluate` writes evaluation.md).",
+        license=license_name,
+        citation=CITATION,
+    )
 
-    from ptame import PTAME, create_backbone
 
-    backbone = create_backbone({backbone!r})  # the classifier this explainer was trained for
-    explainer = PTAME.from_pretrained({repo_id!r})  # pin revision=COMMIT for reproducibility
-    pixels = backbone.preprocessing.transform()(Image.open("photo.jpg").convert("RGB")).unsqueeze(0)
-    with torch.no_grad():
-        top1 = backbone.logits(pixels).argmax(dim=1)
-        saliency = explainer.explain(pixels, top1)  # (1, H, W) in [0, 1]
-    ```"""
-    return f"""---
-library_name: ptame
-license: {license_name}
-tags:
-- explainability
-- saliency
-- p-tame
-- image-classification
----
+def model_card(
+    run: dict[str, object],
+    repo_id: str,
+    license_name: str,
+    evaluation: str | None,
+    results: Sequence[tuple[Mapping[str, str], Sequence[Mapping[str, object]]]] = (),
+) -> str:
+    """The model card (README.md with Hub metadata) of a finished run, as text (see ``card``)."""
+    return str(card(run, repo_id, license_name, evaluation, results))
 
-# P-TAME explainer for {name}
 
-A [P-TAME](https://arxiv.org/abs/2501.17813) attention head that explains the classifier below:
-one forward pass gives a saliency map for every class. The classifier is a black box: only its
-logits were used in training, and no labels.
-{warning}
-- **Classifier**: `{backbone}` (`ptame.create_backbone({backbone!r})`), weights: {weights}.
-  The explainer is trained for exactly these weights; do not use it with others.
-- **Auxiliary network**: `{recipe["auxiliary"]}`, feature levels {recipe["feature_levels"]} (frozen,
-  named in config.json, loaded by timm; not stored here).
-- **Files**: `config.json` (class count, auxiliary network, class names), `model.safetensors`
-  (the head's weights).
-
-## Usage
-
-{textwrap.dedent(usage)}
-
-## Training
-
-{_table(recipe_rows)}
-
-Reproduce with `{reproduce_command(run)}`.
-
-## Evaluation
-
-{evaluation.strip() if evaluation else "Not evaluated yet (`python -m train evaluate` writes evaluation.md)."}
-
-## License
-
-The head's weights: {license_name}. The classifier's and auxiliary network's weights keep their
-own licenses; ImageNet's terms of access apply to anything trained on it.
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
+def read_results(run_dir: Path, run: dict[str, object]) -> list[tuple[dict[str, str], list[dict[str, str]]]]:
+    """The run's evaluation tables for the card's model-index: RUN/evaluation.csv (``python -m train
+    evaluate --out RUN``; ImageNet val's test subset for an ImageNet run) and RUN/verdict.csv (the
+    held-out images of the training folder), each with its dataset, where present."""
+    imagenet = run["command"] == "imagenet"
+    sources = [
+        (
+            run_dir / EVALUATION_CSV_NAME,
+            {
+                "type": IMAGENET_DATASET if imagenet else "imagefolder",
+                "name": "ImageNet val, the P-TAME paper's 2000-image test subset"
+                if imagenet
+                else "the evaluation images of evaluation.md",
+                "split": "validation" if imagenet else "test",
+            },
+        ),
+        (
+            run_dir / VERDICT_CSV_NAME,
+            {"type": "imagefolder", "name": "held-out images of the training folder", "split": "held-out"},
+        ),
+    ]
+    results = []
+    for path, dataset in sources:
+        if path.is_file():
+            with path.open(encoding="utf-8", newline="") as file:
+                results.append((dataset, list(csv.DictReader(file))))
+    return results
 
 
 def write_folder(run_dir: Path, folder: Path, card: str) -> None:
@@ -250,7 +397,8 @@ def publish(args: argparse.Namespace) -> None:
     reports = [run_dir / EVALUATION_NAME, run_dir / VERDICT_NAME]
     evaluation = "\n".join(path.read_text(encoding="utf-8") for path in reports if path.is_file()) or None
     folder = args.folder or run_dir / PUBLISH_FOLDER
-    write_folder(run_dir, folder, model_card(run_config, args.repo_id, args.license, evaluation))
+    card_text = model_card(run_config, args.repo_id, args.license, evaluation, read_results(run_dir, run_config))
+    write_folder(run_dir, folder, card_text)
     print(f"wrote {folder}", file=sys.stderr)
     revision = None
     if not args.dry_run:
