@@ -172,13 +172,13 @@ def table(results: dict[str, MethodAgreement], images: int, road_fractions: Sequ
         hits_q, hits_p = result.pointing_quantus.mean() * 100, result.pointing_ptame.mean() * 100
         apart = int((result.pointing_quantus != result.pointing_ptame).sum())
         lines.append(
-            f"| {method} | pointing game (%) | {hits_q:.1f} | {hits_p:.1f} | {apart} images "
-            f"({int(result.tied_peaks.sum())} maps with a tied maximum) | {POINTING_TOLERANCE} where no tie |"
+            f"| {method} | pointing game (%) | {hits_q:.1f} | {hits_p:.1f} | {apart} of {images} images apart; "
+            f"{int(result.tied_peaks.sum())} maps with a tied maximum | {POINTING_TOLERANCE} images where no tie |"
         )
         for fraction, quantus_value, ptame_value in zip(road_fractions, result.road_quantus, result.road_ptame):
             lines.append(
                 f"| {method} | ROAD MoRF accuracy at {fraction:.0%} | {quantus_value:.3f} | {ptame_value:.3f} | "
-                f"{abs(quantus_value - ptame_value):.3f} | {ROAD_TOLERANCE:.3f} (noise) |"
+                f"{abs(quantus_value - ptame_value):.3f} | {ROAD_TOLERANCE:.3f} (the noise) |"
             )
         gap = np.abs(result.deletion_quantus - result.deletion_ptame)
         clean = ~result.split_ties

@@ -65,6 +65,7 @@ def score_maps(
     *,
     ad_ic_fractions: Sequence[float] = (1.0, 0.5, 0.15),
     road_fractions: Sequence[float] = (0.1, 0.3, 0.5, 0.7),
+    road_imputation: str = "telea",
     deletion_steps: int = 50,
     seed: int = 0,
 ) -> dict[str, float]:
@@ -77,8 +78,11 @@ def score_maps(
         classes: (B,) int64, the classes the maps explain (the classifier's predictions, in the
             paper's protocol).
         masks: (B, H, W) bool ground-truth objects, for the pointing games; None skips them.
-        ad_ic_fractions: kept fractions of AD/IC. road_fractions: removed fractions of ROAD
-            (noisy linear imputation, seeded by ``seed``). deletion_steps: steps of the curves.
+        ad_ic_fractions: kept fractions of AD/IC. road_fractions: removed fractions of ROAD.
+        road_imputation: "telea" (OpenCV inpainting, the paper's protocol and
+            ``python -m train evaluate``'s default) or "linear" (the ROAD paper's noisy linear
+            imputation, seeded by ``seed``; slower).
+        deletion_steps: steps of the deletion and insertion curves.
 
     Returns:
         ``ad_P`` (mean drop, %, lower is better), ``ic_P`` (% of images, higher is better) per
@@ -92,7 +96,7 @@ def score_maps(
     curves = deletion_insertion(backbone, pixels, maps, classes, steps=deletion_steps)
     figures["deletion_auc"] = float(curves.deletion_auc.mean())
     figures["insertion_auc"] = float(curves.insertion_auc.mean())
-    outcomes = road(backbone, pixels, maps, classes, road_fractions, seed=seed)
+    outcomes = road(backbone, pixels, maps, classes, road_fractions, road_imputation, seed)
     figures["road_morf_auc"] = float(road_auc(road_fractions, outcomes.most_relevant_first).mean())
     figures["road_lerf_auc"] = float(road_auc(road_fractions, outcomes.least_relevant_first).mean())
     if masks is not None:
