@@ -1,8 +1,10 @@
-"""The documentation site builds in strict mode, and strict mode fails on a broken reference (.ci/run
-builds the real site; these build a copy). Skipped where mkdocs is not installed
-(``pip install -r requirements-docs.txt``)."""
+"""The documentation: its code examples run, the site builds in strict mode, and strict mode fails on
+a broken reference (.ci/run builds the real site; these build a copy). The builds are skipped where
+mkdocs is not installed (``pip install -r requirements-docs.txt``), the Quantus and captum example
+where those are not (``requirements-interop.txt``)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,12 +12,64 @@ from pathlib import Path
 
 import pytest
 
+from ptame.methods import METHODS, unregister_method
 from tests.conftest import ROOT
 
-pytest.importorskip("mkdocs")
-pytest.importorskip("mkdocstrings_handlers.python")
-
+DOCS = ROOT / "docs"
 SOURCES = ("mkdocs.yml", "docs", "ptame", "checkpoints", "notebooks", "CITATION.cff")  # what the site reads
+
+
+def python_blocks(page: str, section: str | None = None) -> list[str]:
+    """The ```python blocks of a docs page (of one ``## section`` of it)."""
+    text = (DOCS / page).read_text(encoding="utf-8")
+    if section is not None:
+        text = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def run_example(code: str, page: str, namespace: dict[str, object] | None = None) -> dict[str, object]:
+    """Run an example in a new namespace (or in ``namespace``, after the page's earlier example)."""
+    namespace = {} if namespace is None else namespace
+    exec(compile(code, str(DOCS / page), "exec"), namespace)
+    return namespace
+
+
+def test_the_getting_started_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    run_example(python_blocks("getting-started.md", "In Python")[0], "getting-started.md")
+    assert capsys.readouterr().out.strip().endswith("(1, 224, 224) (1, 1000, 56, 56)")
+
+
+def test_the_own_classifier_example_trains_and_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ptame import PTAME
+
+    (example,) = python_blocks("own-classifier.md", "In Python")
+    assert "steps = 800\n" in example and '"runs/my-explainer"' in example
+    example = example.replace("steps = 800\n", "steps = 2\n").replace('"runs/my-explainer"', repr(str(tmp_path)))
+    monkeypatch.chdir(ROOT)
+    run_example(example, "own-classifier.md")
+    explainer = PTAME.from_pretrained(tmp_path)
+    assert explainer.num_classes == 6 and explainer.class_names[0] == "circle"
+
+
+def test_the_registry_example_adds_a_method() -> None:
+    example = python_blocks("methods.md", "Adding a method")[0]
+    try:
+        namespace = run_example(example, "methods.md")
+        assert list(METHODS)[-1] == "center" and METHODS["center"].compute is namespace["center_prior"]
+    finally:
+        unregister_method("center")
+
+
+@pytest.mark.slow
+def test_the_quantus_and_captum_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("quantus")
+    pytest.importorskip("captum")
+    quantus_example, captum_example = python_blocks("interop.md")
+    monkeypatch.chdir(ROOT)
+    namespace = run_example(quantus_example, "interop.md")
+    assert list(map(bool, namespace["hits"])) == [True] * 6 and len(namespace["correlation"]) == 1
+    run_example("import torch\n" + captum_example, "interop.md", namespace)  # the batch of the Quantus example
+    assert set(namespace["figures"]) >= {"ad_100", "deletion_auc", "road_morf_auc", "pointing_game"}
 
 
 def build(folder: Path) -> subprocess.CompletedProcess[str]:
@@ -26,6 +80,8 @@ def build(folder: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def copy_of_the_docs(tmp_path: Path) -> Path:
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
     for name in SOURCES:
         if name == "docs":
             shutil.copytree(ROOT / name, tmp_path / name)
