@@ -42,7 +42,7 @@ def test_the_getting_started_example_runs(capsys: pytest.CaptureFixture[str]) ->
 def test_the_own_classifier_example_trains_and_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ptame import PTAME
 
-    (example,) = python_blocks("own-classifier.md", "In Python")
+    example = python_blocks("own-classifier.md")[0]
     assert "steps = 800\n" in example and '"runs/my-explainer"' in example
     example = example.replace("steps = 800\n", "steps = 2\n").replace('"runs/my-explainer"', repr(str(tmp_path)))
     monkeypatch.chdir(ROOT)
