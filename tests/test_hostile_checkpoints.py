@@ -424,6 +424,7 @@ MANIFESTS = [
     ("long-name", ONE_MODEL.replace('"Demo"', '"' + "D" * 5_000 + '"'), "at most 1000 characters"),
     ("long-key", ONE_MODEL.replace('"demo"', '"' + "k" * 900 + '!"'), "may hold only letters"),
     ("not-a-repo", ONE_MODEL + 'explainer = "not a repo id"\n', "neither a folder"),
+    ("long-explainer", ONE_MODEL + 'explainer = "' + "e" * 999 + '"\n', "neither a folder"),
     ("binary", "\x00\x01\x02", "not valid TOML"),
 ]
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from ptame import PTAME, Preprocessing, TrainSettings, create_backbone
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.manifest import ModelEntry, load_manifest, load_model
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint
 from train import explainer as command
 from train import recipes
@@ -195,9 +195,11 @@ def test_a_users_module_function_is_a_classifier_spec(data: Path, tmp_path: Path
 
     out = tmp_path / "user"
     argv = ["--classifier", "tests.test_train_explainer:build_user_classifier", "--auxiliary", "test_resnet",
-            "--no-pretrained", "--data", str(data), "--out", str(out), *RUN]  # fmt: skip
+            "--no-pretrained", "--data", str(data), "--out", str(out), "--target-layer", "2", *RUN]  # fmt: skip
     run_command(command, argv)
     assert not (out / "classifier").exists() and (out / "verdict.md").is_file()
+    (entry,) = load_manifest(out / "manifest.toml")
+    assert entry.target_layer == "2"  # the app explains with the layer the verdict used
     run = json.loads((out / "run.json").read_text())
     assert run["transform"]["crop"] == 24 and run["transform"]["resize"] == 28
     assert PTAME.from_pretrained(out / "explainer").num_classes == 4

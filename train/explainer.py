@@ -142,6 +142,11 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
     recipe.add_argument("--feature-levels", type=int, nargs="+", help="auxiliary feature levels (timm out_indices)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
+        "--target-layer",
+        help="the classifier's layer for Grad-CAM in the verdict, a dotted module path (default: its family's, "
+        "else a probe's); recorded in the run's manifest entry",
+    )
+    run_group.add_argument(
         "--image-size",
         type=positive_int,
         help="the classifier's input side for training and the verdict (default: its own preprocessing's)",
@@ -402,7 +407,9 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     total_steps = args.steps or recipe.total_steps(data.epoch_images)
 
     torch.manual_seed(recipe.seed)
-    backbone = with_image_size(create_backbone(args.classifier, pretrained=args.pretrained), args.image_size)
+    backbone = with_image_size(
+        create_backbone(args.classifier, pretrained=args.pretrained, target_layer=args.target_layer), args.image_size
+    )
     preprocessing = backbone.preprocessing
     transform = TrainTransform(
         resize=recipe.resize or preprocessing.resize,
@@ -537,6 +544,7 @@ def finish(
         display_name=f"{BACKBONE_DISPLAY_NAMES.get(args.classifier, args.classifier)} ({out})",
         classifier=f"{LOCAL_DIR_PREFIX}{CLASSIFIER_FOLDER}" if self_contained else absolute_source(args.classifier),
         explainer=EXPLAINER_FOLDER,
+        target_layer=args.target_layer,
     )
     atomic_write_text(out / MANIFEST_NAME, f"# This run's explainer, for python app.py --manifest.\n{entry}\n")
     print(f"explainer written to {out / EXPLAINER_FOLDER}", file=sys.stderr)

@@ -23,13 +23,21 @@ EVALUATION_NAME = "evaluation.md"  # written by python -m train evaluate --out R
 BACKBONE_DISPLAY_NAMES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "vit_b_16": "ViT-B/16"}
 
 
-def manifest_entry(key: str, display_name: str, classifier: str, explainer: str, revision: str | None = None) -> str:
+def manifest_entry(
+    key: str,
+    display_name: str,
+    classifier: str,
+    explainer: str,
+    revision: str | None = None,
+    target_layer: str | None = None,
+) -> str:
     """A [[models]] table of a manifest (checkpoints/manifest.toml; ptame.serving.manifest.ModelEntry's fields).
 
     Args:
         key: the entry's key. display_name: its name in the app.
         classifier: a ``create_backbone`` name. explainer: a folder (relative to the manifest)
             or a Hub repo id. revision: the Hub commit to pin (None: a comment asks for one).
+        target_layer: the classifier's CAM layer, if not its default.
 
     Returns:
         TOML text, without a trailing newline.
@@ -43,6 +51,7 @@ def manifest_entry(key: str, display_name: str, classifier: str, explainer: str,
             f"classifier = {json.dumps(classifier)}",
             f"explainer = {json.dumps(explainer)}",
             pin,
+            *([f"target_layer = {json.dumps(target_layer)}"] if target_layer else []),
         ]
     )
 

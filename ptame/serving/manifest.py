@@ -145,6 +145,14 @@ def _explainer_source(spec: str) -> tuple[str, str | None]:
     return repo, revision or None
 
 
+def _existing_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder (False for a name the file system cannot hold)."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _entry(table: object, number: int, path: Path) -> ModelEntry:
     where = f"{path}: model {number}"
     if not isinstance(table, dict):
@@ -179,6 +187,8 @@ def _entry(table: object, number: int, path: Path) -> ModelEntry:
     revision = table.get("explainer_revision")
     if explainer is None and revision is not None:
         raise CheckpointError(f"{where}: explainer_revision is given without an explainer")
+    if explainer is not None and not explainer.startswith(FOLDER_PREFIXES) and _existing_folder(root / explainer):
+        explainer = f"./{explainer}"  # a folder beside the manifest, as a run's own manifest names it
     if explainer is not None and not explainer.startswith(FOLDER_PREFIXES) and not HUB_REPO_PATTERN.fullmatch(explainer):
         raise CheckpointError(
             f"{where}: explainer {describe(explainer)} is neither a folder (./PATH, ../PATH, /PATH) "
