@@ -14,14 +14,21 @@ repository root goes on sys.path), so that import finds the module pytest alread
 # - GRADIO_ANALYTICS_ENABLED=False: no telemetry from gradio or gradio_client, and no version
 #   check: gradio has no setting of its own for that; Blocks starts analytics.version_check (a
 #   request to api.gradio.app/pkg-version) only when analytics are enabled.
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# - PTAME_CACHE: converted networks (EfficientNet-Lite0) go to a folder of this test session, removed
+#   at its end, not to ~/.cache.
+if "PTAME_CACHE" not in os.environ:
+    os.environ["PTAME_CACHE"] = tempfile.mkdtemp(prefix="ptame-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PTAME_CACHE"], ignore_errors=True)
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import argparse
 import ipaddress
-import shutil
 import socket
 import struct
 import threading
