@@ -53,7 +53,7 @@ OUT.mkdir(parents=True, exist_ok=True)
 pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 20)
 torch.manual_seed(0)
-torch.set_num_threads(int(os.environ.get("TUTORIAL_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("TUTORIAL_THREADS", "1")))  # 1: steady on a shared machine
 started = time.perf_counter()
 
 # %% [markdown]
@@ -120,8 +120,9 @@ display(Picture(filename=str(OUT / "every-method.png")))
 #
 # ptame's metrics take maps, not methods: `score_maps` runs AD/IC at 100/50/15%, deletion and
 # insertion, ROAD (Telea inpainting, as the paper's protocol) and, with ground-truth masks, the
-# pointing games, on one test image of each class. Any attribution scores the same way:
-# `as_maps` turns a captum attribution, or your own `(B, H, W)` array, into ptame's maps.
+# pointing games, on one test image of each class (RISE with 500 masks here). Any attribution
+# scores the same way: `as_maps` turns a captum attribution, or your own `(B, H, W)` array, into
+# ptame's maps.
 
 # %%
 from ptame.interop.maps import as_maps, score_maps
@@ -131,10 +132,11 @@ images = torch.stack([s.pixels for s in batch])
 masks = torch.stack([s.mask for s in batch])
 with torch.no_grad():
     classes = backbone.logits(images).argmax(dim=1)
+score_options = {"rise": {"num_masks": 500}}
 rows = {}
 for key, method in METHODS.items():
     extra = {"explainer": explainer} if method.uses_explainer else {}
-    method_maps = method(backbone, images, classes, **extra, **options.get(key, {}))
+    method_maps = method(backbone, images, classes, **extra, **score_options.get(key, {}))
     rows[METHODS[key].name] = score_maps(backbone, images, method_maps, classes, masks, deletion_steps=16)
 # Your own maps: here a blurred copy of the object masks, as a (B, H, W) numpy array.
 blurred = torch.nn.functional.avg_pool2d(masks[:, None].float(), 15, stride=1, padding=7)[:, 0].numpy()
@@ -182,7 +184,7 @@ if quantus is not None:
 # All P-TAME needs is a classifier that maps normalised images to logits, its normalisation, and
 # a folder of the kind of images it sees: no labels. Here "your" classifier is the shapes
 # classifier taken as a plain `nn.Module` (any PyTorch model works the same way), and the folder
-# holds 1600 unlabelled shapes images that the demo's networks never saw, written by the same code
+# holds 1200 unlabelled shapes images that the demo's networks never saw, written by the same code
 # as `python -m train images`. The explainer's auxiliary network is the demo's small ResNet
 # (for photographs, the default ImageNet ResNet-18).
 
@@ -195,7 +197,7 @@ from train.images import write_images
 
 folder = OUT / "images"
 if not any(folder.glob("*.png")):
-    write_images(folder, "shapes", "train", count=1600, start=300_000, progress=False)
+    write_images(folder, "shapes", "train", count=1200, start=300_000, progress=False)
 
 
 class ImageFolder(Dataset):
