@@ -204,7 +204,12 @@ def test_the_declared_layer_is_chosen_and_gradient_cams_equal_pytorch_grad_cam(
 
 @pytest.mark.slow
 def test_gradient_free_cams_equal_pytorch_grad_cam(family: tuple[str, Family, Path]) -> None:
-    equal_to_pytorch_grad_cam(family, [score_cam, ablation_cam], images=1)  # one pass per channel each
+    """One pass per channel each, so families with more than 300 channels at their layer are left
+    to the gradient CAMs above: EfficientNet's bn2 (1280) is compared on the real EfficientNet-Lite0
+    (tests/test_efficientnet_lite0.py), RegNet's final_conv (368) took minutes on 2 busy cores."""
+    if family[0] in ("efficientnet", "regnet"):
+        pytest.skip("over 300 channels at the CAM layer (see the docstring)")
+    equal_to_pytorch_grad_cam(family, [score_cam, ablation_cam], images=1)
 
 
 def test_p_tame_trains_against_it_and_the_apps_loader_loads_it(family: tuple[str, Family, Path]) -> None:
