@@ -30,6 +30,7 @@
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # The repository's root (the notebook may run from notebooks/): ptame and the demo are read from it.
@@ -38,11 +39,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # a checkout without `pip install -e .`
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Image as Picture
 from IPython.display import display
 from PIL import Image
+from tqdm import TqdmWarning
+
+warnings.filterwarnings("ignore", category=TqdmWarning)  # no ipywidgets here: tqdm's text bars are fine
 
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
 from ptame.methods import METHODS
@@ -163,6 +168,7 @@ if quantus is not None:
     x, y = images.numpy(), classes.numpy()
     s = masks[:, None].float().numpy()
     found = {}
+    np.random.seed(0)  # Quantus draws its random subsets from numpy's global generator
     for key in ("ptame", "gradcam"):
         a = explain_func(pixel_model, x, y, method=key)
         with numpy2_aliases():
