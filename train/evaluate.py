@@ -2,6 +2,7 @@
 
     python -m train evaluate --checkpoint checkpoints/shapes --data shapes --images 500 --out checkpoints/shapes
     python -m train evaluate --model resnet50 --data folder --images-root IMAGENET/val --out DIR
+    torchrun --nproc-per-node 8 -m train evaluate --model resnet50 --device cuda ... --out DIR
 
 The classifier and its P-TAME explainer come from a manifest entry (``--model KEY``) or a folder with
 classifier/ and explainer/ (``--checkpoint``). Images: the shapes world's test split (with
@@ -12,7 +13,17 @@ which ``--subset test`` (the default) and ``val`` are the P-TAME paper's fixed 2
 The defaults are the paper's protocol: every map explains the classifier's own prediction; AD/IC
 at 100/50/15%; ROAD MoRF/LeRF at 10/30/50/70% with OpenCV Telea inpainting; RISE with 8000 masks.
 Every choice has a flag, and the report's first lines say which protocol and settings made it.
-Writes OUT/evaluation.csv (every figure) and OUT/evaluation.md (the table), and prints the table.
+``--amp`` computes under bf16 autocast, as the official code does (default: float32).
+
+Before it starts, the command prints the expected cost: each method's classifier passes per image
+(its map's, from the method registry, and its metrics'), and the time that makes at the speed of one
+timed batch (``--dry-run`` stops there); after the first batch, the time the rest will take.
+
+Under torchrun the images are shared by whole batches, in turn (process r takes batches r, r + N,
+...): every image is evaluated in the batch one process would put it in, so every per-image value is
+the one process's; rank 0 gathers them in image order and writes the one report.
+Writes OUT/evaluation.csv (every figure), OUT/evaluation.md (the table) and
+OUT/evaluation-per-image.csv (every figure of every image and method), and prints the table.
 """
 
 import argparse
@@ -724,8 +735,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def evaluate_on(args: argparse.Namespace, processes: Processes) -> None:
-    """``run`` in one process of ``processes``."""
-    device = processes.device
+    """``run`` in one process of ``processes``: its share of the batches; rank 0 also writes the report."""
     entry = _entry(args)
     settings = EvaluationSettings(
         methods=tuple(dict.fromkeys(args.methods)),
@@ -746,7 +756,7 @@ def evaluate_on(args: argparse.Namespace, processes: Processes) -> None:
                 paths = paper_subset(args.images_root, args.subset, args.labels)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from error
-    model = load_model(entry, str(device))
+    model = load_model(entry, str(processes.device))
     if not model.has_explainer and any(get_method(method).uses_explainer for method in settings.methods):
         raise SystemExit(f"cannot evaluate P-TAME: {model.explainer_problem} (leave it out with --methods)")
     images = chosen_images(args, model, paths)
@@ -764,23 +774,35 @@ def evaluate_on(args: argparse.Namespace, processes: Processes) -> None:
             if processes.is_main:
                 estimate(done)
 
-        tally = evaluate_tally(model, images.batches(mine), settings, device, progress, amp=args.amp)
+        tally = evaluate_tally(model, images.batches(mine), settings, processes.device, progress, amp=args.amp)
     tally.indices = torch.tensor(mine, dtype=torch.int64)
     parts = gather_to_main(tally, processes)
-    if parts is None:
-        return
-    merged = merge_tallies(parts)
-    rows = merged.rows()
-    description = setup_description(settings, merged.accuracy(), images.with_masks, images.differences)
+    if parts is not None:
+        write_report(args, entry, model, images, settings, merge_tallies(parts), processes.world_size)
+
+
+def write_report(
+    args: argparse.Namespace,
+    entry: ModelEntry,
+    model: LoadedModel,
+    images: Images,
+    settings: EvaluationSettings,
+    tally: Tally,
+    processes: int,
+) -> None:
+    """Write OUT/evaluation.csv, OUT/evaluation.md and OUT/evaluation-per-image.csv of all the images'
+    tally, and print the table and where it went."""
+    rows = tally.rows()
+    description = setup_description(settings, tally.accuracy(), images.with_masks, images.differences)
     classifier = relative_to_cwd(entry.classifier)
     explainer = relative_to_cwd(entry.explainer) if model.has_explainer else "none"
-    where = f"device {args.device}" + (f", {processes.world_size} processes" if processes.world_size > 1 else "")
+    where = f"device {args.device}" + (f", {processes} processes" if processes > 1 else "")
     where += ", bf16 autocast" if args.amp else ""
     description.insert(0, f"Classifier `{classifier}`, explainer `{explainer}`; {images.description}; {where}.")
     markdown = markdown_text(rows, description, settings.ad_ic_percents)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "evaluation.csv", csv_text(rows))
     atomic_write_text(args.out / "evaluation.md", markdown)
-    atomic_write_text(args.out / PER_IMAGE_NAME, per_image_csv(merged, images.names))
+    atomic_write_text(args.out / PER_IMAGE_NAME, per_image_csv(tally, images.names))
     print(markdown)
     print(f"wrote {args.out / 'evaluation.csv'}, {args.out / 'evaluation.md'} and {args.out / PER_IMAGE_NAME}")
