@@ -164,7 +164,7 @@ def test_a_classifier_only_model_is_offered_with_the_baselines(served_app: str, 
     page = browser.new_page(viewport={"width": 1280, "height": 1200})
     page.goto(served_app, wait_until="networkidle")
     page.get_by_label("Model").click()
-    option = page.get_by_role("option", name="(baselines only)")
+    option = page.get_by_role("option", name=f"{CLASSIFIER_ONLY} (baselines only)")
     option.wait_for(timeout=60_000)  # loads in the background after start-up
     option.click()
     page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-4-cross.png"))
