@@ -29,6 +29,7 @@ from ptame.errors import ExplainerMissing, ImageInputError, MethodFailed, ModelU
 from ptame.methods import METHODS, default_method_keys, get_method
 from ptame.serving.captions import blank_map_note, display_class_names, format_seconds, method_caption
 from ptame.serving.export import prune_folder, save_maps
+from ptame.serving.gpu import load_before_launch, serving_device, zero_gpu
 from ptame.serving.images import MAX_FILE_BYTES, CheckedImage
 from ptame.serving.lanes import threads_per_lane
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
@@ -748,9 +749,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     registry, problems = build_registry(
-        args.manifest, [*model_dirs_from_env(), *args.model_dir], args.device, classifiers
+        args.manifest, [*model_dirs_from_env(), *args.model_dir], serving_device(args.device), classifiers
     )
-    if DEMO_MODEL in registry.entries:
+    if zero_gpu():
+        load_before_launch(registry)  # ZeroGPU: every model now, on the main thread (ptame/serving/gpu.py)
+    elif DEMO_MODEL in registry.entries:
         try:
             registry.load(DEMO_MODEL)
         except ModelUnavailable as error:
@@ -764,7 +767,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         logger.warning("%s", problem)
     demo = build_demo(ExplainSession(registry, lane_threads=max(1, args.threads)), problems)
     demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **LAUNCH_OPTIONS)
-    registry.load_in_background()  # after the server is up: start-up does not share the CPU with it
+    if not zero_gpu():
+        registry.load_in_background()  # after the server is up: start-up does not share the CPU with it
     demo.block_thread()
 
 

@@ -233,7 +233,6 @@ def test_the_app_starts_and_explains_with_spaces_installed(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="until app.py and ptame/serving/session.py call ptame.serving.gpu (issue 29)")
 def test_on_simulated_zero_gpu_the_app_explains_in_gpu_workers(tmp_path: Path) -> None:
     """The app under the stand-in ``spaces`` with SPACES_ZERO_GPU=true: every explanation's model work runs in
     forked workers (the log counts them), and the app still answers."""

@@ -26,6 +26,7 @@ from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_ou
 from ptame.metrics import deletion_insertion
 from ptame.serving.cache import LRUCache
 from ptame.serving.captions import domain_note, explainer_missing_message
+from ptame.serving.gpu import on_gpu
 from ptame.serving.images import CheckedImage, read_image
 from ptame.serving.lanes import Lanes, Progress
 from ptame.serving.manifest import LoadedModel
@@ -106,7 +107,7 @@ class ExplainSession:
     def _analysis(self, image: CheckedImage, model_key: str, model: LoadedModel) -> Analysis:
         """``analyse`` with the model of ``model_key`` as it is now (with or without its explainer)."""
         return self._analyses.get_or_compute(
-            _analysis_key(image, model_key, model), lambda: _analyse(model, image), self.lanes.fast()
+            _analysis_key(image, model_key, model), lambda: on_gpu(_analyse, model, image), self.lanes.fast()
         )
 
     def cached_analysis(self, image: CheckedImage, model_key: str) -> Analysis | None:
@@ -174,7 +175,7 @@ class ExplainSession:
 
         def compute() -> Explanation:
             reporter = self.lanes.borrowing_idle_cores(progress) if chosen.streamed else None
-            explanation = _run(chosen, model, analysis, class_index, reporter)
+            explanation = on_gpu(_run, chosen, model, analysis, class_index, reporter)
             self._seconds[(model_key, method)] = explanation.seconds
             return explanation
 
@@ -279,7 +280,8 @@ class ExplainSession:
             model = self.registry.get(model_key)
             device = analysis.pixels.device
             with self.lanes.slow():
-                result = deletion_insertion(
+                result = on_gpu(
+                    deletion_insertion,
                     model.backbone,
                     analysis.pixels,
                     torch.from_numpy(explanation.saliency).unsqueeze(0).to(device),
