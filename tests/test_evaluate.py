@@ -339,6 +339,44 @@ def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpo
         assert rows[0][name] == pytest.approx(sum(values) / 4, rel=1e-4, abs=1e-6), name
 
 
+def test_blank_maps_are_counted_per_method_in_the_report(checkpoint: Path, tmp_path: Path) -> None:
+    """A method whose maps are constant on images 0 and 2 of 4 (and a map that is constant but not zero on
+    image 2): 50% blank maps in its row, 100 / 0 per image (the ramps of images 1 and 3 are not blank)."""
+    from ptame.methods import register_method, unregister_method
+
+    def half_blank(backbone: object, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0, 1, pixels.shape[-1]).expand(pixels.shape[0], pixels.shape[-2], -1).clone()
+        first = int(evaluate_offset[0])
+        for row, index in enumerate(range(first, first + pixels.shape[0])):
+            if index in (0, 2):
+                ramp[row] = 0.0 if index == 0 else 0.4
+        evaluate_offset[0] += pixels.shape[0]
+        return ramp
+
+    evaluate_offset = [0]
+    register_method("test-half-blank", "Half blank", passes=lambda channels, options: 0)(half_blank)
+    try:
+        run_evaluate(
+            "--checkpoint", str(checkpoint), "--data", "shapes", "--images", "4", "--batch-size", "3",
+            "--methods", "test-half-blank", "--metrics", "ad_ic", "--out", str(tmp_path),
+        )  # fmt: skip
+    finally:
+        unregister_method("test-half-blank")
+    rows = {row["method"]: row for row in read_rows(tmp_path / "evaluation.csv")}
+    assert float(rows["test-half-blank"]["blank_maps"]) == 50.0
+    per_image = [row for row in read_rows(tmp_path / "evaluation-per-image.csv") if row["method"] == "test-half-blank"]
+    assert [float(row["blank_maps"]) for row in per_image] == [100.0, 0.0, 100.0, 0.0]
+    markdown = (tmp_path / "evaluation.md").read_text()
+    assert "Blank maps % ↓" in markdown and BLANK_LINE in markdown
+
+
+BLANK_LINE = (
+    "Blank maps: share of the maps that are constant (no pixel ranked above another: no positive evidence at the "
+    "CAM's layer, zero gradients or a saturated classifier); their metrics are those of a map without information, "
+    "and another target layer may give one (a manifest entry's target_layer)."
+)
+
+
 def test_the_setup_lists_every_measured_figure_with_its_settings() -> None:
     """The report's setup says how each figure was measured, with the settings of this run, and the accuracy."""
     settings = evaluate.EvaluationSettings(
@@ -352,6 +390,7 @@ def test_the_setup_lists_every_measured_figure_with_its_settings() -> None:
     assert evaluate.setup_description(settings, 87.54, with_masks=True)[1:] == [
         "Every map explains the classifier's prediction (top-1 accuracy 87.5%).",
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+        BLANK_LINE,
         "AD / IC: the top 100/25% of the map kept with its soft values; in percent.",
         "ROAD: area under the accuracy curve at 20%, 60% of the pixels removed (linear imputation), "
         "end points (0%, 1) and (100%, 0).",
@@ -370,6 +409,7 @@ def test_the_setup_leaves_out_what_was_not_measured() -> None:
     assert evaluate.setup_description(settings, None, with_masks=True)[1:] == [
         "Every map explains the classifier's prediction.",
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+        BLANK_LINE,
         "AD / IC: the top 100/50/15% of the map kept with its soft values; in percent.",
     ]
 
@@ -445,7 +485,7 @@ def test_one_deletion_step_scores_the_curves_end_points_only(checkpoint: Path, t
         black = torch.softmax(model.backbone.logits(torch.zeros_like(pixels)), dim=1)
     expected = ((image.gather(1, classes) + black.gather(1, classes)) / 2).mean().item()
     for row in read_rows(tmp_path / "evaluation.csv"):
-        assert set(row) == {"method", "images", "seconds_per_image", "deletion_auc", "insertion_auc"}  # no others
+        assert set(row) == {"method", "images", "seconds_per_image", "deletion_auc", "insertion_auc", "blank_maps"}
         assert float(row["deletion_auc"]) == pytest.approx(expected, rel=1e-4), row["method"]
     accuracy = 100 * sum(int(predicted) == sample.label for predicted, sample in zip(classes[:, 0], samples)) / 4
     markdown = (tmp_path / "evaluation.md").read_text(encoding="utf-8")

@@ -71,6 +71,7 @@ MARKDOWN_COLUMNS = (
     ("pointing_game", "Pointing ↑", 2),
     ("pointing_game_tolerant", "Pointing ±15/224 ↑", 2),
     ("energy_pointing_game", "Energy PG ↑", 3),
+    ("blank_maps", "Blank maps % ↓", 1),
 )
 
 
@@ -205,6 +206,13 @@ def method_maps(
     return chosen(model.backbone, pixels, classes, **options)
 
 
+def blank_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(B,) float32, 1 where a map of (B, H, W) is constant: a map that ranks no pixel above another
+    (a CAM with no positive evidence at its layer, zero gradients, a saturated classifier)."""
+    flat = maps.flatten(1)
+    return (flat.amax(dim=1) == flat.amin(dim=1)).float()
+
+
 def score_batch(
     totals: MethodTotals,
     model: LoadedModel,
@@ -258,7 +266,7 @@ def evaluate_tally(
             float32), as the official code does.
 
     Returns:
-        The tally: per method, each figure's per-image values (AD, IC and the pointing game in
+        The tally: per method, each figure's per-image values (AD, IC, the pointing game and blank maps in
         percent) and the seconds spent on its maps; the classifier's hits on labelled images.
     """
     unknown = sorted(set(settings.methods) - set(method_keys())) + sorted(set(settings.metrics) - set(METRICS))
@@ -283,6 +291,7 @@ def evaluate_tally(
             totals = tally.totals[method]
             totals.seconds += time.perf_counter() - start
             totals.images += pixels.shape[0]
+            totals.add("blank_maps", blank_maps(maps) * 100.0)
             with autocast:
                 score_batch(totals, model, pixels, maps.float(), classes, masks, settings)
         if progress is not None:
@@ -496,6 +505,9 @@ def setup_description(
         "Every map explains the classifier's prediction"
         + (f" (top-1 accuracy {accuracy:.1f}%)." if accuracy is not None else "."),
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
+        "Blank maps: share of the maps that are constant (no pixel ranked above another: no positive evidence at "
+        "the CAM's layer, zero gradients or a saturated classifier); their metrics are those of a map without "
+        "information, and another target layer may give one (a manifest entry's target_layer).",
     ]
     if "ad_ic" in settings.metrics:
         lines.append(
