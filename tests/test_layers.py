@@ -1,4 +1,4 @@
-"""The layers of the design: no module imports one of a higher layer (README, "Layout")."""
+"""The layers of the design: no module imports one of a higher layer (docs/development.md, "Layout")."""
 
 import ast
 from pathlib import Path

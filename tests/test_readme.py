@@ -44,16 +44,3 @@ def test_space_header_matches_requirements_and_manifest() -> None:
     assert header["python_version"] == "3.11"
     hub_explainers = [entry.explainer for entry in load_manifest() if entry.explainer_revision is not None]
     assert hub_explainers and set(hub_explainers) <= set(header["models"])
-
-
-def test_readme_own_classifier_example_trains_and_saves(tmp_path, monkeypatch) -> None:
-    from ptame import PTAME
-
-    section = README.read_text().split("## Explain your own classifier", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert "steps = 800\n" in example and '"runs/my-explainer"' in example
-    example = example.replace("steps = 800\n", "steps = 2\n").replace('"runs/my-explainer"', repr(str(tmp_path)))
-    monkeypatch.chdir(ROOT)
-    exec(compile(example, str(README), "exec"), {})
-    explainer = PTAME.from_pretrained(tmp_path)
-    assert explainer.num_classes == 6 and explainer.auxiliary_mean == (0.447, 0.448, 0.448)
