@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,29 @@ def test_load_before_launch_loads_and_shares_every_model_and_names_the_failures(
         model = registry.get(good.key)
         for part in (model, model.backbone, model.backbone.model, model.explainer):
             assert id(part) in gpu._shared
+    finally:
+        gpu._shared.clear()
+
+
+def test_on_zero_gpu_a_model_without_its_explainer_is_never_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry's background explainer retry would swap in a model the forked GPU worker does not
+    hold (and load off the main thread): after load_before_launch, however long ago, no retry starts."""
+    import dataclasses
+
+    from ptame.serving import models
+
+    entry = dataclasses.replace(ModelEntry.from_folder(TRAINED_DEMO), explainer=str(tmp_path / "no-explainer"))
+    registry = ModelRegistry([entry], explainer_retry_s=0.0)
+    try:
+        gpu.load_before_launch(registry)
+        model = registry.get(entry.key)
+        assert model.explainer is None and id(model) in gpu._shared
+        monkeypatch.setattr(models.time, "monotonic", lambda: 1e12)  # ages after the last attempt
+        assert registry.get(entry.key) is model and registry.load(entry.key) is model
+        assert not registry.explainers_pending()
+        assert not [t for t in threading.enumerate() if t.name.startswith("ptame-explainer-retry")]
     finally:
         gpu._shared.clear()
 

@@ -24,6 +24,7 @@ ZeroGPU: ZeroGPU needs both before any model touches CUDA and before the app lau
 
 import dataclasses
 import io
+import math
 import os
 import pickle
 import types
@@ -69,9 +70,14 @@ def share(model: LoadedModel) -> LoadedModel:
 def load_before_launch(registry: ModelRegistry) -> list[str]:
     """Load every model of ``registry`` now, on this (the main) thread, and ``share`` each that loads.
 
+    Turns the registry's explainer retry off: a retry would load in a background thread (ZeroGPU
+    emulates CUDA on the main thread only) and replace the model by one the GPU worker, forked
+    earlier, does not hold. A model whose explainer fails here stays without it until a restart.
+
     Returns:
         The keys of the models that did not load (their status says why).
     """
+    registry.explainer_retry_s = math.inf
     failed = []
     for key in registry.entries:
         try:

@@ -8,6 +8,7 @@ so that P-TAME appears without a restart once it can be loaded.
 """
 
 import logging
+import math
 import os
 import threading
 import time
@@ -215,7 +216,10 @@ class ModelRegistry:
         threading.Thread(target=retry, name=f"ptame-explainer-retry-{key}", daemon=True).start()
 
     def explainers_pending(self) -> bool:
-        """Whether a ready model lacks the explainer its entry names (it may still arrive)."""
+        """Whether a ready model lacks the explainer its entry names and a retry may still bring it
+        (never with ``explainer_retry_s`` infinite)."""
+        if math.isinf(self.explainer_retry_s):
+            return False
         with self._lock:
             return any(
                 not model.has_explainer and self.entries[key].explainer is not None
