@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from ptame.errors import ExplainerMissing, ImageInputError, MethodFailed, ModelUnavailable
+from ptame.interop.plugins import MethodModuleError, register_method_modules
 from ptame.methods import METHODS, default_method_keys, get_method
 from ptame.serving.captions import blank_map_note, display_class_names, format_seconds, method_caption
 from ptame.serving.export import prune_folder, save_maps
@@ -741,6 +742,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        register_method_modules()  # captum's methods when captum is installed; $PTAME_METHOD_MODULES
+    except MethodModuleError as error:
+        raise SystemExit(f"error: {error}") from error
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))

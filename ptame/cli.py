@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ptame.errors import CheckpointError, ImageInputError, MethodFailed, ModelUnavailable
+from ptame.interop.plugins import MethodModuleError, register_method_modules
 from ptame.methods import default_method_keys, get_method, method_keys
 from ptame.serving.captions import blank_map_note, display_class_names, explainer_missing_message
 from ptame.serving.export import figure, save_maps, save_png
@@ -206,6 +207,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ptame COMMAND``."""
+    try:
+        register_method_modules()  # captum's methods when captum is installed; $PTAME_METHOD_MODULES
+    except MethodModuleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="python -m ptame", description="ptame command line")
     commands = parser.add_subparsers(dest="command", required=True)
     explain = commands.add_parser("explain", help=__doc__.splitlines()[0], description=__doc__)

@@ -9,8 +9,10 @@
   Quantus with it.
 - ``ptame.interop.captum``: captum's ``LayerGradCam`` and ``Occlusion`` as ptame methods,
   registered through ``ptame.methods.register_method`` by ``register()`` (needs captum:
-  ``pip install ptame-xai[captum]``); ``python -m ptame.interop.captum app.py`` opens the app
-  with them beside the built-in methods.
+  ``pip install ptame-xai[captum]``); the app and the command line offer them whenever captum is
+  installed.
+- ``ptame.interop.plugins``: registers those optional methods, and a user's own method modules
+  named in ``$PTAME_METHOD_MODULES``, when the app or the command line starts.
 
 Nothing here is imported by the rest of ptame: the optional packages stay optional.
 """

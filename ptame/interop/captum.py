@@ -1,12 +1,10 @@
 """captum's attributions as ptame methods: in the app, the command line and the evaluation, beside the built-ins.
 
-    python -m ptame.interop.captum app.py [APP OPTIONS]        # the app, with captum's methods
-    python -m ptame.interop.captum -m ptame explain IMAGE --methods ptame,captum-occlusion --out DIR
-
-or, in Python, ``ptame.interop.captum.register()`` before the app, the command line or
-``train.evaluate`` reads the registry. Two methods, each a plain map function registered with
-``ptame.methods.register_method`` as a built-in is (the registry needs no change for a third-party
-method):
+``python app.py`` and ``python -m ptame explain`` offer them whenever captum is installed
+(``ptame.interop.plugins``); in Python, ``ptame.interop.captum.register()`` adds them before
+``train.evaluate`` or your own code reads the registry. Two methods, each a plain map function
+registered with ``ptame.methods.register_method`` as a built-in is (the registry needs no change
+for a third-party method):
 
 - ``captum-gradcam``, "Grad-CAM (captum)": captum's ``LayerGradCam`` on the backbone's target
   layer, finished as ptame finishes a CAM (ReLU, bilinear resize, min-max). It computes the same
@@ -20,10 +18,7 @@ Needs captum (``pip install ptame-xai[captum]``).
 """
 
 import math
-import runpy
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 from captum.attr import LayerGradCam, Occlusion
@@ -149,23 +144,3 @@ def unregister() -> None:
     """Remove captum's methods from the registry."""
     for key in METHOD_DECLARATIONS:
         unregister_method(key)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ptame.interop.captum SCRIPT [ARGS]`` or ``... -m MODULE [ARGS]``: register
-    captum's methods, then run the script or module as ``python`` would."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or (argv[0] == "-m" and len(argv) < 2):
-        raise SystemExit(f"usage: python -m ptame.interop.captum (SCRIPT | -m MODULE) [ARGS]\n\n{__doc__}")
-    register()
-    if argv[0] == "-m":
-        sys.argv = [argv[1], *argv[2:]]
-        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = argv
-        sys.path.insert(0, str(Path(argv[0]).resolve().parent))  # as python SCRIPT puts it first
-        runpy.run_path(argv[0], run_name="__main__")
-
-
-if __name__ == "__main__":
-    main()
