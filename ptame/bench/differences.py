@@ -13,7 +13,7 @@ On a model folder with classifier/ and explainer/ (default: the shapes demo) and
 - Min-max after the bilinear resize to the input (ptame) against min-max at the head's resolution
   followed by the resize: the same figures.
 
-README "Differences from the official implementation" quotes this command's figures.
+docs/differences.md ("Differences from the official implementation") quotes this command's figures.
 """
 
 import argparse
