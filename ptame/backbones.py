@@ -23,6 +23,7 @@ from torchvision.transforms import v2 as transforms
 from ptame.errors import describe
 from ptame.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
 from ptame.hub import resolve_file
+from ptame.loss import LossWeights
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 from ptame.target_layers import find_target_layer
 from ptame.timm_sources import (
@@ -201,7 +202,9 @@ def _timm_backbone(
 
 def _vgg16(pretrained: bool, local_files_only: bool, target_layer: str | None) -> Backbone:
     # The last ReLU of conv5_3 (14x14 at 224): the layer of the Grad-CAM paper, before the pool.
-    return _timm_backbone("vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only, target_layer or "features.29")
+    return _timm_backbone(
+        "vgg16.tv_in1k", pretrained, PAPER_PREPROCESSING, local_files_only, target_layer or "features.29"
+    )
 
 
 def _resnet50(pretrained: bool, local_files_only: bool, target_layer: str | None) -> Backbone:
@@ -216,13 +219,54 @@ def _vit_b_16(pretrained: bool, local_files_only: bool, target_layer: str | None
     return _with_target_layer("vit_b_16", model, PAPER_PREPROCESSING, names, target_layer or "encoder.layers.-1.ln_1")
 
 
-# The paper's classifiers, with the exact weights their explainers are trained for:
-# timm's vgg16.tv_in1k and resnet50.tv_in1k hold torchvision's IMAGENET1K_V1 tensors; no timm
-# tag holds torchvision's ViT-B/16 weights, so that one comes from torchvision.
-PAPER_BACKBONES: dict[str, Callable[[bool, bool, str | None], Backbone]] = {
-    "vgg16": _vgg16,
-    "resnet50": _resnet50,
-    "vit_b_16": _vit_b_16,
+@dataclass(frozen=True)
+class PaperBackbone:
+    """One of the P-TAME paper's classifiers and everything the project knows of it.
+
+    build: (pretrained, local_files_only, target_layer) -> the backbone. display_name: its name in
+    the app and the model cards. weights: the exact weights its explainer is trained for.
+    weight_decay, loss: the paper's recipe of its explainer (``train/recipes.py`` adds the shared
+    schedule). overhead_target: the most that explaining its top-1 class may cost, as a ratio to a
+    bare forward pass (``python -m ptame.bench.overhead``).
+    """
+
+    build: Callable[[bool, bool, str | None], Backbone]
+    display_name: str
+    weights: str
+    weight_decay: float
+    loss: LossWeights
+    overhead_target: float
+
+
+# The paper's classifiers, with the exact weights their explainers are trained for: timm's
+# vgg16.tv_in1k and resnet50.tv_in1k hold torchvision's IMAGENET1K_V1 tensors; no timm tag holds
+# torchvision's ViT-B/16 weights, so that one comes from torchvision. Recipes: Table "Recipe of the
+# paper" of shared/docs/ptame-method.md.
+PAPER_BACKBONES: dict[str, PaperBackbone] = {
+    "vgg16": PaperBackbone(
+        _vgg16,
+        "VGG-16",
+        "torchvision VGG16_Weights.IMAGENET1K_V1 (timm vgg16.tv_in1k)",
+        weight_decay=0.13324,
+        loss=LossWeights(ce=0.07278, area=0.977712, smooth=0.0001),
+        overhead_target=1.15,
+    ),
+    "resnet50": PaperBackbone(
+        _resnet50,
+        "ResNet-50",
+        "torchvision ResNet50_Weights.IMAGENET1K_V1 (timm resnet50.tv_in1k)",
+        weight_decay=0.000242666,
+        loss=LossWeights(ce=0.161429, area=0.838571, smooth=0.0),
+        overhead_target=1.5,
+    ),
+    "vit_b_16": PaperBackbone(
+        _vit_b_16,
+        "ViT-B/16",
+        "torchvision ViT_B_16_Weights.IMAGENET1K_V1",
+        weight_decay=0.000133090,
+        loss=LossWeights(ce=0.131292, area=0.838571, smooth=0.0, border=0.0, area_power=0.5),
+        overhead_target=1.15,
+    ),
 }
 
 
@@ -313,9 +357,9 @@ def create_backbone(
             files (weights are read from safetensors only), a config over the size its weights
             hold (``ptame.timm_sources``).
     """
-    builder = PAPER_BACKBONES.get(name)
-    if builder is not None:
-        return builder(pretrained, local_files_only, target_layer)
+    paper = PAPER_BACKBONES.get(name)
+    if paper is not None:
+        return paper.build(pretrained, local_files_only, target_layer)
     if USER_FUNCTION.fullmatch(name):
         return _user_backbone(name, target_layer)
     folder = _transformers_folder(name, local_files_only)

@@ -47,9 +47,9 @@ from tqdm import tqdm as tqdm_std
 from tqdm.auto import tqdm as tqdm_auto
 
 from ptame import PTAME
-from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
+from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES, SHAPES_MEAN, SHAPES_STD, shapes_sample
 from train import imagenet
-from train import shapes as shapes_recipe
+from train.worlds import save_network
 
 # Progress bars take a lock of this process only. tqdm's default lock includes a semaphore shared
 # with forked processes: mutmut runs each mutant's tests in a fork and kills one that times out,
@@ -144,16 +144,17 @@ def random_shapes_demo(folder: Path) -> Path:
     explainer/), with the same networks and seeded random weights. Its key is the folder's name."""
     torch.manual_seed(0)
     classes = len(SHAPE_CLASSES)
+    recipe = SHAPES.recipe
     for part, architecture, arguments in (
-        ("classifier", shapes_recipe.CLASSIFIER_ARCHITECTURE, shapes_recipe.CLASSIFIER_ARGS),
-        ("auxiliary", shapes_recipe.AUXILIARY_ARCHITECTURE, shapes_recipe.AUXILIARY_ARGS),
+        ("classifier", recipe.classifier, recipe.classifier_args),
+        ("auxiliary", recipe.auxiliary, recipe.auxiliary_args),
     ):
         network = timm.create_model(architecture, pretrained=False, num_classes=classes, **arguments)
-        shapes_recipe.save_network(network, folder / part, 128)
+        save_network(network, folder / part, SHAPES)
     explainer = PTAME(
         num_classes=classes,
         auxiliary="local-dir:../auxiliary",
-        feature_levels=shapes_recipe.FEATURE_LEVELS,
+        feature_levels=recipe.feature_levels,
         auxiliary_mean=SHAPES_MEAN,
         auxiliary_std=SHAPES_STD,
         class_names=SHAPE_CLASSES,

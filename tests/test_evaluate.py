@@ -22,7 +22,7 @@ from ptame.bench.app import free_port
 from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
 from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import ROOT, randomise_head, save_timm_checkpoint, shapes_file
-from train import distributed, evaluate
+from train import distributed, evaluate, evaluation, evaluation_report
 
 SIZE = 32
 
@@ -133,13 +133,15 @@ def record_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     batch_sizes: list[int] = []
     real_evaluate = evaluate.evaluate_tally
 
-    def recording_evaluate(model: object, batches: Iterator[tuple], *args: object, **kwargs: object) -> object:
+    def recording_evaluate(
+        backbone: object, explainer: object, batches: Iterator[tuple], *args: object, **kwargs: object
+    ) -> object:
         def counted() -> Iterator[tuple]:
             for batch in batches:
                 batch_sizes.append(batch[0].shape[0])
                 yield batch
 
-        return real_evaluate(model, counted(), *args, **kwargs)
+        return real_evaluate(backbone, explainer, counted(), *args, **kwargs)
 
     monkeypatch.setattr(evaluate, "evaluate_tally", recording_evaluate)
     return batch_sizes
@@ -191,11 +193,11 @@ def test_defaults_are_the_papers_protocol() -> None:
     assert args.metrics == ["ad_ic", "road", "deletion_insertion", "pointing"]
     assert (args.deletion_steps, args.batch_size, args.seed, args.threads) == (50, 16, 0, None)
     assert (args.device, args.split, args.manifest) == ("cpu", "test", ROOT / "checkpoints" / "manifest.toml")
-    settings = evaluate.EvaluationSettings()
+    settings = evaluation.EvaluationSettings()
     assert settings.ad_ic_fractions == (1.0, 0.5, 0.15) and settings.road_fractions == (0.1, 0.3, 0.5, 0.7)
-    assert (settings.road_imputation, settings.rise_masks) == ("telea", 8000)
+    assert (settings.road_imputation, settings.options("rise")["num_masks"]) == ("telea", 8000)
     assert settings.differences_from_the_paper() == []
-    line = evaluate.setup_description(settings, None, with_masks=False)[0]
+    line = evaluation_report.setup_description(settings, None, with_masks=False)[0]
     assert line.startswith(
         "Protocol: the P-TAME paper's (ImageNet val's test subset of 2000 images, AD/IC at 100/50/15%"
     )
@@ -288,7 +290,7 @@ def test_markdown_is_a_heading_the_setup_list_and_a_table_of_the_figures_present
         {"method": "ptame", "images": 2.0, "seconds_per_image": 0.01234, "ad_100": 12.3456, "ic_100": 50.0},
         {"method": "gradcam", "images": 2.0, "seconds_per_image": 0.5, "ad_100": 3.0},
     ]
-    markdown = evaluate.markdown_text(rows, ["setup line", "another line"], ad_ic_percents=(100,))
+    markdown = evaluation_report.markdown_text(rows, ["setup line", "another line"], ad_ic_percents=(100,))
     assert markdown == (
         "## Evaluation\n"
         "\n"
@@ -306,8 +308,8 @@ def test_reports_name_folders_relative_to_the_working_directory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert evaluate.relative_to_cwd(f"local-dir:{tmp_path}/shapes/classifier") == "local-dir:shapes/classifier"
-    assert evaluate.relative_to_cwd("org/repo@0123abc") == "org/repo@0123abc"
+    assert evaluation_report.relative_to_cwd(f"local-dir:{tmp_path}/shapes/classifier") == "local-dir:shapes/classifier"
+    assert evaluation_report.relative_to_cwd("org/repo@0123abc") == "org/repo@0123abc"
 
 
 def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpoint: Path) -> None:
@@ -318,10 +320,12 @@ def test_the_table_is_the_mean_of_per_image_figures_over_unequal_batches(checkpo
 
     model = load_model(ModelEntry.from_folder(checkpoint))
     pixels = torch.stack([shapes_sample(index, "test", SIZE).pixels for index in range(4)])
-    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic", "deletion_insertion"))
+    settings = evaluation.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic", "deletion_insertion"))
     batches = [(pixels[:3], None, None), (pixels[3:], None, None)]
     finished: list[int] = []
-    rows, accuracy = evaluate.evaluate(model, iter(batches), settings, torch.device("cpu"), progress=finished.append)
+    rows, accuracy = evaluation.evaluate(
+        model.backbone, model.explainer, iter(batches), settings, torch.device("cpu"), progress=finished.append
+    )
     assert accuracy is None and len(rows) == 1 and rows[0]["images"] == 4 and finished == [3, 1]
     per_image: dict[str, list[float]] = {}
     for image in range(4):
@@ -379,15 +383,15 @@ BLANK_LINE = (
 
 def test_the_setup_lists_every_measured_figure_with_its_settings() -> None:
     """The report's setup says how each figure was measured, with the settings of this run, and the accuracy."""
-    settings = evaluate.EvaluationSettings(
+    settings = evaluation.EvaluationSettings(
         methods=("gradcam", "rise"),
         ad_ic_percents=(100, 25),
         road_percents=(20, 60),
         road_imputation="linear",
-        rise_masks=8,
+        method_options={"rise": {"num_masks": 8}},
         deletion_steps=7,
     )
-    assert evaluate.setup_description(settings, 87.54, with_masks=True)[1:] == [
+    assert evaluation_report.setup_description(settings, 87.54, with_masks=True)[1:] == [
         "Every map explains the classifier's prediction (top-1 accuracy 87.5%).",
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
         BLANK_LINE,
@@ -405,8 +409,8 @@ def test_the_setup_lists_every_measured_figure_with_its_settings() -> None:
 
 def test_the_setup_leaves_out_what_was_not_measured() -> None:
     """Without the pointing metric there is no pointing line, even on images with masks; no labels, no accuracy."""
-    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic",))
-    assert evaluate.setup_description(settings, None, with_masks=True)[1:] == [
+    settings = evaluation.EvaluationSettings(methods=("gradcam",), metrics=("ad_ic",))
+    assert evaluation_report.setup_description(settings, None, with_masks=True)[1:] == [
         "Every map explains the classifier's prediction.",
         "s / image: mean time to compute one map, without the forward pass that finds the prediction.",
         BLANK_LINE,
@@ -583,9 +587,9 @@ def test_pointing_games_on_hand_made_maps(checkpoint: Path) -> None:
     maps[0, 12, 17], maps[0, 12, 12] = 1.0, 0.5
     maps[1, 11, 11], maps[1, 0, 0] = 1.0, 0.25
     pixels, classes = torch.rand(2, 3, SIZE, SIZE), torch.zeros(2, dtype=torch.int64)
-    settings = evaluate.EvaluationSettings(methods=("gradcam",), metrics=("pointing",))
-    totals = evaluate.MethodTotals(seconds=1.0, images=2)
-    evaluate.score_batch(totals, model, pixels, maps, classes, masks, settings)
+    settings = evaluation.EvaluationSettings(methods=("gradcam",), metrics=("pointing",))
+    totals = evaluation.MethodTotals(seconds=1.0, images=2)
+    evaluation.score_batch(totals, model.backbone, pixels, maps, classes, masks, settings)
     assert totals.means() == pytest.approx(
         {
             "images": 2.0,
@@ -595,8 +599,8 @@ def test_pointing_games_on_hand_made_maps(checkpoint: Path) -> None:
             "energy_pointing_game": (0.5 / 1.5 + 1 / 1.25) / 2,
         }
     )
-    without_masks = evaluate.MethodTotals(seconds=1.0, images=2)
-    evaluate.score_batch(without_masks, model, pixels, maps, classes, None, settings)
+    without_masks = evaluation.MethodTotals(seconds=1.0, images=2)
+    evaluation.score_batch(without_masks, model.backbone, pixels, maps, classes, None, settings)
     assert without_masks.means() == {"images": 2.0, "seconds_per_image": 0.5}
 
 
@@ -617,18 +621,18 @@ def test_ad_and_ic_are_in_percent_and_road_gets_the_seed(monkeypatch: pytest.Mon
     model = SimpleNamespace(backbone=BrightnessClassifier())
     pixels, maps, classes = torch.full((2, 3, 8, 8), 0.8), torch.full((2, 8, 8), 0.5), torch.tensor([0, 1])
     seeds: list[object] = []
-    real_road = evaluate.road
+    real_road = evaluation.road
 
     def recording_road(*args: object, **kwargs: object) -> object:
         seeds.append(inspect.signature(real_road).bind(*args, **kwargs).arguments.get("seed", "the default"))
         return real_road(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "road", recording_road)
-    settings = evaluate.EvaluationSettings(
+    monkeypatch.setattr(evaluation, "road", recording_road)
+    settings = evaluation.EvaluationSettings(
         methods=("gradcam",), metrics=("ad_ic", "road"), ad_ic_percents=(100,), road_imputation="linear", seed=3
     )
-    totals = evaluate.MethodTotals()
-    evaluate.score_batch(totals, model, pixels, maps, classes, None, settings)
+    totals = evaluation.MethodTotals()
+    evaluation.score_batch(totals, model.backbone, pixels, maps, classes, None, settings)
     figures = totals.means()
 
     def sigmoid(x: float) -> float:
@@ -643,21 +647,23 @@ def test_seconds_per_image_is_the_map_time_over_the_images(checkpoint: Path, mon
     """A clock that ticks 1 s per reading: each map computation (one per method and batch) takes 1 s, so two batches
     of 3 images make 2/3 s per image, one image alone 1 s."""
     ticks = itertools.count()
-    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(evaluation, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     model = load_model(ModelEntry.from_folder(checkpoint))
     pixels = torch.stack([shapes_sample(index, "test", SIZE).pixels for index in range(3)])
-    settings = evaluate.EvaluationSettings(methods=("gradcam", "gradcam++"), metrics=())
+    settings = evaluation.EvaluationSettings(methods=("gradcam", "gradcam++"), metrics=())
     cpu = torch.device("cpu")
-    rows, _ = evaluate.evaluate(model, iter([(pixels[:2], None, None), (pixels[2:], None, None)]), settings, cpu)
+    rows, _ = evaluation.evaluate(
+        model.backbone, model.explainer, iter([(pixels[:2], None, None), (pixels[2:], None, None)]), settings, cpu
+    )
     assert [row["seconds_per_image"] for row in rows] == pytest.approx([2 / 3, 2 / 3])
-    rows, _ = evaluate.evaluate(model, iter([(pixels[:1], None, None)]), settings, cpu)
+    rows, _ = evaluation.evaluate(model.backbone, model.explainer, iter([(pixels[:1], None, None)]), settings, cpu)
     assert [row["seconds_per_image"] for row in rows] == pytest.approx([1.0, 1.0])
 
 
 def test_evaluate_refuses_unknown_methods_and_metrics() -> None:
-    settings = evaluate.EvaluationSettings(methods=("gradcam", "lime"), metrics=("ad_ic", "accuracy"))
+    settings = evaluation.EvaluationSettings(methods=("gradcam", "lime"), metrics=("ad_ic", "accuracy"))
     with pytest.raises(ValueError, match=re.escape("unknown methods or metrics ['lime', 'accuracy']; methods: (")):
-        evaluate.evaluate(None, iter([]), settings, torch.device("cpu"))  # type: ignore[arg-type]  # refused first
+        evaluation.evaluate(None, None, iter([]), settings, torch.device("cpu"))  # type: ignore[arg-type]  # refused first
 
 
 # Several processes (torchrun): whole batches per process, per-image values gathered on rank 0.
@@ -681,16 +687,16 @@ def test_processes_take_whole_batches_in_turn_and_every_image_once() -> None:
         distributed.batch_ranges(4, 0)
 
 
-def tally_of(indices: list[int], seconds: float, correct: int = 0) -> evaluate.Tally:
+def tally_of(indices: list[int], seconds: float, correct: int = 0) -> evaluation.Tally:
     """A one-method tally whose per-image figure is 10 x the image's index (and 1 more in a second figure)."""
-    totals = evaluate.MethodTotals(seconds=seconds, images=len(indices))
+    totals = evaluation.MethodTotals(seconds=seconds, images=len(indices))
     totals.add("ad_100", torch.tensor([10.0 * index for index in indices]))
     totals.add("deletion_auc", torch.tensor([10.0 * index + 1 for index in indices]))
-    return evaluate.Tally({"gradcam": totals}, correct, len(indices), torch.tensor(indices))
+    return evaluation.Tally({"gradcam": totals}, correct, len(indices), torch.tensor(indices))
 
 
 def test_merged_parts_hold_every_image_in_order_as_one_process_would() -> None:
-    merged = evaluate.merge_tallies([tally_of([0, 1, 4], 3.0, correct=2), tally_of([2, 3], 1.0, correct=1)])
+    merged = evaluation.merge_tallies([tally_of([0, 1, 4], 3.0, correct=2), tally_of([2, 3], 1.0, correct=1)])
     assert merged.indices.tolist() == [0, 1, 2, 3, 4]
     values = merged.totals["gradcam"].per_image()
     assert values["ad_100"].tolist() == [0.0, 10.0, 20.0, 30.0, 40.0]
@@ -699,43 +705,43 @@ def test_merged_parts_hold_every_image_in_order_as_one_process_would() -> None:
         {"method": "gradcam", "images": 5.0, "seconds_per_image": 0.8, "ad_100": 20.0, "deletion_auc": 21.0}
     ]
     assert merged.accuracy() == 60.0
-    assert evaluate.merge_tallies([tally_of([0, 1, 2, 3, 4], 4.0)]).rows()[0]["ad_100"] == 20.0
+    assert evaluation.merge_tallies([tally_of([0, 1, 2, 3, 4], 4.0)]).rows()[0]["ad_100"] == 20.0
     with pytest.raises(ValueError, match="overlap"):
-        evaluate.merge_tallies([tally_of([0, 1], 1.0), tally_of([1, 2], 1.0)])
+        evaluation.merge_tallies([tally_of([0, 1], 1.0), tally_of([1, 2], 1.0)])
     with pytest.raises(ValueError, match="which images"):
-        evaluate.merge_tallies([evaluate.Tally({})])
+        evaluation.merge_tallies([evaluation.Tally({})])
     partial = tally_of([2], 1.0)
     del partial.totals["gradcam"].values["deletion_auc"]
     with pytest.raises(ValueError, match="gradcam's deletion_auc was measured on 2 of 3 images"):
-        evaluate.merge_tallies([tally_of([0, 1], 1.0), partial])
+        evaluation.merge_tallies([tally_of([0, 1], 1.0), partial])
 
 
 def test_the_cost_is_counted_from_the_registry_and_the_metrics() -> None:
     """The paper's protocol on a ResNet-50 (2048 channels in its last stage): Score-CAM and Ablation-CAM 2049
     passes, RISE 8000; AD/IC 1 + 3, ROAD 2 x 4, deletion/insertion 2 x 51 passes per method's map."""
-    settings = evaluate.EvaluationSettings()
-    assert evaluate.metric_passes(settings) == 114
-    assert evaluate.metric_passes(evaluate.EvaluationSettings(metrics=("pointing",))) == 0
-    assert evaluate.map_passes(settings, 2048) == {
+    settings = evaluation.EvaluationSettings()
+    assert evaluation_report.metric_passes(settings) == 114
+    assert evaluation_report.metric_passes(evaluation.EvaluationSettings(metrics=("pointing",))) == 0
+    assert evaluation_report.map_passes(settings, 2048) == {
         "ptame": 0, "gradcam": 2, "gradcam++": 2, "scorecam": 2049, "ablationcam": 2049, "rise": 8000,
     }  # fmt: skip
-    lines = evaluate.cost_lines(settings, 2048, 2000, 2, 0.01, "cuda")
+    lines = evaluation_report.cost_lines(settings, 2048, 2000, 2, 0.01, "cuda")
     assert lines == [
         "Expected cost in classifier passes per image (map + metrics): prediction 1; P-TAME 0 + 114; Grad-CAM 2 + 114; "
         "Grad-CAM++ 2 + 114; Score-CAM 2049 + 114; Ablation-CAM 2049 + 114; RISE 8000 + 114. In all 12,787 per image, "
         "25,574,000 for the 2000 images.",
         "At 10.0 ms per image and pass (one timed batch on cuda): about 3.0 days; 2 processes: about 35.5 h each.",
     ]
-    assert [evaluate.duration(s) for s in (0.42, 42, 90, 7200, 86400, 3 * 86400)] == [
+    assert [evaluation_report.duration(s) for s in (0.42, 42, 90, 7200, 86400, 3 * 86400)] == [
         "0.4 s", "42 s", "1.5 min", "2.0 h", "24.0 h", "3.0 days",
     ]  # fmt: skip
 
 
 def test_the_first_images_give_the_estimate_of_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = iter([100.0, 130.0])  # started at 100 s; the first 3 images done at 130 s
-    monkeypatch.setattr(evaluate, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(evaluation_report, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
     lines: list[str] = []
-    estimate = evaluate.FirstImagesEstimate(12, lines.append, after=2)
+    estimate = evaluation_report.FirstImagesEstimate(12, lines.append, after=2)
     estimate(3)
     estimate(3)  # said once only
     assert lines == ["The first 3 images took 30 s: about 1.5 min more for the other 9 of this process."]
@@ -761,13 +767,13 @@ def test_amp_computes_under_bf16_autocast_and_the_report_says_so(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     autocast: list[tuple[bool, torch.dtype]] = []
-    real_ad_ic = evaluate.ad_ic
+    real_ad_ic = evaluation.ad_ic
 
     def recording_ad_ic(*args: object, **kwargs: object) -> object:
         autocast.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return real_ad_ic(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate, "ad_ic", recording_ad_ic)
+    monkeypatch.setattr(evaluation, "ad_ic", recording_ad_ic)
     options = ["--checkpoint", str(checkpoint), "--data", "shapes", "--images", "3", "--batch-size", "2"]
     options += ["--methods", "gradcam", "ptame", "--metrics", "ad_ic"]
     run_evaluate(*options, "--amp", "--out", str(tmp_path / "amp"))

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 
 import app
 from ptame import PTAME, cli
+from ptame.datasets.shapes import SHAPES
 from ptame.methods import METHODS, default_method_keys, get_method, method_keys, register_method, unregister_method
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
 from tests.conftest import ROOT, TRAINED_DEMO
-from train import evaluate
+from train import evaluate, evaluation, evaluation_report
 
 EXAMPLE = ROOT / "checkpoints" / "examples" / "shapes-test-0-circle.png"
 KEY, NAME = "centre-test", "Centre prior (test)"
@@ -103,11 +104,12 @@ def test_the_evaluation_scores_a_registered_method(centre_method: str, session: 
     )
     assert args.methods == [centre_method]
     model = session.registry.get("shapes")
-    settings = evaluate.EvaluationSettings(methods=("ptame", centre_method), metrics=("ad_ic", "pointing"))
-    rows, _ = evaluate.evaluate(model, evaluate.shapes_batches("test", 4, 128, 4), settings, torch.device("cpu"))
+    settings = evaluation.EvaluationSettings(methods=("ptame", centre_method), metrics=("ad_ic", "pointing"))
+    batches = evaluation.world_batches(SHAPES, "test", 4, 128, 4)
+    rows, _ = evaluation.evaluate(model.backbone, model.explainer, batches, settings, torch.device("cpu"))
     assert [row["method"] for row in rows] == ["ptame", centre_method]
     assert rows[0]["pointing_game"] != rows[1]["pointing_game"] or rows[0]["ad_100"] != rows[1]["ad_100"]
-    assert f"| {NAME} |" in evaluate.markdown_text(rows, ["setup"])
+    assert f"| {NAME} |" in evaluation_report.markdown_text(rows, ["setup"])
 
 
 # The P-TAME method on a batch: each image gets the map of its own class.

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from ptame.datasets.shapes import SHAPES
 from tests.conftest import TRAINED_DEMO
 from tests.pinned import PINNED, pinned_outputs
-from train import shapes
+from train.worlds import explainer_figures
 
 pytestmark = pytest.mark.skipif(
     not (TRAINED_DEMO / "explainer" / "model.safetensors").is_file(), reason="the trained shapes demo is absent"
@@ -33,7 +34,7 @@ def test_the_explainer_metrics_json_is_reproduced() -> None:
 
     recorded = json.loads((TRAINED_DEMO / "explainer" / "metrics.json").read_text())
     model = load_model(ModelEntry.from_folder(TRAINED_DEMO))
-    measured = shapes.evaluate(model.backbone, model.explainer, shapes.ShapesRecipe(), progress=False)
+    measured = explainer_figures(SHAPES, model.backbone, model.explainer, progress=False)
     for name, value in measured.items():
         if isinstance(value, float) and name in recorded:
             assert value == pytest.approx(recorded[name], abs=1e-3), name

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from ptame.datasets.shapes import (
     MAX_AREA,
     MIN_AREA,
     SHAPE_CLASSES,
+    SHAPES,
     SHAPES_MEAN,
     SHAPES_STD,
     ShapesDataset,
@@ -22,7 +24,7 @@ from ptame.datasets.shapes import (
 from ptame.metrics import pointing_game
 from ptame.serving.manifest import ModelEntry, load_manifest, load_model
 from tests.conftest import TRAINED_DEMO
-from train.shapes import ShapesRecipe, cutout_views, masked_views, train_shapes
+from train.worlds import cutout_views, masked_views, train_world
 
 needs_committed_checkpoint = pytest.mark.skipif(
     not (TRAINED_DEMO / "explainer" / "model.safetensors").is_file(),
@@ -155,14 +157,18 @@ def test_cutout_views_black_out_the_object_with_a_margin_and_keep_the_rest() -> 
     assert torch.equal(views, cutout_views(pixels, masks, torch.Generator().manual_seed(0)))
 
 
-TINY = ShapesRecipe(
+TINY = dataclasses.replace(
+    SHAPES,
     image_size=64,
-    batch_size=8,
-    classifier_schedule=((32, 2), (64, 2)),
-    auxiliary_schedule=((64, 2),),
-    explainer_steps=3,
-    test_images=8,
-    workers=0,
+    recipe=dataclasses.replace(
+        SHAPES.recipe,
+        batch_size=8,
+        classifier_schedule=((32, 2), (64, 2)),
+        auxiliary_schedule=((64, 2),),
+        explainer_steps=3,
+        test_images=8,
+        workers=0,
+    ),
 )
 PARTS = ("classifier", "auxiliary", "explainer")
 PART_FILES = ["README.md", "config.json", "metrics.json", "model.safetensors"]
@@ -170,7 +176,7 @@ PART_FILES = ["README.md", "config.json", "metrics.json", "model.safetensors"]
 
 def test_training_pipeline_end_to_end_on_a_tiny_recipe(tmp_path: Path) -> None:
     """The code path of `python -m train shapes`, tiny: three loadable parts, relocatable."""
-    metrics = train_shapes(tmp_path / "shapes", TINY, progress=False)
+    metrics = train_world(TINY, tmp_path / "shapes", progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shapes"]  # no temporary folder left
     bundle = tmp_path / "shapes"
     assert sorted(path.name for path in bundle.iterdir()) == ["auxiliary", "classifier", "explainer"]
@@ -200,7 +206,7 @@ def test_training_pipeline_end_to_end_on_a_tiny_recipe(tmp_path: Path) -> None:
 
 def test_training_is_reproducible(tmp_path: Path) -> None:
     for name in ("first", "second"):
-        train_shapes(tmp_path / name, TINY, progress=False)
+        train_world(TINY, tmp_path / name, progress=False)
     for part in PARTS:
         first = load_file(tmp_path / "first" / part / "model.safetensors")
         second = load_file(tmp_path / "second" / part / "model.safetensors")
@@ -216,9 +222,9 @@ def test_a_failed_run_leaves_the_previous_checkpoint_untouched(tmp_path: Path, m
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("train.shapes.evaluate", interrupted)
+    monkeypatch.setattr("train.worlds.explainer_figures", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_shapes(out, TINY, progress=False)
+        train_world(TINY, out, progress=False)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["shapes"]
     assert [path.name for path in out.iterdir()] == ["previous.txt"]
 
@@ -235,7 +241,7 @@ def test_the_committed_checkpoint_is_accurate_small_and_reproducible_in_its_metr
 
 @needs_committed_checkpoint
 def test_the_committed_classifier_sees_no_class_in_a_black_image() -> None:
-    """P-TAME's empty map is a black image: it must not keep any class (ShapesRecipe.blank_weight)."""
+    """P-TAME's empty map is a black image: it must not keep any class (WorldRecipe.blank_weight)."""
     loaded = load_model(load_manifest()[0])
     with torch.no_grad():
         probabilities = loaded.backbone.logits(torch.zeros(1, 3, 128, 128)).softmax(dim=1)
@@ -244,7 +250,7 @@ def test_the_committed_classifier_sees_no_class_in_a_black_image() -> None:
 
 @needs_committed_checkpoint
 def test_the_committed_classifier_sees_no_class_in_an_object_shaped_hole() -> None:
-    """Cut-out objects must not keep their class (ShapesRecipe.cutout_share): the classifier's
+    """Cut-out objects must not keep their class (WorldRecipe.cutout_share): the classifier's
     evidence is the object itself, not the background around its outline."""
     loaded = load_model(load_manifest()[0])
     samples = [shapes_sample(index, "test") for index in range(24)]

@@ -15,13 +15,14 @@ from ptame.datasets.textures import (
     MAX_AREA,
     MIN_AREA,
     TEXTURE_CLASSES,
+    TEXTURES,
     TEXTURES_MEAN,
     TEXTURES_STD,
     TexturesDataset,
     textures_sample,
 )
 from train import images
-from train.textures import TexturesRecipe, train_textures
+from train.worlds import image_ranges, train_world
 
 # The gradient orientation of each striped class (angle of the gradient in image coordinates, x
 # right and y down, modulo 180 degrees): stripes run across their gradient.
@@ -160,9 +161,13 @@ def test_images_command_refuses_a_folder_with_files(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_tiny_training_run_writes_loadable_networks(tmp_path: Path) -> None:
-    recipe = dataclasses.replace(TexturesRecipe(), classifier_steps=3, auxiliary_steps=2, test_images=32)
-    metrics = train_textures(tmp_path / "run", recipe, progress=False)
-    assert metrics["classifier"]["train_indices"] == [0, 96] and metrics["auxiliary"]["train_indices"] == [96, 160]
+    recipe = dataclasses.replace(
+        TEXTURES.recipe, classifier_schedule=((96, 3),), auxiliary_schedule=((96, 2),), test_images=32
+    )
+    world = dataclasses.replace(TEXTURES, recipe=recipe)
+    assert image_ranges(world) == {"classifier": (0, 96), "auxiliary": (96, 64)}
+    metrics = train_world(world, tmp_path / "run", progress=False)
+    assert sorted(metrics) == ["auxiliary", "classifier"]
     backbone = create_backbone(f"local-dir:{tmp_path / 'run' / 'classifier'}")
     assert backbone.class_names == list(TEXTURE_CLASSES)
     assert backbone.preprocessing.crop == 96 and backbone.preprocessing.mean == TEXTURES_MEAN

@@ -1,4 +1,4 @@
-"""python -m train COMMAND [options]: each command is a module of this package.
+"""python -m train COMMAND [options]: each command is a module of train/commands/ (``train.commands.COMMANDS``).
 
 Every command module has a one-line docstring, ``add_arguments(parser)`` and ``run(args)``.
 """
@@ -6,7 +6,7 @@ Every command module has a one-line docstring, ``add_arguments(parser)`` and ``r
 import argparse
 import importlib
 
-COMMANDS = ("shapes", "textures", "images", "explainer", "imagenet", "evaluate", "publish")
+from train.commands import COMMANDS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,8 +14,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = {}
-    for name in COMMANDS:
-        module = importlib.import_module(f"train.{name}")
+    for name, path in COMMANDS.items():
+        module = importlib.import_module(path)
         summary = module.__doc__.strip().splitlines()[0]
         module.add_arguments(commands.add_parser(name, help=summary, description=module.__doc__))
         modules[name] = module

@@ -1,4 +1,4 @@
-"""Write the generated images of a synthetic world (shapes or textures) to a folder of PNG files.
+"""Write the generated images of a synthetic world (shapes, textures, ...) to a folder of PNG files.
 
 ``python -m train images --world textures --split train --count 4000 --start 100000 --out DIR``
 writes images ``start`` to ``start + count - 1`` of a split, at the world's default size, as
@@ -11,22 +11,14 @@ existing DIR that is not empty is refused.
 import argparse
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ptame.datasets.shapes import SPLIT_SEEDS, shapes_sample
-from ptame.datasets.textures import textures_sample
+from ptame.datasets import WORLDS, get_world
+from ptame.datasets.world import SPLIT_SEEDS
 from ptame.files import replace_folder
-
-# Each world's picture of an image: (index, split) -> (S, S, 3) uint8.
-WORLDS: dict[str, Callable[[int, str], np.ndarray]] = {
-    "shapes": lambda index, split: shapes_sample(index, split).picture(),
-    "textures": lambda index, split: textures_sample(index, split).picture(),
-}
 
 
 def image_name(world: str, split: str, index: int) -> str:
@@ -39,7 +31,7 @@ def write_images(out: Path, world: str, split: str, count: int, start: int = 0, 
 
     Args:
         out: the folder to create; it may exist only if empty. Its parents are created.
-        world: "shapes" or "textures".
+        world: a world of ``ptame.datasets.WORLDS`` ("shapes", "textures").
         split: "train", "validation" or "test".
         count: >= 1 images.
         start: >= 0, the first index.
@@ -53,8 +45,7 @@ def write_images(out: Path, world: str, split: str, count: int, start: int = 0, 
         ValueError: an unknown world or split, count < 1 or start < 0.
     """
     out = Path(out)
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}: expected one of {sorted(WORLDS)}")
+    chosen = get_world(world)
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}: expected one of {sorted(SPLIT_SEEDS)}")
     if count < 1 or start < 0:
@@ -70,7 +61,7 @@ def write_images(out: Path, world: str, split: str, count: int, start: int = 0, 
             range(start, start + count), desc=f"writing {world} {split}", unit="image", disable=not progress
         ):
             names.append(image_name(world, split, index))
-            Image.fromarray(WORLDS[world](index, split)).save(staging / names[-1])
+            Image.fromarray(chosen.sample(index, split).picture()).save(staging / names[-1])
         if out.exists():
             out.rmdir()  # empty, as checked; fails rather than replace files written there since
         replace_folder(staging, out)
@@ -81,7 +72,7 @@ def write_images(out: Path, world: str, split: str, count: int, start: int = 0, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m train images``."""
-    parser.add_argument("--world", choices=sorted(WORLDS), required=True, help="the synthetic world")
+    parser.add_argument("--world", choices=tuple(WORLDS), required=True, help="the synthetic world")
     parser.add_argument("--split", choices=sorted(SPLIT_SEEDS), required=True, help="the split to draw from")
     parser.add_argument("--count", type=int, required=True, help="number of images (>= 1)")
     parser.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")

@@ -15,6 +15,7 @@ Every other classifier gets ``DEFAULT_RECIPE``: the optimisation settings of
 import dataclasses
 from dataclasses import dataclass
 
+from ptame.backbones import PAPER_BACKBONES
 from ptame.loss import LossWeights
 from ptame.training import TrainSettings
 
@@ -100,25 +101,12 @@ PAPER_SCHEDULE = Recipe(
 )
 _PAPER_BASE = dataclasses.replace(PAPER_SCHEDULE, resize=256, crop=224, source=PAPER)
 
+# The paper's backbones (ptame.backbones.PAPER_BACKBONES: their weight decay, loss and weights).
 PAPER_RECIPES: dict[str, Recipe] = {
-    "vgg16": dataclasses.replace(
-        _PAPER_BASE,
-        weight_decay=0.13324,
-        loss=LossWeights(ce=0.07278, area=0.977712, smooth=0.0001),
-        classifier_weights="torchvision VGG16_Weights.IMAGENET1K_V1 (timm vgg16.tv_in1k)",
-    ),
-    "resnet50": dataclasses.replace(
-        _PAPER_BASE,
-        weight_decay=0.000242666,
-        loss=LossWeights(ce=0.161429, area=0.838571, smooth=0.0),
-        classifier_weights="torchvision ResNet50_Weights.IMAGENET1K_V1 (timm resnet50.tv_in1k)",
-    ),
-    "vit_b_16": dataclasses.replace(
-        _PAPER_BASE,
-        weight_decay=0.000133090,
-        loss=LossWeights(ce=0.131292, area=0.838571, smooth=0.0, border=0.0, area_power=0.5),
-        classifier_weights="torchvision ViT_B_16_Weights.IMAGENET1K_V1",
-    ),
+    name: dataclasses.replace(
+        _PAPER_BASE, weight_decay=paper.weight_decay, loss=paper.loss, classifier_weights=paper.weights
+    )
+    for name, paper in PAPER_BACKBONES.items()
 }
 
 DEFAULT_MIN_STEPS = 800  # README, "How the default recipe was chosen"

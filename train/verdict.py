@@ -15,13 +15,12 @@ from tqdm.auto import tqdm
 from ptame.backbones import Backbone
 from ptame.explainer import PTAME
 from ptame.files import atomic_write_text
-from ptame.serving.manifest import LoadedModel, ModelEntry
-from train.evaluate import PAPER_AD_IC_PERCENTS, EvaluationSettings, csv_text, evaluate, folder_batches
+from ptame.methods import Method, explainer_method, get_method, reference_method
+from train.evaluation import PAPER_AD_IC_PERCENTS, EvaluationSettings, evaluate, folder_batches
+from train.evaluation_report import csv_text
 
 VERDICT_NAME = "verdict.md"
 VERDICT_CSV_NAME = "verdict.csv"
-METHODS = ("ptame", "gradcam")
-METHOD_NAMES = {"ptame": "P-TAME", "gradcam": "Grad-CAM"}
 # (CSV column, header, decimals, True if higher is better)
 COLUMNS: tuple[tuple[str, str, int, bool], ...] = (
     *(
@@ -43,7 +42,7 @@ def measure_verdict(
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[dict[str, float | str]]:
-    """P-TAME's and Grad-CAM's figures on held-out images.
+    """The explainer's and the reference method's figures on held-out images (``contenders``).
 
     Args:
         backbone: the classifier (its evaluation preprocessing reads the files).
@@ -54,29 +53,37 @@ def measure_verdict(
         progress: show a progress bar.
 
     Returns:
-        One row per method ("ptame", "gradcam"): method, images, seconds_per_image, ad_P / ic_P
+        One row per method (the explainer's, the reference's): method (its key), images, seconds_per_image, ad_P / ic_P
         (percent) for P in 100, 50, 15, deletion_auc and insertion_auc (in [0, 1]).
     """
-    entry = ModelEntry(key="run", display_name=backbone.name, classifier=backbone.name)
-    model = LoadedModel(entry=entry, backbone=backbone.to(device), explainer=explainer.to(device).eval())
-    settings = EvaluationSettings(methods=METHODS, metrics=("ad_ic", "deletion_insertion"))
-    with tqdm(total=len(files), desc="verdict: P-TAME vs Grad-CAM", unit="image", disable=not progress) as bar:
-        rows, _ = evaluate(model, folder_batches(files, model, batch_size), settings, device, bar.update)
+    ours, theirs = contenders()
+    backbone, explainer = backbone.to(device), explainer.to(device).eval()
+    settings = EvaluationSettings(methods=(ours.key, theirs.key), metrics=("ad_ic", "deletion_insertion"))
+    description = f"verdict: {ours.name} vs {theirs.name}"
+    with tqdm(total=len(files), desc=description, unit="image", disable=not progress) as bar:
+        batches = folder_batches(files, backbone, batch_size)
+        rows, _ = evaluate(backbone, explainer, batches, settings, device, bar.update)
     return rows
 
 
+def contenders() -> tuple[Method, Method]:
+    """(the trained explainer's method, the reference it must beat), from the method registry."""
+    return explainer_method(), reference_method()
+
+
 def wins(rows: Sequence[dict[str, float | str]]) -> dict[str, bool]:
-    """For each figure of ``COLUMNS``: whether P-TAME is strictly better than Grad-CAM."""
-    ours, theirs = (next(row for row in rows if row["method"] == method) for method in METHODS)
+    """For each figure of ``COLUMNS``: whether the explainer is strictly better than the reference."""
+    ours, theirs = (next(row for row in rows if row["method"] == method.key) for method in contenders())
     return {key: (ours[key] > theirs[key]) if higher else (ours[key] < theirs[key]) for key, _, _, higher in COLUMNS}
 
 
 def verdict_markdown(rows: Sequence[dict[str, float | str]]) -> str:
     """verdict.md: how it was measured, the table, and the verdict in one sentence."""
-    images = int(next(row for row in rows if row["method"] == METHODS[0])["images"])
+    ours, theirs = contenders()
+    images = int(next(row for row in rows if row["method"] == ours.key)["images"])
     won = wins(rows)
     lines = [
-        "## Verdict: P-TAME against Grad-CAM",
+        f"## Verdict: {ours.name} against {theirs.name}",
         "",
         f"On {images} held-out images of the training folder (never trained on; no labels or masks needed), "
         "each map explaining the classifier's prediction. AD / IC: the image multiplied by the top X% of the "
@@ -90,22 +97,23 @@ def verdict_markdown(rows: Sequence[dict[str, float | str]]) -> str:
     ]
     for row in rows:
         cells = [
-            f"**{row[key]:.{decimals}f}**" if won[key] == (row["method"] == "ptame") else f"{row[key]:.{decimals}f}"
+            f"**{row[key]:.{decimals}f}**" if won[key] == (row["method"] == ours.key) else f"{row[key]:.{decimals}f}"
             for key, _, decimals, _ in COLUMNS
         ]
-        lines.append(f"| {METHOD_NAMES[str(row['method'])]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {get_method(str(row['method'])).name} | " + " | ".join(cells) + " |")
     lines += ["", verdict_sentence(won), ""]
     return "\n".join(lines)
 
 
 def verdict_sentence(won: dict[str, bool]) -> str:
-    """The verdict: on how many figures P-TAME is ahead, and whether on AD 100% and IC 100%."""
+    """The verdict: on how many figures the explainer is ahead, and whether on AD 100% and IC 100%."""
     count = sum(won.values())
+    ahead = "{} is ahead of {}".format(*(method.name for method in contenders()))
     if all(won[key] for key in HEADLINE):
-        return f"**P-TAME is ahead of Grad-CAM on {count} of {len(won)} figures, AD 100% and IC 100% included.**"
+        return f"**{ahead} on {count} of {len(won)} figures, AD 100% and IC 100% included.**"
     lost = " and ".join(header for key, header, _, _ in COLUMNS if key in HEADLINE and not won[key])
     return (
-        f"**P-TAME is ahead of Grad-CAM on {count} of {len(won)} figures, but not on {lost}**: train longer "
+        f"**{ahead} on {count} of {len(won)} figures, but not on {lost}**: train longer "
         "(--steps, twice as many), or choose an auxiliary network whose features fit this domain (README, "
         "Explain your own classifier)."
     )

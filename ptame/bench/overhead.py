@@ -12,11 +12,11 @@ import argparse
 
 import torch
 
-from ptame.backbones import create_backbone
+from ptame.backbones import PAPER_BACKBONES, create_backbone
 from ptame.bench.timing import median_seconds
 from ptame.explainer import PTAME
 
-TARGETS = {"vgg16": 1.15, "resnet50": 1.5, "vit_b_16": 1.15}
+TARGETS = {name: paper.overhead_target for name, paper in PAPER_BACKBONES.items()}
 
 
 def explain_overhead(name: str, repeats: int, device: torch.device) -> tuple[float, float]:

@@ -9,17 +9,14 @@ filled with one of ``TEXTURE_CLASSES`` in two random, contrasting colours, with 
 slight turn (up to 8 degrees). Outline, size, position and colours are drawn the same way for
 every class, so the class shows only in the texture inside the blob. Samples are generated on the
 fly and are a pure function of (split, index, size): the split picks the seed, so the train,
-validation and test images differ.
+validation and test images differ (``ptame.datasets.world.World.sample``).
 """
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
-from ptame.datasets.drawing import polygon_area, smooth_noise
-from ptame.datasets.world_images import WorldImages, check_split
+from ptame.datasets.drawing import composite, polygon_area, random_colours, smooth_noise
+from ptame.datasets.world import MIN_SIZE, SPLIT_SEEDS, World, WorldImages, WorldRecipe, WorldSample, register_world  # noqa: F401
 
 TEXTURE_CLASSES: tuple[str, ...] = (
     "horizontal stripes",
@@ -31,7 +28,6 @@ TEXTURE_CLASSES: tuple[str, ...] = (
     "rings",
     "crosshatch",
 )
-SPLIT_SEEDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 
 # The object's mask covers MIN_AREA..MAX_AREA of the image; the drawn area is aimed inside a
 # slightly narrower range so that rasterisation never leaves the guaranteed one.
@@ -43,7 +39,6 @@ TARGET_AREA = (0.045, 0.14)
 TEXTURES_MEAN: tuple[float, float, float] = (0.438, 0.440, 0.438)
 TEXTURES_STD: tuple[float, float, float] = (0.208, 0.210, 0.207)
 
-MIN_SIZE = 32
 SUBPIXEL_BITS = 4  # cv2 drawing: vertex coordinates in 1/16 pixel
 SUPERSAMPLING = 4  # blobs are filled at 4x resolution and averaged: their exact area coverage
 OUTLINE_POINTS = 64  # vertices of a blob's outline
@@ -57,34 +52,12 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 PIXEL_NOISE = 0.02  # standard deviation of the per-pixel noise added last
 
 
-@dataclass(frozen=True)
-class TextureSample:
-    """One image of the textures world.
-
-    pixels: (3, S, S) float32 in [0, 1]. label: index into TEXTURE_CLASSES. mask: (S, S) bool,
-    True on the object.
-    """
-
-    pixels: torch.Tensor
-    label: int
-    mask: torch.Tensor
-
-    def picture(self) -> np.ndarray:
-        """The image as (S, S, 3) uint8, as its PNG file holds it (``pixels * 255``, rounded)."""
-        return (self.pixels.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+TextureSample = WorldSample  # the textures world's samples are the worlds' common record
 
 
 def _random_colours(rng: np.random.Generator, count: int) -> np.ndarray:
     """(count, 3) float32 RGB in [0, 1]: any hue, saturation 0.2..1, value 0.25..1."""
-    hsv = np.stack(
-        [rng.uniform(0, 360, count), rng.uniform(0.2, 1.0, count), rng.uniform(0.25, 1.0, count)], axis=1
-    ).astype(np.float32)
-    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]
-
-
-def _composite(image: np.ndarray, alpha: np.ndarray, fill: np.ndarray) -> None:
-    """Paint ``fill`` ((3,) or (S, S, 3)) over ``image`` (S, S, 3) in place with coverage ``alpha`` (S, S)."""
-    image += alpha[..., None] * (fill - image)
+    return random_colours(rng, count, (0.2, 1.0), (0.25, 1.0))
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -217,48 +190,54 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
         else:
             pattern = smooth_noise(rng, size, max(size // 4, 2)) - 0.5
         fill = colour + 0.15 * pattern[..., None]
-        _composite(image, coverage, np.clip(fill, 0.0, 1.0))
+        composite(image, coverage, np.clip(fill, 0.0, 1.0))
 
 
-def textures_sample(index: int, split: str = "test", size: int = 96) -> TextureSample:
-    """The ``index``-th image of a split, generated deterministically.
-
-    Labels cycle through the classes (``index % len(TEXTURE_CLASSES)``), so every run of
-    ``len(TEXTURE_CLASSES)`` consecutive indices holds one object of each class.
-
-    Args:
-        index: >= 0.
-        split: "train", "validation" or "test" (different seeds, different images).
-        size: side S in pixels, >= 32.
+def draw_textures(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One image of the textures world (``ptame.datasets.world.Draw``): a background with
+    distractors, then a blob filled with the texture ``name`` in two contrasting colours, then pixel noise.
 
     Returns:
-        The sample: pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool covering
-        4% to 15% of the image.
+        (image (S, S, 3) float32, unclipped; the blob's coverage (S, S) float32 in [0, 1]).
     """
-    check_split(split, SPLIT_SEEDS)
-    if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
-    if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
-    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    label = index % len(TEXTURE_CLASSES)
     image = _background(rng, size)
     _draw_distractors(rng, image)
     alpha, centre, radius = _place_blob(rng, size, rng.uniform(*TARGET_AREA) * size * size)
     first = _random_colours(rng, 1)[0]
     second = _contrasting_colour(rng, first)
-    pattern = _texture(rng, TEXTURE_CLASSES[label], size, centre, radius)
-    _composite(image, alpha, first + pattern[..., None] * (second - first))
+    pattern = _texture(rng, name, size, centre, radius)
+    composite(image, alpha, first + pattern[..., None] * (second - first))
     image += PIXEL_NOISE * rng.standard_normal(image.shape, dtype=np.float32)
-    pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
-    return TextureSample(pixels=pixels, label=label, mask=torch.from_numpy(alpha >= 0.5))
+    return image, alpha
+
+
+# The networks, both unlike the shapes world's ResNet-10-T: the classifier a RegNetX-200MF of
+# reduced widths (16, 40, 96, 248 channels), the auxiliary network a MobileNetV3-Small at half
+# width (layers 1-4: 8, 16, 24, 288 channels); both have feature levels 1-4 at strides 4, 8, 16,
+# 32. All steps are at full size: downsampling would blur the finest textures (4.5-pixel periods)
+# away. No explainer: the textures networks are for ``python -m train explainer`` runs.
+TEXTURES_RECIPE = WorldRecipe(
+    classifier="regnetx_002",
+    classifier_args={"w0": 16, "wa": 24.0, "wm": 2.49},
+    classifier_schedule=((96, 900),),
+    auxiliary="mobilenetv3_small_050",
+    auxiliary_schedule=((96, 900),),
+    command="python -m train textures",
+)
+TEXTURES = register_world(
+    World("textures", TEXTURE_CLASSES, 96, TEXTURES_MEAN, TEXTURES_STD, draw_textures, TEXTURES_RECIPE, __name__)
+)
+
+
+def textures_sample(index: int, split: str = "test", size: int = 96) -> WorldSample:
+    """The ``index``-th image of a split of the textures world (``World.sample``): pixels (3, S, S)
+    float32 in [0, 1], label (``index % len(TEXTURE_CLASSES)``), mask (S, S) bool covering 4% to
+    15% of the image."""
+    return TEXTURES.sample(index, split, size)
 
 
 class TexturesDataset(WorldImages):
-    """``length`` consecutive images of a split, from index ``start``.
-
-    Items are (pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool).
-    """
+    """``length`` consecutive images of a split of the textures world, from index ``start``."""
 
     def __init__(self, split: str, length: int, size: int = 96, start: int = 0) -> None:
-        super().__init__(textures_sample, split, length, size, start, SPLIT_SEEDS, MIN_SIZE)
+        super().__init__(TEXTURES, split, length, size, start)

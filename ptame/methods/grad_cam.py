@@ -15,7 +15,7 @@ from ptame.methods.hooks import finish_maps, target_layer_gradients
 from ptame.methods.registry import register_method
 
 
-@register_method("gradcam", "Grad-CAM", passes=lambda channels, options: 2, default=True)
+@register_method("gradcam", "Grad-CAM", passes=lambda channels, options: 2, default=True, reference=True)
 def grad_cam(backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): channels weighted by their mean gradient.
 

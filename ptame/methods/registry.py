@@ -24,6 +24,24 @@ Function = TypeVar("Function", bound=MapFunction)
 
 
 @dataclass(frozen=True)
+class EvaluationOption:
+    """A whole-number option a method is called with in an evaluation (``python -m train evaluate``),
+    declared with the method: the evaluation gives it a flag and reports it.
+
+    Attributes:
+        keyword: the map function's keyword ("num_masks").
+        flag: its command-line flag ("--rise-masks").
+        paper: the P-TAME paper's value, the evaluation's default (8000).
+        unit: what the value counts, as the report says it ("masks": "RISE with 8000 masks").
+    """
+
+    keyword: str
+    flag: str
+    paper: int
+    unit: str
+
+
+@dataclass(frozen=True)
 class Method:
     """One saliency method and what is known of it.
 
@@ -39,6 +57,12 @@ class Method:
         options: keyword options of interactive use (the app, the command line).
         uses_explainer: reads the model's P-TAME explainer, through ``explainer=`` or, where the
             explainer's all-class pass is already made, ``all_class_maps=`` (B, K, h, w) raw maps.
+        evaluation_options: options an evaluation calls it with (``EvaluationOption``).
+        seeded: random; an evaluation calls it with its ``seed=``.
+        evaluation_note: the evaluation report's line on its settings, formatted with its
+            evaluation options ("{num_masks} masks, 7x7 grid, p = 0.5.").
+        reference: the baseline that a trained explainer is measured against (the verdict of
+            ``python -m train explainer``).
     """
 
     key: str
@@ -49,6 +73,10 @@ class Method:
     default: bool = False
     options: Mapping[str, object] = field(default_factory=dict)
     uses_explainer: bool = False
+    evaluation_options: tuple[EvaluationOption, ...] = ()
+    seeded: bool = False
+    evaluation_note: str = ""
+    reference: bool = False
 
     def __call__(
         self, backbone: object, pixels: torch.Tensor, classes: torch.Tensor, **options: object
@@ -74,6 +102,10 @@ def register_method(
     default: bool = False,
     options: Mapping[str, object] | None = None,
     uses_explainer: bool = False,
+    evaluation_options: tuple[EvaluationOption, ...] = (),
+    seeded: bool = False,
+    evaluation_note: str = "",
+    reference: bool = False,
 ) -> Callable[[Function], Function]:
     """A decorator that registers a map function as a method (see ``Method``); returns it unchanged.
 
@@ -86,7 +118,20 @@ def register_method(
     def register(function: Function) -> Function:
         if key in _METHODS:
             raise ValueError(f"a method {key!r} is registered already ({_METHODS[key].compute.__module__})")
-        _METHODS[key] = Method(key, name, function, passes, streamed, default, dict(options or {}), uses_explainer)
+        _METHODS[key] = Method(
+            key,
+            name,
+            function,
+            passes,
+            streamed,
+            default,
+            dict(options or {}),
+            uses_explainer,
+            evaluation_options,
+            seeded,
+            evaluation_note,
+            reference,
+        )
         return function
 
     return register
@@ -117,3 +162,13 @@ def method_keys() -> tuple[str, ...]:
 def default_method_keys() -> tuple[str, ...]:
     """The keys of the default selection, in display order."""
     return tuple(key for key, method in _METHODS.items() if method.default)
+
+
+def explainer_method() -> Method:
+    """The first registered method that reads a trained explainer (P-TAME)."""
+    return next(method for method in _METHODS.values() if method.uses_explainer)
+
+
+def reference_method() -> Method:
+    """The registered baseline that a trained explainer is measured against (Grad-CAM)."""
+    return next(method for method in _METHODS.values() if method.reference)

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs
 from ptame.maps import normalize_maps
-from ptame.methods.registry import register_method
+from ptame.methods.registry import EvaluationOption, register_method
 from ptame.perturb import normalize
 
 INTERACTIVE_MASKS = 2000  # fewer than the paper's 8000: a demo answer in seconds, not minutes
 INTERACTIVE_BATCH = 32  # masked inputs per forward pass in the app
+PAPER_MASKS = 8000  # the P-TAME paper's evaluation protocol (ptame-method.md)
 
 
 def rise_grids(
@@ -79,6 +80,9 @@ def rise_masks(patterns: torch.Tensor, shifts: torch.Tensor, size: tuple[int, in
     passes=lambda channels, options: options["num_masks"],
     streamed=True,
     options={"num_masks": INTERACTIVE_MASKS, "batch_size": INTERACTIVE_BATCH},
+    evaluation_options=(EvaluationOption("num_masks", "--rise-masks", PAPER_MASKS, "masks"),),
+    seeded=True,
+    evaluation_note="{num_masks} masks, 7x7 grid, p = 0.5.",
 )
 def rise(
     backbone: Backbone,

@@ -1,0 +1,13 @@
+"""Train the shapes world's networks into one folder: ``python -m train world --world shapes``."""
+
+import argparse
+
+from train.commands import world
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m train world``, the world chosen."""
+    world.add_arguments(parser, world="shapes")
+
+
+run = world.run
