@@ -51,7 +51,8 @@ warnings.filterwarnings("ignore", category=TqdmWarning)  # no ipywidgets here: t
 
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES_MEAN, SHAPES_STD, shapes_sample
 from ptame.methods import METHODS
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 
 OUT = ROOT / "runs" / "tutorial"  # runs/ is ignored by git
 OUT.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "shapes"

@@ -18,7 +18,8 @@ from ptame.serving.cache import LRUCache
 from ptame.serving.captions import display_class_names, format_seconds
 from ptame.serving.export import figure, prune_folder, save_maps
 from ptame.serving.lanes import threads_per_lane
-from ptame.serving.manifest import LoadedModel, ModelEntry
+from ptame.serving.loader import LoadedModel
+from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry, ModelStatus, build_registry
 from ptame.serving.session import ExplainSession
 from tests.conftest import noise, randomise_head, run_in_threads

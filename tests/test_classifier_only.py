@@ -22,7 +22,8 @@ from ptame.errors import CheckpointError, ExplainerMissing, ModelUnavailable
 from ptame.methods import get_method
 from ptame.serving.captions import domain_note
 from ptame.serving.images import read_image
-from ptame.serving.manifest import ModelEntry, load_explainer
+from ptame.serving.loader import load_explainer
+from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry, build_registry
 from ptame.serving.session import ExplainSession
 from tests.conftest import random_shapes_demo, save_timm_checkpoint, shapes_file

@@ -25,7 +25,8 @@ from ptame.errors import CheckpointError, ModelUnavailable
 from ptame.methods import METHODS
 from ptame.methods.grad_cam import grad_cam
 from ptame.perturb import normalize
-from ptame.serving.manifest import _classifier_uses_hub, load_manifest, load_model
+from ptame.serving.loader import _classifier_uses_hub, load_model
+from ptame.serving.manifest import load_manifest
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
 from tests.conftest import ROOT, noise, run_in_threads

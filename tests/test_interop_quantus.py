@@ -32,7 +32,8 @@ from ptame.interop.quantus import (
 )
 from ptame.methods import METHODS
 from ptame.metrics import pointing_game
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 from tests.conftest import TRAINED_DEMO, random_shapes_demo
 
 FAST_OPTIONS = {"rise": {"num_masks": 16, "batch_size": 16}}  # every other method with its defaults

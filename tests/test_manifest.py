@@ -9,15 +9,8 @@ import torch
 from huggingface_hub import constants as hub_constants
 
 from ptame import PTAME, CheckpointError
-from ptame.serving.manifest import (
-    DEFAULT_MANIFEST,
-    LoadedModel,
-    ModelEntry,
-    hub_reachable,
-    load_explainer,
-    load_manifest,
-    load_model,
-)
+from ptame.serving.loader import LoadedModel, hub_reachable, load_explainer, load_model
+from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry, load_manifest
 from tests.conftest import ROOT, save_timm_checkpoint
 
 ONE_MODEL = """
@@ -313,7 +306,7 @@ def test_unreachable_hub_reads_the_cache_only_per_call_never_process_wide(
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
-    monkeypatch.setattr("ptame.serving.manifest.hub_reachable", lambda: False)
+    monkeypatch.setattr("ptame.serving.loader.hub_reachable", lambda: False)
     seen = []
     download = ptame.hub.hf_hub_download
 

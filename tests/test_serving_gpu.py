@@ -25,7 +25,8 @@ from ptame.methods import get_method
 from ptame.metrics import deletion_insertion
 from ptame.serving import gpu, session
 from ptame.serving.images import read_image
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from tests.conftest import ROOT, TRAINED_DEMO, shapes_file
 

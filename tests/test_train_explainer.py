@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from ptame import PTAME, Preprocessing, TrainSettings, create_backbone
-from ptame.serving.manifest import ModelEntry, load_manifest, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry, load_manifest
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint
 from train import explainer as command
 from train import recipes

@@ -7,7 +7,8 @@ import torch
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint, train_tiny
 from train import publish
 

@@ -34,7 +34,8 @@ from ptame.datasets.shapes import shapes_sample
 from ptame.explainer import PTAME
 from ptame.serving.images import read_image
 from ptame.serving.lanes import threads_per_lane
-from ptame.serving.manifest import LoadedModel, ModelEntry
+from ptame.serving.loader import LoadedModel
+from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
 

@@ -27,7 +27,8 @@ import torch
 from ptame.datasets.shapes import ShapesDataset
 from ptame.maps import normalize_maps, resize_maps
 from ptame.metrics import ad_ic
-from ptame.serving.manifest import LoadedModel, ModelEntry, load_model
+from ptame.serving.loader import LoadedModel, load_model
+from ptame.serving.manifest import ModelEntry
 
 AD_IC_FRACTIONS = (1.0, 0.5, 0.15)
 TOP_SHARE = 0.15

@@ -4,7 +4,8 @@ P-TAME map, and whether an image is from a model's world."""
 import math
 
 from ptame.methods import get_method
-from ptame.serving.manifest import LoadedModel, ModelEntry
+from ptame.serving.loader import LoadedModel
+from ptame.serving.manifest import ModelEntry
 
 
 def format_seconds(seconds: float) -> str:

@@ -36,7 +36,7 @@ import torch
 
 from ptame.errors import ModelUnavailable
 from ptame.methods import Method, get_method
-from ptame.serving.manifest import LoadedModel
+from ptame.serving.loader import LoadedModel
 from ptame.serving.models import ModelRegistry
 
 ZERO_GPU_ENV = "SPACES_ZERO_GPU"  # set to "true" by Hugging Face on ZeroGPU Spaces (the spaces package reads it)

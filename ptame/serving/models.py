@@ -19,14 +19,8 @@ from typing import Literal
 
 from ptame.errors import CheckpointError, ModelUnavailable, PtameError, shorten
 from ptame.explainer import PTAME
-from ptame.serving.manifest import (
-    DEFAULT_MANIFEST,
-    LoadedModel,
-    ModelEntry,
-    load_explainer,
-    load_manifest,
-    load_model,
-)
+from ptame.serving.loader import LoadedModel, load_explainer, load_model
+from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry, load_manifest
 
 State = Literal["waiting", "loading", "ready", "unavailable"]
 LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)  # what a loader's failure may raise
@@ -68,10 +62,10 @@ class ModelRegistry:
     Args:
         entries: the models, in display order; keys must be unique.
         device: where loaded models live ("cpu", "cuda").
-        loader: (entry, device) -> loaded model (``ptame.serving.manifest.load_model``; tests pass
+        loader: (entry, device) -> loaded model (``ptame.serving.loader.load_model``; tests pass
             their own).
         explainer_loader: (entry, device, number of classes) -> explainer
-            (``ptame.serving.manifest.load_explainer``), for ``retry_explainer``.
+            (``ptame.serving.loader.load_explainer``), for ``retry_explainer``.
         explainer_retry_s: ``get`` and ``load`` of a ready model lacking its explainer try it
             again in the background when this many seconds passed since the last attempt.
     """

@@ -29,7 +29,7 @@ from ptame.serving.captions import domain_note, explainer_missing_message
 from ptame.serving.gpu import on_gpu
 from ptame.serving.images import CheckedImage, read_image
 from ptame.serving.lanes import Lanes, Progress
-from ptame.serving.manifest import LoadedModel
+from ptame.serving.loader import LoadedModel
 from ptame.serving.models import ModelRegistry
 from ptame.serving.results import Analysis, Curves, Explanation, StreamUpdate
 
