@@ -57,6 +57,19 @@ class Family:
     library: str  # "timm" or "transformers"
 
 
+def pytorch_init(model: nn.Module) -> nn.Module:
+    """Every layer initialised as PyTorch initialises it (``reset_parameters``): transformers 5 draws the
+    convolutions and BatchNorm scales of some CNNs from N(0, 0.02), and such a random network passes no
+    signal in eval mode (logits of 1e-32)."""
+    torch.manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+            module.reset_parameters()
+    head = [module for module in model.modules() if isinstance(module, nn.Linear)][-1]
+    nn.init.zeros_(head.bias)  # a logit is then its class's CAM's mean: positive logits, informative Ablation-CAMs
+    return model
+
+
 def vit(**options: object) -> dict[str, object]:
     return {"img_size": SIZE, "patch_size": 16, "embed_dim": 32, "depth": 2, "num_heads": 2, **options}
 
@@ -148,6 +161,33 @@ HF = {
                                       layer_type="basic", num_labels=CLASSES)
         ),
         "resnet.encoder.stages.-1",
+        None,
+        "transformers",
+    ),
+    "hf-efficientnet": Family(
+        lambda: pytorch_init(transformers.EfficientNetForImageClassification(
+            transformers.EfficientNetConfig(image_size=SIZE, width_coefficient=0.1, depth_coefficient=0.1,
+                                            hidden_dim=128, num_labels=CLASSES)
+        )),
+        "efficientnet.encoder.top_activation",
+        None,
+        "transformers",
+    ),
+    "hf-mobilenetv2": Family(
+        lambda: pytorch_init(transformers.MobileNetV2ForImageClassification(
+            transformers.MobileNetV2Config(image_size=SIZE, depth_multiplier=0.2, finegrained_output=False,
+                                           num_labels=CLASSES)
+        )),
+        "mobilenet_v2.conv_1x1",
+        None,
+        "transformers",
+    ),
+    "hf-regnet": Family(
+        lambda: pytorch_init(transformers.RegNetForImageClassification(
+            transformers.RegNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                      groups_width=8, num_labels=CLASSES)
+        )),
+        "regnet.encoder.stages.-1",
         None,
         "transformers",
     ),
