@@ -196,3 +196,43 @@ def test_a_real_imagenet_network_explains_a_photo_offline(served_app: str, brows
     assert "Egyptian cat" in page.inner_text("body")
     page.screenshot(path=screenshot_path(tmp_path, "browser-efficientnet-cat.png"), full_page=True)
     page.close()
+
+
+def test_the_documentation_site_opens_on_its_index_and_api_pages(browser, tmp_path: Path) -> None:
+    """The site as ``mkdocs build --strict`` writes it, served over HTTP and opened as a reader would: the
+    index links the guides and the API reference, and the API page shows ptame's signatures."""
+    pytest.importorskip("mkdocs")
+    site = tmp_path / "site"
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)]
+    built = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        start = time.monotonic()
+        while True:
+            assert time.monotonic() - start < STARTUP_LIMIT_S, "the docs server did not answer"
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(url, wait_until="networkidle")
+        assert page.title().startswith("ptame")
+        navigation = page.locator("nav.md-nav--primary").inner_text()
+        assert "Getting started" in navigation and "API reference" in navigation
+        page.screenshot(path=screenshot_path(tmp_path, "docs-index.png"), full_page=False)
+        page.goto(url + "api/ptame/", wait_until="networkidle")
+        signatures = page.locator("article").inner_text()
+        assert "ptame.PTAME" in signatures and "from_pretrained" in signatures
+        page.screenshot(path=screenshot_path(tmp_path, "docs-api-ptame.png"), full_page=False)
+        page.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

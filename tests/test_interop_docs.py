@@ -49,6 +49,7 @@ def test_the_own_classifier_example_trains_and_saves(tmp_path: Path, monkeypatch
     run_example(example, "own-classifier.md")
     explainer = PTAME.from_pretrained(tmp_path)
     assert explainer.num_classes == 6 and explainer.class_names[0] == "circle"
+    assert explainer.auxiliary_mean == (0.447, 0.448, 0.448)  # the shapes auxiliary's, not ImageNet's
 
 
 def test_the_registry_example_adds_a_method() -> None:
