@@ -307,3 +307,57 @@ def test_target_layer_override_and_a_missing_extra(tmp_path: Path, monkeypatch: 
     with pytest.raises(Exception, match="transformers model: pip install"):
         create_backbone(f"local-dir:{hf}")
 
+
+
+@pytest.mark.slow
+def test_the_app_serves_grad_cam_score_cam_and_rise_for_a_transformers_vit_and_a_timm_swin(tmp_path: Path) -> None:
+    """``python app.py --classifier local-dir:VIT --classifier local-dir:SWIN`` offline, as a user starts it:
+    each model's /explain returns Grad-CAM, Score-CAM and RISE maps of the upload, none of them blank."""
+    import os
+    import subprocess
+    import time
+
+    import httpx
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from ptame.bench.app import free_port
+    from tests.conftest import ROOT, shapes_file
+
+    specs = [f"local-dir:{saved(name, FAMILIES[name], tmp_path / name)}" for name in ("hf-vit", "swin")]
+    port = free_port()
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_SERVER_PORT": str(port), "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "app.py", *(part for spec in specs for part in ("--classifier", spec))]
+    log = tmp_path / "app.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=output, stderr=output)
+    try:
+        url, start = f"http://127.0.0.1:{port}/", time.monotonic()
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() - start < 180, f"the app did not answer:\n{log.read_text()}"
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        client = Client(url, verbose=False)
+        image = handle_file(str(shapes_file(tmp_path, 5)))
+        for spec in specs:
+            key = ModelEntry.from_classifier(spec).key
+            while True:  # the models load in the background after the app is up
+                try:
+                    outputs = client.predict(image, key, ["gradcam", "scorecam", "rise"], api_name="/explain")
+                    break
+                except AppError as error:
+                    assert "still loading" in str(error) and time.monotonic() - start < 300, error
+                    time.sleep(1.0)
+            saved_maps = [str(o) for o in outputs if isinstance(o, str) and str(o).endswith(".npz")]
+            assert len(saved_maps) == 1, (spec, outputs)
+            with np.load(saved_maps[0]) as maps:
+                for method in ("gradcam", "scorecam", "rise"):
+                    assert maps[method].shape == (SIZE, SIZE) and np.ptp(maps[method]) > 0, (spec, method)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
