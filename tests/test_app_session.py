@@ -15,8 +15,8 @@ from PIL import Image
 from ptame import PTAME, Backbone, CheckpointError, Preprocessing
 from ptame.errors import ModelUnavailable, NotAnImage
 from ptame.serving.cache import LRUCache
-from ptame.serving.captions import display_class_names, format_seconds
-from ptame.serving.export import figure, prune_folder, save_maps
+from ptame.serving.captions import display_class_names, format_seconds, gallery_caption
+from ptame.serving.export import Downloads, figure, prune_folder, save_maps
 from ptame.serving.lanes import threads_per_lane
 from ptame.serving.loader import LoadedModel
 from ptame.serving.manifest import ModelEntry
@@ -323,3 +323,45 @@ def test_a_session_without_lane_threads_leaves_the_threads_alone(session: Explai
     assert set(seen) == {caller_threads}
     with pytest.raises(ValueError, match="lane_threads"):
         ExplainSession(session.registry, lane_threads=0)
+
+
+def test_the_gallery_maps_the_top_classes_from_the_one_pass(session: ExplainSession, image_file: Path) -> None:
+    image = session.read(image_file)
+    analysis = session.analyse(image, "tiny")
+    gallery = session.gallery(image, "tiny", 3)
+    assert gallery is not None and gallery.method == "ptame" and gallery.reference == "gradcam"
+    assert [item.class_index for item in gallery.items] == analysis.top(3)
+    assert [item.class_name for item in gallery.items] == [session.class_names("tiny")[i] for i in analysis.top(3)]
+    for item in gallery.items:
+        known = session.cached(image, "tiny", item.class_index, "ptame")
+        np.testing.assert_array_equal(item.explanation.saliency, known.saliency)
+    assert gallery.classes == len(CLASSES) and gallery.seconds == analysis.ptame_seconds
+    assert "these 3 maps in" in gallery_caption(gallery) and "Grad-CAM would take about" in gallery_caption(gallery)
+    assert len(session.gallery(image, "tiny", 99).items) == len(CLASSES)
+
+
+def test_a_curves_table_lists_the_methods_without_explainer(model: LoadedModel, image_file: Path) -> None:
+    only = LoadedModel(dataclasses.replace(model.entry, key="only"), model.backbone, None, "no explainer here")
+    registry = registry_of(only)
+    registry.load("only")
+    session = ExplainSession(registry)
+    image = session.read(image_file)
+    assert session.gallery(image, "only", 3) is None
+    steps = []
+    table = session.curves_table(image, "only", 1, ["ptame", "gradcam"], lambda *step: steps.append(step))
+    assert steps == [(0, 2, "ptame"), (1, 2, "gradcam")] and table.class_index == 1
+    assert list(table.curves) == ["gradcam"] and table.curves["gradcam"] is session.curves(image, "only", 1, "gradcam")
+    assert list(table.unavailable) == ["ptame"] and "no explainer here" in table.unavailable["ptame"]
+
+
+def test_downloads_are_named_by_model_image_and_class_and_pruned(
+    session: ExplainSession, image_file: Path, tmp_path: Path
+) -> None:
+    image = session.read(image_file)
+    downloads = Downloads(tmp_path, keep=1)
+    first = downloads.save("tiny", image.digest, list(session.explain_stream(image, "tiny", 1, ["ptame"]))[-1])
+    assert first.name == f"ptame-tiny-{image.digest[:12]}-class1.npz"
+    with np.load(first) as saved:
+        assert str(saved["class_name"]) == CLASSES[1] and str(saved["model"]) == "tiny"
+    second = downloads.save("tiny", image.digest, list(session.explain_stream(image, "tiny", 2, ["ptame"]))[-1])
+    assert sorted(tmp_path.glob("*.npz")) == [second]

@@ -1,11 +1,12 @@
-"""Text for people: durations, unique class names, the caption of a method's map, why a model has no
+"""Text for people: durations, unique class names, the captions of a method's map and of a gallery, why a model has no
 P-TAME map, and whether an image is from a model's world."""
 
 import math
 
-from ptame.methods import get_method
+from ptame.methods import explainer_method, get_method
 from ptame.serving.loader import LoadedModel
 from ptame.serving.manifest import ModelEntry
+from ptame.serving.results import Gallery
 
 
 def format_seconds(seconds: float) -> str:
@@ -51,7 +52,7 @@ def explainer_missing_message(model: LoadedModel) -> str:
     entry = model.entry
     problem = model.explainer_problem or "it is not loaded"
     return (
-        f"No P-TAME map for {entry.display_name}: {problem.rstrip('.')}. "
+        f"No {explainer_method().name} map for {entry.display_name}: {problem.rstrip('.')}. "
         f"Train one for this classifier with `python -m train explainer --classifier {entry.classifier} "
         f"--data IMAGE_FOLDER --out runs/{entry.key}` (any folder of its kind of images; labels are not read), "
         f"then start the app with `--classifier {entry.classifier} --explainer runs/{entry.key}/explainer`."
@@ -76,4 +77,14 @@ def domain_note(entry: ModelEntry, image_size: tuple[int, int]) -> str | None:
     return (
         f"The {entry.display_name} knows only {domain}. This {width}x{height} image is not from its world: "
         "the prediction and the maps say little about it."
+    )
+
+
+def gallery_caption(gallery: Gallery) -> str:
+    """What a gallery shows and what its one pass saved: the time its baseline would take."""
+    name, reference = get_method(gallery.method).name, get_method(gallery.reference).name
+    return (
+        f"{name}: these {len(gallery.items)} maps in {format_seconds(gallery.seconds)}, from one pass that mapped "
+        f"all {gallery.classes} classes; {reference} would take about {format_seconds(gallery.reference_seconds)} "
+        "for them (one forward and one backward pass per class). Click a map to explain its class with every method."
     )

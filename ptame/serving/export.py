@@ -1,4 +1,4 @@
-"""Saving explanations: raw maps as .npz, overlays side by side as .png (atomic writes)."""
+"""Saving explanations: raw maps as .npz, overlays side by side as .png (atomic writes), the app's downloads."""
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,7 +9,7 @@ from PIL import Image
 
 from ptame.files import atomic_write
 from ptame.serving.captions import method_caption
-from ptame.serving.results import Explanation
+from ptame.serving.results import Explanation, StreamUpdate
 from ptame.serving.viz import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay, side_by_side
 
 FIGURE_PANEL_SIDE = 256  # smaller model inputs (the shapes demo's 128) are enlarged in figures
@@ -106,3 +106,26 @@ def prune_folder(folder: str | Path, keep: int, pattern: str = "*.npz") -> int:
     for _, path in dated[keep:]:
         path.unlink(missing_ok=True)
     return max(len(dated) - keep, 0)
+
+
+class Downloads:
+    """A folder of .npz downloads (``save_maps``), one per model, image and class; only the ``keep``
+    most recent are kept.
+
+    Args:
+        folder: an existing folder.
+        keep: how many files to keep (``prune_folder``).
+    """
+
+    def __init__(self, folder: str | Path, keep: int) -> None:
+        self.folder = Path(folder)
+        self.keep = keep
+
+    def save(self, model_key: str, image_digest: str, result: StreamUpdate) -> Path:
+        """Save a finished stream's maps as ``ptame-<model>-<digest[:12]>-class<index>.npz``, then
+        delete all but the ``keep`` most recent downloads. Returns the path."""
+        path = self.folder / f"ptame-{model_key}-{image_digest[:12]}-class{result.class_index}.npz"
+        explanations = list(result.explanations.values())
+        save_maps(path, result.analysis.picture, explanations, result.class_index, result.class_name, model_key)
+        prune_folder(self.folder, self.keep)
+        return path

@@ -85,6 +85,9 @@ class StreamUpdate:
         unavailable: the methods asked for that cannot run on this model (they need its P-TAME
             explainer, which is not loaded), by key, each with the message saying why; they are
             neither pending nor in ``explanations``.
+        class_name: the explained class's name, as the classifier names it.
+        notes: plain text for people, no Markdown: why methods are unavailable, which maps are
+            blank, and a warning when the image is not from the model's world.
     """
 
     analysis: Analysis
@@ -93,8 +96,59 @@ class StreamUpdate:
     pending: list[str] = field(default_factory=list)
     expected_seconds: dict[str, float] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    class_name: str = ""
+    notes: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
         """Whether every method that can run is done (nothing is pending)."""
         return not self.pending
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One class of a gallery: its display name, probability and map."""
+
+    class_index: int
+    class_name: str
+    probability: float
+    explanation: Explanation
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The explainer method's maps of an image's most probable classes, all from the analysis' one
+    pass (``ExplainSession.gallery``).
+
+    Attributes:
+        method: the explainer method's key (``ptame.methods.explainer_method``).
+        items: the classes, most probable first.
+        seconds: time of the one pass that mapped every class.
+        classes: how many classes that pass mapped (K).
+        reference: the key of the baseline it is compared with (``ptame.methods.reference_method``).
+        reference_seconds: the baseline's expected time for the same classes (one run per class).
+    """
+
+    method: str
+    items: list[GalleryItem]
+    seconds: float
+    classes: int
+    reference: str
+    reference_seconds: float
+
+
+@dataclass(frozen=True)
+class CurvesTable:
+    """Deletion and insertion curves of several methods' maps of one class
+    (``ExplainSession.curves_table``).
+
+    Attributes:
+        class_index: the class.
+        curves: by method key, in the order asked for, those that could be computed.
+        unavailable: the methods asked for that cannot run on this model (they need its P-TAME
+            explainer, which is not loaded), by key, each with the message saying why.
+    """
+
+    class_index: int
+    curves: dict[str, Curves]
+    unavailable: dict[str, str] = field(default_factory=dict)

@@ -21,17 +21,17 @@ import numpy as np
 import torch
 
 from ptame.errors import ExplainerMissing, MethodFailed, ModelUnavailable
-from ptame.methods import Method, get_method
+from ptame.methods import Method, explainer_method, get_method, reference_method
 from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
 from ptame.metrics import deletion_insertion
 from ptame.serving.cache import LRUCache
-from ptame.serving.captions import domain_note, explainer_missing_message
+from ptame.serving.captions import blank_map_note, display_class_names, domain_note, explainer_missing_message
 from ptame.serving.gpu import on_gpu
 from ptame.serving.images import CheckedImage, read_image
 from ptame.serving.lanes import Lanes, Progress
 from ptame.serving.loader import LoadedModel
 from ptame.serving.models import ModelRegistry
-from ptame.serving.results import Analysis, Curves, Explanation, StreamUpdate
+from ptame.serving.results import Analysis, Curves, CurvesTable, Explanation, Gallery, GalleryItem, StreamUpdate
 
 DELETION_STEPS = 32
 
@@ -227,13 +227,48 @@ class ExplainSession:
                 done[method.key] = known
         pending = [m.key for m in chosen if m.key not in done]
         expected = {key: self.expected_seconds(image, model_key, key) for key in pending}
-        while pending:
+
+        def update(explanations: dict[str, Explanation]) -> StreamUpdate:
             waiting = {key: expected[key] for key in pending}
-            yield StreamUpdate(analysis, index, dict(done), list(pending), waiting, dict(unavailable))
+            notes = _notes(model, unavailable, explanations, self.domain_note(image, model_key))
+            name = model.backbone.class_names[index]
+            return StreamUpdate(analysis, index, explanations, list(pending), waiting, dict(unavailable), name, notes)
+
+        while pending:
+            yield update(dict(done))
             key = pending.pop(0)
             progress = progress_for(key) if progress_for is not None else None
             done[key] = self.explain(image, model_key, index, key, progress=progress)
-        yield StreamUpdate(analysis, index, {m.key: done[m.key] for m in chosen}, unavailable=dict(unavailable))
+        yield update({m.key: done[m.key] for m in chosen})
+
+    def class_names(self, model_key: str) -> list[str]:
+        """The model's class names made unique for display (``captions.display_class_names``), by index.
+
+        Raises:
+            ModelUnavailable: the model is unknown, loading, or failed to load.
+        """
+        return display_class_names(self.registry.get(model_key).backbone.class_names)
+
+    def gallery(self, image: CheckedImage, model_key: str, count: int) -> Gallery | None:
+        """The explainer method's maps of the image's ``count`` most probable classes, all from the
+        analysis' one pass (no model runs once the image is analysed); None for a model without
+        its explainer.
+
+        Raises:
+            ModelUnavailable: the model is unknown, loading, or failed to load.
+        """
+        analysis = self.analyse(image, model_key)
+        if analysis.ptame_maps is None:
+            return None
+        method, reference = explainer_method().key, reference_method().key
+        names = self.class_names(model_key)
+        items = [
+            GalleryItem(i, names[i], float(analysis.probabilities[i]), self.explain(image, model_key, i, method))
+            for i in analysis.top(count)
+        ]
+        reference_seconds = len(items) * self.expected_seconds(image, model_key, reference)
+        classes = analysis.probabilities.shape[0]
+        return Gallery(method, items, analysis.ptame_seconds, classes, reference, reference_seconds)
 
     def photo_model(self) -> str | None:
         """The key of the first ready model (display order) whose classifier has ImageNet's 1000
@@ -299,6 +334,33 @@ class ExplainSession:
 
         return self._curves.get_or_compute((image.digest, model_key, class_index, method), compute)
 
+    def curves_table(
+        self,
+        image: CheckedImage,
+        model_key: str,
+        class_index: int,
+        methods: Sequence[str],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> CurvesTable:
+        """``curves`` of several methods' maps of one class; a method that needs the model's
+        missing P-TAME explainer is listed in ``unavailable`` with the reason instead.
+
+        Args:
+            progress: called with (methods done, methods in all, the next method's key) before each.
+
+        Raises:
+            as ``explain``, but ``ExplainerMissing``.
+        """
+        curves, unavailable = {}, {}
+        for done, method in enumerate(methods):
+            if progress is not None:
+                progress(done, len(methods), method)
+            try:
+                curves[method] = self.curves(image, model_key, class_index, method)
+            except ExplainerMissing as error:
+                unavailable[method] = str(error)
+        return CurvesTable(class_index, curves, unavailable)
+
     def _from_analysis(self, method: Method, model: LoadedModel, analysis: Analysis, class_index: int) -> Explanation:
         """A method that reads the explainer, from the analysis' all-class pass (no model runs).
 
@@ -308,6 +370,17 @@ class ExplainSession:
         options = {**method.options, "explainer": model.explainer, "all_class_maps": analysis.ptame_maps.unsqueeze(0)}
         maps = method(model.backbone, analysis.pixels, classes, **options)
         return _explanation(method.key, class_index, maps, analysis.ptame_seconds)
+
+
+def _notes(
+    model: LoadedModel, unavailable: dict[str, str], explanations: dict[str, Explanation], domain: str | None
+) -> list[str]:
+    """A stream update's notes: why methods are unavailable (each message once), which maps are
+    blank, and the domain note (``ExplainSession.domain_note``) if there is one."""
+    notes = list(dict.fromkeys(unavailable.values()))
+    layer = model.backbone.target_layer_name
+    notes += [blank_map_note(key, layer) for key, done in explanations.items() if done.blank]
+    return [*notes, domain] if domain else notes
 
 
 def _analysis_key(image: CheckedImage, model_key: str, model: LoadedModel) -> AnalysisKey:
