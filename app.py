@@ -25,17 +25,17 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from ptame.errors import ExplainerMissing, ImageInputError, MethodFailed, ModelUnavailable
+from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
 from ptame.interop.plugins import MethodModuleError, register_method_modules
-from ptame.methods import METHODS, default_method_keys, get_method
-from ptame.serving.captions import blank_map_note, display_class_names, format_seconds, method_caption
-from ptame.serving.export import prune_folder, save_maps
+from ptame.methods import METHODS, default_method_keys, explainer_method, get_method
+from ptame.serving.captions import format_seconds, gallery_caption, method_caption
+from ptame.serving.export import Downloads
 from ptame.serving.gpu import load_before_launch, serving_device, zero_gpu
 from ptame.serving.images import MAX_FILE_BYTES, CheckedImage
 from ptame.serving.lanes import threads_per_lane
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry
 from ptame.serving.models import ModelRegistry, build_registry, model_dirs_from_env
-from ptame.serving.results import Analysis, Explanation
+from ptame.serving.results import Analysis, CurvesTable, Gallery, StreamUpdate
 from ptame.serving.session import ExplainSession
 from ptame.serving.viz import COLORMAPS, DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay
 
@@ -107,17 +107,127 @@ def uploaded_path(upload: FileData | str | None) -> str | None:
     return upload
 
 
+class Page:
+    """The app's components, made unrendered: ``build_demo`` lays them out, and the handlers return
+    ``{component: value}`` updates of them. There is one overlay per method of the registry.
+
+    Args:
+        registry: the models, for the model menu and its status.
+        problems: messages about model sources that could not be read, shown with the models.
+    """
+
+    def __init__(self, registry: ModelRegistry, problems: Sequence[str] = ()) -> None:
+        self._inputs(registry)
+        self._results()
+        self._settings()
+        self.models_status = gr.Markdown(model_status(registry, problems), render=False)
+        self.timer = gr.Timer(2.0, active=registry.loading() or registry.explainers_pending(), render=False)
+
+    def _inputs(self, registry: ModelRegistry) -> None:
+        self.image = gr.Image(
+            label="Image",
+            type="filepath",
+            image_mode=None,
+            sources=["upload", "clipboard", "webcam"],
+            height=320,
+            render=False,
+        )
+        choices, value = model_choices(registry, DEMO_MODEL)
+        self.model = gr.Dropdown(
+            choices, value=value, label="Model", interactive=True, allow_custom_value=True, render=False
+        )
+        method_choices = [(method.name, key) for key, method in METHODS.items()]
+        self.methods = gr.CheckboxGroup(
+            method_choices, value=list(default_method_keys()), label="Methods", render=False
+        )
+        self.run = gr.Button("Explain", variant="primary", render=False)
+
+    def _results(self) -> None:
+        self.predictions = gr.Label(num_top_classes=TOP_CLASSES, label="Top-5 predictions", render=False)
+        self.class_menu = gr.Dropdown(
+            choices=[],
+            label="Class to explain (top-1 by default)",
+            interactive=True,
+            allow_custom_value=True,
+            render=False,
+        )
+        self.status = gr.Markdown("Upload an image, or pick an example below.", label="Status", render=False)
+        self.overlays = {
+            key: gr.Image(
+                label=method.name,
+                interactive=False,
+                visible=method.default,
+                height=OVERLAY_HEIGHT,
+                min_width=160,
+                elem_id=f"overlay-{key.replace('+', 'p')}",
+                render=False,
+            )
+            for key, method in METHODS.items()
+        }
+        self.notes = gr.Markdown(visible=False, elem_id="notes", render=False)
+        self.gallery = gr.Gallery(
+            label=f"{explainer_method().name}: the top classes at a glance (click one to explain it)",
+            columns=GALLERY_CLASSES,
+            height=GALLERY_HEIGHT,
+            allow_preview=False,
+            object_fit="contain",
+            visible=False,
+            elem_id="gallery",
+            render=False,
+        )
+        self.gallery_caption = gr.Markdown(elem_id="gallery-caption", render=False)
+        self.maps_file = gr.File(label="Raw maps (.npz)", interactive=False, render=False)
+
+    def _settings(self) -> None:
+        self.opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity", render=False)
+        self.colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap", render=False)
+        self.gallery_classes = gr.Slider(
+            1, MAX_GALLERY_CLASSES, value=GALLERY_CLASSES, step=1, label="Classes in the gallery", render=False
+        )
+        self.curves_button = gr.Button("Compute the curves for the explained class", render=False)
+        self.deletion_plot, self.insertion_plot = (
+            gr.LinePlot(x="fraction", y="probability", color="method", label=label, y_lim=[0, 1], render=False)
+            for label in ("Deletion", "Insertion")
+        )
+        self.auc_table = gr.Markdown(label="Areas under the curves", render=False)
+
+    @property
+    def explain_outputs(self) -> list[gr.components.Component]:
+        """The outputs of /explain, /explain_class and the gallery's clicks, in the API's order."""
+        return [
+            self.predictions,
+            self.class_menu,
+            *self.overlays.values(),
+            self.gallery,
+            self.gallery_caption,
+            self.notes,
+            self.maps_file,
+            self.status,
+        ]
+
+    @property
+    def streamed_overlays(self) -> list[gr.components.Component]:
+        """The overlays of the slow methods, which show progress while the fast maps stay visible."""
+        return [overlay for key, overlay in self.overlays.items() if get_method(key).streamed]
+
+
+Updates = dict[gr.components.Component, Any]  # what a handler returns: component -> its new value or update
+
+
 class Handlers:
-    """The event handlers: user input -> ``ExplainSession`` calls -> component updates.
+    """The event handlers: user input -> ``ExplainSession`` calls -> ``{component: value}`` updates
+    of their ``page``.
 
     Args:
         session: the models and caches.
         downloads: folder for the .npz files offered for download.
+        problems: messages about model sources that could not be read, shown with the models.
     """
 
-    def __init__(self, session: ExplainSession, downloads: Path) -> None:
+    def __init__(self, session: ExplainSession, downloads: Path, problems: Sequence[str] = ()) -> None:
         self.session = session
-        self.downloads = downloads
+        self.downloads = Downloads(downloads, KEPT_DOWNLOADS)
+        self.page = Page(session.registry, problems)
 
     # Inputs
 
@@ -166,76 +276,62 @@ class Handlers:
             return GALLERY_CLASSES
         return min(max(count, 1), MAX_GALLERY_CLASSES)
 
+    def _stream(
+        self, image: CheckedImage, model_key: str, index: int, methods: list[str], progress: gr.Progress | None
+    ) -> Iterator[StreamUpdate]:
+        """``session.explain_stream``, its errors as Gradio's."""
+        try:
+            yield from self.session.explain_stream(image, model_key, index, methods, _progress_for(progress))
+        except ModelUnavailable as error:
+            raise gr.Error(str(error), title="Model unavailable") from error
+        except MethodFailed as error:
+            raise gr.Error(str(error), title="Explaining failed") from error
+
     # Outputs
 
-    def _overlays(
-        self,
-        analysis: Analysis,
-        methods: Sequence[str],
-        explanations: dict[str, Explanation],
-        expected: dict[str, float],
-        unavailable: dict[str, str],
-        opacity: float,
-        colormap: str,
-    ) -> list[Any]:
-        updates = []
-        for method in METHODS.values():
-            if method.key not in methods:
-                updates.append(gr.Image(value=None, visible=False))
-            elif method.key in unavailable:
-                updates.append(gr.Image(value=None, label=f"{method.name} · no explainer (see below)", visible=True))
-            elif method.key in explanations:
-                done = explanations[method.key]
-                picture = overlay(analysis.picture, done.saliency, opacity, colormap)
-                label = method_caption(done.method, done.seconds, done.blank)
-                updates.append(gr.Image(value=picture, label=label, visible=True))
+    def _overlays(self, update: StreamUpdate, methods: Sequence[str], opacity: float, colormap: str) -> Updates:
+        updates: Updates = {}
+        for key, component in self.page.overlays.items():
+            name = get_method(key).name
+            if key not in methods:
+                updates[component] = gr.Image(value=None, visible=False)
+            elif key in update.unavailable:
+                updates[component] = gr.Image(value=None, label=f"{name} · no explainer (see below)", visible=True)
+            elif key in update.explanations:
+                done = update.explanations[key]
+                picture = overlay(update.analysis.picture, done.saliency, opacity, colormap)
+                updates[component] = gr.Image(
+                    value=picture, label=method_caption(key, done.seconds, done.blank), visible=True
+                )
             else:
-                label = f"{method.name} · computing, about {format_seconds(expected[method.key])}"
-                updates.append(gr.Image(value=None, label=label, visible=True))
+                label = f"{name} · computing, about {format_seconds(update.expected_seconds[key])}"
+                updates[component] = gr.Image(value=None, label=label, visible=True)
         return updates
 
-    def _gallery(
-        self, image: CheckedImage, model_key: str, analysis: Analysis, count: int, opacity: float, colormap: str
-    ) -> tuple[Any, str]:
-        """P-TAME's maps of the top ``count`` classes from the analysis' one pass, and their caption."""
-        if analysis.ptame_maps is None:
-            return gr.Gallery(value=None, visible=False), ""
-        names = display_class_names(self.session.registry.get(model_key).backbone.class_names)
-        items = []
-        for index in analysis.top(count):
-            explanation = self.session.explain(image, model_key, index, "ptame")
-            picture = overlay(analysis.picture, explanation.saliency, opacity, colormap)
-            items.append((picture, f"{names[index]} · {analysis.probabilities[index]:.1%}"))
-        classes = analysis.probabilities.shape[0]
-        grad_cam = count * self.session.expected_seconds(image, model_key, "gradcam")
-        caption = (
-            f"P-TAME: these {count} maps in {format_seconds(analysis.ptame_seconds)}, from one pass that mapped all "
-            f"{classes} classes; Grad-CAM would take about {format_seconds(grad_cam)} for them (one forward and "
-            "one backward pass per class). Click a map to explain its class with every method."
-        )
-        return gr.Gallery(value=items, visible=True, selected_index=None), caption
+    def _gallery(self, gallery: Gallery | None, analysis: Analysis, opacity: float, colormap: str) -> Updates:
+        """The gallery's maps and their caption (hidden without an explainer)."""
+        if gallery is None:
+            return {self.page.gallery: gr.Gallery(value=None, visible=False), self.page.gallery_caption: ""}
+        items = [
+            (
+                overlay(analysis.picture, item.explanation.saliency, opacity, colormap),
+                f"{item.class_name} · {item.probability:.1%}",
+            )
+            for item in gallery.items
+        ]
+        return {
+            self.page.gallery: gr.Gallery(value=items, visible=True, selected_index=None),
+            self.page.gallery_caption: gallery_caption(gallery),
+        }
 
-    def _notes(
-        self, image: CheckedImage, model_key: str, unavailable: dict[str, str], explanations: dict[str, Explanation]
-    ) -> Any:
-        lines = list(dict.fromkeys(unavailable.values()))
-        layer = self.session.registry.get(model_key).backbone.target_layer_name
-        lines += [blank_map_note(key, layer) for key, done in explanations.items() if done.blank]
-        domain = self.session.domain_note(image, model_key)
-        if domain:
-            lines.append(domain)
-        return gr.Markdown("\n\n".join(lines), visible=bool(lines))
-
-    def _maps_file(
-        self, analysis: Analysis, image: CheckedImage, model_key: str, index: int, explanations: dict[str, Explanation]
-    ) -> str:
-        model = self.session.registry.get(model_key)
-        path = self.downloads / f"ptame-{model_key}-{image.digest[:12]}-class{index}.npz"
-        save_maps(
-            path, analysis.picture, list(explanations.values()), index, model.backbone.class_names[index], model_key
-        )
-        prune_folder(self.downloads, KEPT_DOWNLOADS)
-        return str(path)
+    def _predictions(self, analysis: Analysis, names: list[str], index: int) -> Updates:
+        """The top predictions and the class menu (every class, most probable first)."""
+        ranked = analysis.top(len(names))
+        menu = [(f"{names[i]} · {analysis.probabilities[i]:.1%}", i) for i in ranked]
+        return {
+            self.page.predictions: {names[i]: float(analysis.probabilities[i]) for i in ranked[:TOP_CLASSES]},
+            self.page.class_menu: gr.Dropdown(choices=menu, value=index),
+        }
 
     # Events
 
@@ -248,7 +344,7 @@ class Handlers:
         colormap: str = DEFAULT_COLORMAP,
         gallery_classes: int = GALLERY_CLASSES,
         progress: gr.Progress = PROGRESS,
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> Iterator[Updates]:
         """Predict, then explain the top-1 class; slow methods stream in when done."""
         yield from self._explain(image, model_key, None, methods, opacity, colormap, gallery_classes, progress)
 
@@ -262,8 +358,8 @@ class Handlers:
         colormap: str = DEFAULT_COLORMAP,
         gallery_classes: int = GALLERY_CLASSES,
         progress: gr.Progress = PROGRESS,
-    ) -> Iterator[tuple[Any, ...]]:
-        """Explain another class of the same image (P-TAME's map is already there)."""
+    ) -> Iterator[Updates]:
+        """Explain another class of the same image (the explainer's map is already there)."""
         yield from self._explain(image, model_key, class_index, methods, opacity, colormap, gallery_classes, progress)
 
     def explain_gallery_class(
@@ -276,7 +372,7 @@ class Handlers:
         gallery_classes: int,
         selected: gr.SelectData,
         progress: gr.Progress = PROGRESS,
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> Iterator[Updates]:
         """Explain the class of the gallery map that was clicked, with every chosen method."""
         checked = self._image(image, warn=False)
         ranked = self._analysis(checked, model_key).top(self._gallery_size(gallery_classes))
@@ -286,7 +382,7 @@ class Handlers:
         index = ranked[position]
         yield from self._explain(image, model_key, index, methods, opacity, colormap, gallery_classes, progress)
 
-    def explain_example(self, image: FileData | str, model_key: str) -> Iterator[tuple[Any, ...]]:
+    def explain_example(self, image: FileData | str, model_key: str) -> Iterator[Updates]:
         """The default explanation of an example image (cached by Gradio)."""
         methods = default_method_keys()
         yield from self._explain(
@@ -295,7 +391,7 @@ class Handlers:
 
     def _explain(
         self,
-        image_path: FileData | str | None,
+        upload: FileData | str | None,
         model_key: str,
         class_choice: int | None,
         methods: Sequence[str],
@@ -303,50 +399,27 @@ class Handlers:
         colormap: str,
         gallery_classes: int,
         progress: gr.Progress | None,
-    ) -> Iterator[tuple[Any, ...]]:
+    ) -> Iterator[Updates]:
         methods = self._methods(methods)
-        image = self._image(image_path, warn=class_choice is None)
+        image = self._image(upload, warn=class_choice is None)
         analysis = self._analysis(image, model_key)
-        names = display_class_names(self.session.registry.get(model_key).backbone.class_names)
         index = analysis.top(1)[0] if class_choice is None else self._class_index(class_choice, analysis)
-        ranked = analysis.top(len(names))
-        predictions = {names[i]: float(analysis.probabilities[i]) for i in ranked[:TOP_CLASSES]}
-        class_menu = gr.Dropdown(
-            choices=[(f"{names[i]} · {analysis.probabilities[i]:.1%}", i) for i in ranked], value=index
-        )
-        gallery, gallery_caption = self._gallery(
-            image, model_key, analysis, self._gallery_size(gallery_classes), opacity, colormap
-        )
+        names = self.session.class_names(model_key)
+        gallery = self.session.gallery(image, model_key, self._gallery_size(gallery_classes))
+        shown = {**self._predictions(analysis, names, index), **self._gallery(gallery, analysis, opacity, colormap)}
         heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
-        try:
-            for update in self.session.explain_stream(image, model_key, index, methods, _progress_for(progress)):
-                if update.done:
-                    break
+        for update in self._stream(image, model_key, index, methods, progress):
+            notes = gr.Markdown("\n\n".join(update.notes), visible=bool(update.notes))
+            shown.update({**self._overlays(update, methods, opacity, colormap), self.page.notes: notes})
+            if update.done:
+                saved = self.downloads.save(model_key, image.digest, update) if update.explanations else None
+                status = f"Explained **{names[index]}** (class {index}); pick another class above or in the gallery."
+                yield {**shown, self.page.maps_file: str(saved) if saved else None, self.page.status: status}
+            else:
                 waiting = ", ".join(
                     f"{get_method(m).name} (about {format_seconds(update.expected_seconds[m])})" for m in update.pending
                 )
-                status = f"{heading} Still computing: {waiting}."
-                overlays = self._overlays(
-                    analysis,
-                    methods,
-                    update.explanations,
-                    update.expected_seconds,
-                    update.unavailable,
-                    opacity,
-                    colormap,
-                )
-                notes = self._notes(image, model_key, update.unavailable, update.explanations)
-                yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, None, status)
-        except ModelUnavailable as error:
-            raise gr.Error(str(error), title="Model unavailable") from error
-        except MethodFailed as error:
-            raise gr.Error(str(error), title="Explaining failed") from error
-        explanations = update.explanations
-        overlays = self._overlays(analysis, methods, explanations, {}, update.unavailable, opacity, colormap)
-        notes = self._notes(image, model_key, update.unavailable, explanations)
-        maps_file = self._maps_file(analysis, image, model_key, index, explanations) if explanations else None
-        status = f"Explained **{names[index]}** (class {index}); pick another class above or in the gallery."
-        yield (predictions, class_menu, *overlays, gallery, gallery_caption, notes, maps_file, status)
+                yield {**shown, self.page.maps_file: None, self.page.status: f"{heading} Still computing: {waiting}."}
 
     def reblend(
         self,
@@ -357,32 +430,27 @@ class Handlers:
         opacity: float,
         colormap: str,
         gallery_classes: int = GALLERY_CLASSES,
-    ) -> list[Any]:
+    ) -> Updates:
         """Re-draw the overlays and the gallery from cached maps with a new opacity or colormap (no model runs)."""
-        skipped = [gr.skip() for _ in range(len(METHODS) + 1)]
+        updates: Updates = {component: gr.skip() for component in [*self.page.overlays.values(), self.page.gallery]}
         if image is None or class_index is None or colormap not in COLORMAPS:
-            return skipped
+            return updates
         try:
             checked = self.session.read(uploaded_path(image))
             index = int(class_index)
         except (ImageInputError, TypeError, ValueError):
-            return skipped
+            return updates
         analysis = self.session.cached_analysis(checked, model_key)
         if analysis is None:
-            return skipped
-        updates = []
-        for method in METHODS:
-            known = self.session.cached(checked, model_key, index, method) if method in methods else None
-            if known is None:
-                updates.append(gr.skip())
-            else:
-                updates.append(overlay(analysis.picture, known.saliency, float(opacity), colormap))
-        if analysis.ptame_maps is None:
-            return [*updates, gr.skip()]
-        gallery, _ = self._gallery(
-            checked, model_key, analysis, self._gallery_size(gallery_classes), float(opacity), colormap
-        )
-        return [*updates, gallery]
+            return updates
+        for key, component in self.page.overlays.items():
+            known = self.session.cached(checked, model_key, index, key) if key in methods else None
+            if known is not None:
+                updates[component] = overlay(analysis.picture, known.saliency, float(opacity), colormap)
+        gallery = self.session.gallery(checked, model_key, self._gallery_size(gallery_classes))
+        if gallery is not None:
+            updates[self.page.gallery] = self._gallery(gallery, analysis, float(opacity), colormap)[self.page.gallery]
+        return updates
 
     def curves(
         self,
@@ -391,7 +459,7 @@ class Handlers:
         class_index: int | None,
         methods: Sequence[str],
         progress: gr.Progress = PROGRESS,
-    ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    ) -> Updates:
         """Deletion and insertion curves of each method's map for the chosen class."""
         methods = self._methods(methods)
         checked = self._image(image, warn=False)
@@ -399,43 +467,59 @@ class Handlers:
         if class_index is None:
             raise gr.Error("Press Explain first: the curves are computed for the explained class.")
         index = self._class_index(class_index, analysis)
+
+        def report(done: int, total: int, method: str) -> None:
+            progress((done, total), desc=f"Deletion and insertion: {get_method(method).name}")
+
+        try:
+            table = self.session.curves_table(checked, model_key, index, methods, report)
+        except ModelUnavailable as error:
+            raise gr.Error(str(error), title="Model unavailable") from error
+        except MethodFailed as error:
+            raise gr.Error(str(error), title="Curves failed") from error
+        return self._curves(table, methods)
+
+    def _curves(self, table: CurvesTable, methods: Sequence[str]) -> Updates:
+        """The two plots' data and the table of areas, in the order of ``methods``."""
         rows = []
-        table = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) |", "|---|---|---|"]
-        for done, method in enumerate(methods):
+        lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) |", "|---|---|---|"]
+        for method in methods:
             name = get_method(method).name
-            progress((done, len(methods)), desc=f"Deletion and insertion: {name}")
-            try:
-                result = self.session.curves(checked, model_key, index, method)
-            except ExplainerMissing:
-                table.append(f"| {name} | no explainer for this model | |")
+            result = table.curves.get(method)
+            if result is None:
+                lines.append(f"| {name} | no explainer for this model | |")
                 continue
-            except ModelUnavailable as error:
-                raise gr.Error(str(error), title="Model unavailable") from error
-            except MethodFailed as error:
-                raise gr.Error(str(error), title="Curves failed") from error
             for curve, values in (("deletion", result.deletion), ("insertion", result.insertion)):
                 rows += [
                     {"fraction": float(f), "probability": float(p), "curve": curve, "method": name}
                     for f, p in zip(result.fractions, values)
                 ]
-            table.append(f"| {name} | {result.deletion_auc:.3f} | {result.insertion_auc:.3f} |")
+            lines.append(f"| {name} | {result.deletion_auc:.3f} | {result.insertion_auc:.3f} |")
         frame = pd.DataFrame(rows, columns=["fraction", "probability", "curve", "method"])
-        return frame[frame.curve == "deletion"], frame[frame.curve == "insertion"], "\n".join(table)
+        return {
+            self.page.deletion_plot: frame[frame.curve == "deletion"],
+            self.page.insertion_plot: frame[frame.curve == "insertion"],
+            self.page.auc_table: "\n".join(lines),
+        }
 
-    def photo_model(self, current: str | None) -> tuple[Any, Any]:
+    def photo_model(self, current: str | None) -> Updates:
         """A photo example was picked: select an ImageNet model if one is ready, else say none is."""
         key = self.session.photo_model()
         if key is not None:
-            return gr.Dropdown(value=key), gr.Markdown(visible=False)
-        return gr.skip(), gr.Markdown(PHOTOS_WITHOUT_MODEL, visible=True)
+            return {self.page.model: gr.Dropdown(value=key), self.page.notes: gr.Markdown(visible=False)}
+        return {self.page.model: gr.skip(), self.page.notes: gr.Markdown(PHOTOS_WITHOUT_MODEL, visible=True)}
 
-    def refresh_models(self, current: str | None) -> tuple[Any, str, Any]:
+    def refresh_models(self, current: str | None) -> Updates:
         """The model menu (ready and loading models), the status text, and whether to poll again."""
         registry = self.session.registry
         registry.retry_due_explainers()
         choices, value = model_choices(registry, current)
         polling = registry.loading() or registry.explainers_pending()
-        return gr.Dropdown(choices=choices, value=value), model_status(registry), gr.Timer(active=polling)
+        return {
+            self.page.model: gr.Dropdown(choices=choices, value=value),
+            self.page.models_status: model_status(registry),
+            self.page.timer: gr.Timer(active=polling),
+        }
 
 
 def _progress_for(progress: gr.Progress | None) -> Callable[[str], Callable[[int, int], None] | None]:
@@ -476,8 +560,8 @@ def model_status(registry: ModelRegistry, problems: Sequence[str] = ()) -> str:
             lines.append(f"- **{status.display_name}**: unavailable: {status.reason}")
         elif status.state == "ready" and status.explainer_problem:
             lines.append(
-                f"- **{status.display_name}**: ready with the baselines only; no P-TAME explainer: "
-                f"{status.explainer_problem}"
+                f"- **{status.display_name}**: ready with the baselines only; no {explainer_method().name} "
+                f"explainer: {status.explainer_problem}"
             )
         elif status.state == "ready":
             lines.append(f"- **{status.display_name}**: ready")
@@ -495,16 +579,109 @@ def example_rows(registry: ModelRegistry) -> tuple[list[list[str]], list[str]]:
     return ([[str(path), DEMO_MODEL] for path in shapes] if demo_ready else []), [str(path) for path in photos]
 
 
-OUTPUT_NAMES = (
-    "predictions",
-    "class_menu",
-    *(f"overlay:{key}" for key in METHODS),
-    "gallery",
-    "gallery_caption",
-    "notes",
-    "maps_file",
-    "status",
-)  # the outputs of /explain, /explain_class and the gallery's clicks, in order
+def lay_out(page: Page) -> None:
+    """Render the page's input and result components (inside a ``gr.Blocks``)."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            for component in (page.image, page.model, page.methods, page.run):
+                component.render()
+        with gr.Column(scale=2, min_width=300):
+            for component in (page.predictions, page.class_menu, page.status):
+                component.render()
+            with gr.Row():
+                for component in page.overlays.values():
+                    component.render()
+            for component in (page.notes, page.gallery, page.gallery_caption):
+                component.render()
+            with gr.Row():
+                for component in (page.opacity, page.colormap, page.gallery_classes):
+                    component.render()
+            page.maps_file.render()
+            with gr.Accordion("Deletion / insertion curves (on demand)", open=False):
+                page.curves_button.render()
+                with gr.Row():
+                    page.deletion_plot.render()
+                    page.insertion_plot.render()
+                page.auc_table.render()
+
+
+def add_examples(handlers: Handlers, registry: ModelRegistry, cache_examples: bool) -> None:
+    """The shapes examples (explained, and cached with ``cache_examples``) and the photos, which
+    select an ImageNet model (inside a ``gr.Blocks``)."""
+    page = handlers.page
+    shape_rows, photo_rows = example_rows(registry)
+    if shape_rows:
+        gr.Examples(
+            shape_rows,
+            inputs=[page.image, page.model],
+            outputs=page.explain_outputs,
+            fn=handlers.explain_example,
+            cache_examples=cache_examples,
+            cache_mode="eager",
+            preprocess=False,
+            label="Shapes world (test images; every method precomputed)",
+            examples_per_page=len(shape_rows),
+        )
+    if photo_rows:
+        photos = gr.Examples(photo_rows, inputs=[page.image], label="Photos (for the ImageNet models)")
+        photos.dataset.click(
+            handlers.photo_model,
+            [page.model],
+            [page.model, page.notes],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+
+def wire(handlers: Handlers) -> None:
+    """Connect the page's events to the handlers, with the public API names (inside a ``gr.Blocks``)."""
+    page = handlers.page
+    # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
+    model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
+    settings = [page.opacity, page.colormap, page.gallery_classes]
+    explaining = {"show_progress_on": page.streamed_overlays, **model_work}  # the fast maps stay visible meanwhile
+    outputs = page.explain_outputs
+    page.run.click(
+        handlers.explain, [page.image, page.model, page.methods, *settings], outputs, api_name="explain", **explaining
+    )
+    page.class_menu.input(
+        handlers.explain_class,
+        [page.image, page.model, page.class_menu, page.methods, *settings],
+        outputs,
+        api_name="explain_class",
+        **explaining,
+    )
+    page.gallery.select(
+        handlers.explain_gallery_class,
+        [page.image, page.model, page.methods, *settings],
+        outputs,
+        api_visibility="private",
+        **explaining,
+    )
+    gr.on(
+        [page.opacity.release, page.colormap.input, page.gallery_classes.release],
+        handlers.reblend,
+        [page.image, page.model, page.class_menu, page.methods, *settings],
+        [*page.overlays.values(), page.gallery],
+        api_name="reblend",
+        show_progress="hidden",
+        concurrency_limit=4,
+        preprocess=False,
+    )
+    page.curves_button.click(
+        handlers.curves,
+        [page.image, page.model, page.class_menu, page.methods],
+        [page.deletion_plot, page.insertion_plot, page.auc_table],
+        api_name="curves",
+        **model_work,
+    )
+    page.timer.tick(
+        handlers.refresh_models,
+        [page.model],
+        [page.model, page.models_status, page.timer],
+        api_visibility="private",
+        show_progress="hidden",
+    )
 
 
 def build_demo(
@@ -521,144 +698,15 @@ def build_demo(
         downloads: folder of the .npz downloads (default: a new temporary folder).
         cache_examples: compute the shapes examples' results at launch (as a Space does).
     """
-    handlers = Handlers(session, downloads or temporary_folder("ptame-downloads-"))
-    registry = session.registry
-    method_choices = [(method.name, key) for key, method in METHODS.items()]
+    handlers = Handlers(session, downloads or temporary_folder("ptame-downloads-"), problems)
     with gr.Blocks(title="P-TAME explainer", delete_cache=GRADIO_CACHE_CLEANING) as demo:
         gr.Markdown(INTRO)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
-                image = gr.Image(
-                    label="Image",
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard", "webcam"],
-                    height=320,
-                )
-                choices, value = model_choices(registry, DEMO_MODEL)
-                model = gr.Dropdown(choices, value=value, label="Model", interactive=True, allow_custom_value=True)
-                methods = gr.CheckboxGroup(method_choices, value=list(default_method_keys()), label="Methods")
-                run = gr.Button("Explain", variant="primary")
-            with gr.Column(scale=2, min_width=300):
-                predictions = gr.Label(num_top_classes=TOP_CLASSES, label="Top-5 predictions")
-                class_menu = gr.Dropdown(
-                    choices=[], label="Class to explain (top-1 by default)", interactive=True, allow_custom_value=True
-                )
-                status = gr.Markdown("Upload an image, or pick an example below.", label="Status")
-                with gr.Row():
-                    overlays = [
-                        gr.Image(
-                            label=method.name,
-                            interactive=False,
-                            visible=method.default,
-                            height=OVERLAY_HEIGHT,
-                            min_width=160,
-                            elem_id=f"overlay-{key.replace('+', 'p')}",
-                        )
-                        for key, method in METHODS.items()
-                    ]
-                notes = gr.Markdown(visible=False, elem_id="notes")
-                gallery = gr.Gallery(
-                    label="P-TAME: the top classes at a glance (click one to explain it)",
-                    columns=GALLERY_CLASSES,
-                    height=GALLERY_HEIGHT,
-                    allow_preview=False,
-                    object_fit="contain",
-                    visible=False,
-                    elem_id="gallery",
-                )
-                gallery_caption = gr.Markdown(elem_id="gallery-caption")
-                with gr.Row():
-                    opacity = gr.Slider(0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="Map opacity")
-                    colormap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
-                    gallery_classes = gr.Slider(
-                        1, MAX_GALLERY_CLASSES, value=GALLERY_CLASSES, step=1, label="Classes in the gallery"
-                    )
-                maps_file = gr.File(label="Raw maps (.npz)", interactive=False)
-                with gr.Accordion("Deletion / insertion curves (on demand)", open=False):
-                    curves_button = gr.Button("Compute the curves for the explained class")
-                    with gr.Row():
-                        deletion_plot = gr.LinePlot(
-                            x="fraction", y="probability", color="method", label="Deletion", y_lim=[0, 1]
-                        )
-                        insertion_plot = gr.LinePlot(
-                            x="fraction", y="probability", color="method", label="Insertion", y_lim=[0, 1]
-                        )
-                    auc_table = gr.Markdown(label="Areas under the curves")
-        shape_rows, photo_rows = example_rows(registry)
-        outputs = [predictions, class_menu, *overlays, gallery, gallery_caption, notes, maps_file, status]
-        if shape_rows:
-            gr.Examples(
-                shape_rows,
-                inputs=[image, model],
-                outputs=outputs,
-                fn=handlers.explain_example,
-                cache_examples=cache_examples,
-                cache_mode="eager",
-                preprocess=False,
-                label="Shapes world (test images; every method precomputed)",
-                examples_per_page=len(shape_rows),
-            )
-        if photo_rows:
-            photos = gr.Examples(photo_rows, inputs=[image], label="Photos (for the ImageNet models)")
-            photos.dataset.click(
-                handlers.photo_model, [model], [model, notes], api_visibility="private", show_progress="hidden"
-            )
+        lay_out(handlers.page)
+        add_examples(handlers, session.registry, cache_examples)
         with gr.Accordion("Models", open=False):
-            models_status = gr.Markdown(model_status(registry, problems))
-        timer = gr.Timer(2.0, active=registry.loading() or registry.explainers_pending())
-
-        # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
-        model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
-        slow_overlays = [o for method, o in zip(METHODS.values(), overlays) if method.streamed]
-        run.click(
-            handlers.explain,
-            [image, model, methods, opacity, colormap, gallery_classes],
-            outputs,
-            api_name="explain",
-            show_progress_on=slow_overlays,  # the fast maps stay visible while Score-CAM runs
-            **model_work,
-        )
-        class_menu.input(
-            handlers.explain_class,
-            [image, model, class_menu, methods, opacity, colormap, gallery_classes],
-            outputs,
-            api_name="explain_class",
-            show_progress_on=slow_overlays,
-            **model_work,
-        )
-        gallery.select(
-            handlers.explain_gallery_class,
-            [image, model, methods, opacity, colormap, gallery_classes],
-            outputs,
-            api_visibility="private",
-            show_progress_on=slow_overlays,
-            **model_work,
-        )
-        gr.on(
-            [opacity.release, colormap.input, gallery_classes.release],
-            handlers.reblend,
-            [image, model, class_menu, methods, opacity, colormap, gallery_classes],
-            [*overlays, gallery],
-            api_name="reblend",
-            show_progress="hidden",
-            concurrency_limit=4,
-            preprocess=False,
-        )
-        curves_button.click(
-            handlers.curves,
-            [image, model, class_menu, methods],
-            [deletion_plot, insertion_plot, auc_table],
-            api_name="curves",
-            **model_work,
-        )
-        timer.tick(
-            handlers.refresh_models,
-            [model],
-            [model, models_status, timer],
-            api_visibility="private",
-            show_progress="hidden",
-        )
+            handlers.page.models_status.render()
+        handlers.page.timer.render()
+        wire(handlers)
     return demo
 
 

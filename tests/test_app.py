@@ -67,14 +67,33 @@ def object_mask(index: int, session: ExplainSession) -> torch.Tensor:
     return transform(Image.fromarray(mask.numpy().astype(np.uint8) * 255))[0] > 0.5
 
 
-def final(outputs: Iterator[tuple]) -> dict:
-    return named(list(outputs)[-1])
+EXPLAIN_OUTPUTS = (
+    "predictions",
+    "class_menu",
+    *(f"overlay:{key}" for key in METHODS),
+    "gallery",
+    "gallery_caption",
+    "notes",
+    "maps_file",
+    "status",
+)  # the outputs of /explain, /explain_class and the gallery's clicks, in the API's order
 
 
-def named(outputs: tuple | list) -> dict:
-    """An event's outputs by name (app.OUTPUT_NAMES): "class_menu", "overlay:ptame", "maps_file", ..."""
-    assert len(outputs) == len(app.OUTPUT_NAMES)
-    return dict(zip(app.OUTPUT_NAMES, outputs))
+def final(handlers: app.Handlers, outputs: Iterator[dict]) -> dict:
+    return named(list(outputs)[-1], handlers)
+
+
+def named(outputs: dict | tuple | list, handlers: app.Handlers | None = None) -> dict:
+    """An event's outputs by name: "class_menu", "overlay:ptame", "maps_file", ...; a handler's
+    {component: value} updates of ``handlers.page``, or the API's values in order (EXPLAIN_OUTPUTS)."""
+    if handlers is None:
+        assert len(outputs) == len(EXPLAIN_OUTPUTS)
+        return dict(zip(EXPLAIN_OUTPUTS, outputs))
+    page = handlers.page
+    names = {id(c): name for name, c in vars(page).items() if isinstance(c, gr.components.Component)}
+    names.update({id(c): f"overlay:{key}" for key, c in page.overlays.items()})
+    assert [names[id(c)] for c in page.explain_outputs] == list(EXPLAIN_OUTPUTS)
+    return {names[id(component)]: value for component, value in outputs.items()}
 
 
 def overlays_of(outputs: dict) -> dict:
@@ -125,7 +144,7 @@ def test_explain_shows_fast_maps_first_and_streams_score_cam(
     handlers: app.Handlers, session: ExplainSession, images: Path
 ) -> None:
     path = shapes_file(images, 200)
-    steps = [named(step) for step in handlers.explain(str(path), "shapes", ALL_THREE)]
+    steps = [named(step, handlers) for step in handlers.explain(str(path), "shapes", ALL_THREE)]
     first, last = steps[0], steps[-1]
     overlays = overlays_of(first)
     assert overlays["ptame"].value is not None and overlays["gradcam"].value is not None
@@ -148,13 +167,13 @@ def test_switching_class_reuses_the_one_p_tame_pass(
     handlers: app.Handlers, session: ExplainSession, images: Path
 ) -> None:
     path = str(shapes_file(images, 201))
-    first = final(handlers.explain(path, "shapes", ["ptame"]))
+    first = final(handlers, handlers.explain(path, "shapes", ["ptame"]))
     model = session.registry.get("shapes")
     passes = []
     hooks = [m.register_forward_hook(lambda *_: passes.append(1)) for m in (model.explainer, model.backbone.model)]
     try:
         other = (first["class_menu"].value + 1) % len(SHAPE_CLASSES)
-        switched = final(handlers.explain_class(path, "shapes", other, ["ptame"]))
+        switched = final(handlers, handlers.explain_class(path, "shapes", other, ["ptame"]))
     finally:
         for hook in hooks:
             hook.remove()
@@ -172,7 +191,7 @@ def test_gallery_shows_every_top_class_from_the_one_pass(
     passes = []
     hook = model.explainer.register_forward_hook(lambda *_: passes.append(1))
     try:
-        result = final(handlers.explain(path, "shapes", ["gradcam"], 0.5, "jet", 4))
+        result = final(handlers, handlers.explain(path, "shapes", ["gradcam"], 0.5, "jet", 4))
     finally:
         hook.remove()
     assert passes == [1]  # one explainer pass maps every class, also those only the gallery shows
@@ -187,7 +206,7 @@ def test_gallery_shows_every_top_class_from_the_one_pass(
     caption = result["gallery_caption"]
     assert "these 4 maps in" in caption and "Grad-CAM would take about" in caption
     for class_index, item in zip(ranked, items):  # each gallery map is that class's P-TAME overlay
-        alone = final(handlers.explain_class(path, "shapes", class_index, ["ptame"], 0.5, "jet", 4))
+        alone = final(handlers, handlers.explain_class(path, "shapes", class_index, ["ptame"], 0.5, "jet", 4))
         np.testing.assert_array_equal(
             np.asarray(Image.open(item["image"]["path"])), np.asarray(Image.open(alone["overlay:ptame"].value["path"]))
         )
@@ -199,10 +218,10 @@ def test_clicking_a_gallery_map_explains_its_class(
     handlers: app.Handlers, session: ExplainSession, images: Path
 ) -> None:
     path = str(shapes_file(images, 211))
-    final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))
+    final(handlers, handlers.explain(path, "shapes", ["ptame", "gradcam"]))
     ranked = session.cached_analysis(session.read(path), "shapes").top(app.GALLERY_CLASSES)
     click = gr.SelectData(None, {"index": 2, "value": None})
-    result = final(handlers.explain_gallery_class(path, "shapes", ["ptame", "gradcam"], 0.5, "jet", 5, click))
+    result = final(handlers, handlers.explain_gallery_class(path, "shapes", ["ptame", "gradcam"], 0.5, "jet", 5, click))
     assert result["class_menu"].value == ranked[2]
     with np.load(result["maps_file"]) as saved:
         assert int(saved["class_index"]) == ranked[2] and {"ptame", "gradcam"} <= set(saved.files)
@@ -214,11 +233,12 @@ def test_a_photo_with_the_shapes_model_comes_with_a_note(demo_folder: Path, tmp_
     registry.load(entry.key)
     handlers = app.Handlers(ExplainSession(registry), tmp_path)
     photo = str(app.EXAMPLES / "photo-chelsea.jpg")
-    result = final(handlers.explain(photo, "shapes", ["ptame"]))
+    result = final(handlers, handlers.explain(photo, "shapes", ["ptame"]))
     assert result["notes"].visible and "knows only" in result["notes"].value
-    shapes = final(handlers.explain(str(app.EXAMPLES / "shapes-test-3-star.png"), "shapes", ["ptame"]))
+    shapes = final(handlers, handlers.explain(str(app.EXAMPLES / "shapes-test-3-star.png"), "shapes", ["ptame"]))
     assert not shapes["notes"].visible
-    model, note = handlers.photo_model("shapes")  # no ImageNet model in this session
+    chosen = handlers.photo_model("shapes")  # no ImageNet model in this session
+    model, note = chosen[handlers.page.model], chosen[handlers.page.notes]
     assert model == gr.skip() and note.visible and note.value == app.PHOTOS_WITHOUT_MODEL
 
 
@@ -285,20 +305,24 @@ def test_a_classifier_only_model_gives_the_baselines_and_says_how_to_get_p_tame(
 
 def test_reblend_redraws_cached_maps_only(handlers: app.Handlers, session: ExplainSession, images: Path) -> None:
     path = str(shapes_file(images, 202))
-    result = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))
+    result = final(handlers, handlers.explain(path, "shapes", ["ptame", "gradcam"]))
     index = result["class_menu"].value
     plain = handlers.reblend(path, "shapes", index, ["ptame", "gradcam", "scorecam"], 0.0, "turbo")
     picture = session.cached_analysis(session.read(path), "shapes").picture
-    by_method = dict(zip(METHODS, plain))
+    by_method = {key: plain[overlay] for key, overlay in handlers.page.overlays.items()}
     np.testing.assert_array_equal(by_method["ptame"], picture)
     assert by_method["scorecam"] == gr.skip()  # never computed: left as it is
-    assert handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet") == [gr.skip()] * (len(METHODS) + 1)
+    skipped = handlers.reblend(None, "shapes", index, ["ptame"], 0.5, "jet")
+    assert list(skipped) == [*handlers.page.overlays.values(), handlers.page.gallery]
+    assert list(skipped.values()) == [gr.skip()] * (len(METHODS) + 1)
 
 
 def test_curves_give_both_plots_and_areas(handlers: app.Handlers, images: Path) -> None:
     path = str(shapes_file(images, 203))
-    index = final(handlers.explain(path, "shapes", ["ptame", "gradcam"]))["class_menu"].value
-    deletion, insertion, table = handlers.curves(path, "shapes", index, ["ptame", "gradcam"])
+    index = final(handlers, handlers.explain(path, "shapes", ["ptame", "gradcam"]))["class_menu"].value
+    curves = handlers.curves(path, "shapes", index, ["ptame", "gradcam"])
+    page = handlers.page
+    deletion, insertion, table = curves[page.deletion_plot], curves[page.insertion_plot], curves[page.auc_table]
     assert set(deletion.method) == set(insertion.method) == {"P-TAME", "Grad-CAM"}
     assert deletion.fraction.min() == 0.0 and deletion.fraction.max() == 1.0
     assert "| P-TAME |" in table and "| Grad-CAM |" in table
@@ -310,7 +334,7 @@ def test_conversion_notes_are_warnings(handlers: app.Handlers, images: Path) -> 
     rgba[:, :20, 3] = 0
     Image.fromarray(rgba).save(path)
     with pytest.warns(UserWarning, match="transparent pixels"):
-        final(handlers.explain(str(path), "shapes", ["ptame"]))
+        final(handlers, handlers.explain(str(path), "shapes", ["ptame"]))
 
 
 @pytest.mark.parametrize(
@@ -319,7 +343,7 @@ def test_conversion_notes_are_warnings(handlers: app.Handlers, images: Path) -> 
 )
 def test_handler_rejects_bad_choices(handlers: app.Handlers, images: Path, methods, model, message) -> None:
     with pytest.raises(gr.Error, match=message):
-        final(handlers.explain(str(shapes_file(images, 205)), model, methods))
+        final(handlers, handlers.explain(str(shapes_file(images, 205)), model, methods))
 
 
 @pytest.mark.skipif(
@@ -469,12 +493,13 @@ def test_model_menu_follows_background_loading(session: ExplainSession) -> None:
     registry = ModelRegistry([shapes.entry], loader=waiting_loader)
     handlers = app.Handlers(ExplainSession(registry), Path("."))
     loader = registry.load_in_background()
-    menu, status, timer = handlers.refresh_models(None)
+    page = handlers.page
+    menu, status, timer = (handlers.refresh_models(None)[c] for c in (page.model, page.models_status, page.timer))
     assert menu.choices == [(f"{shapes.entry.display_name} (loading…)", "shapes")] and timer.active
     assert "loading" in status
     release.set()
     loader.join(timeout=30)
-    menu, status, timer = handlers.refresh_models("shapes")
+    menu, status, timer = (handlers.refresh_models("shapes")[c] for c in (page.model, page.models_status, page.timer))
     assert menu.choices == [(shapes.entry.display_name, "shapes")] and menu.value == "shapes"
     assert not timer.active and "ready" in status
 

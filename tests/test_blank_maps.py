@@ -37,11 +37,11 @@ def test_a_blank_grad_cam_is_said_in_the_apps_notes_and_caption(tmp_path: Path) 
     key = registry.load(entry.key).entry.key
     handlers = app.Handlers(ExplainSession(registry), tmp_path / "downloads")
     outputs = list(handlers.explain(str(shapes_file(tmp_path, 0)), key, ["gradcam"], progress=None))[-1]
-    named = dict(zip(app.OUTPUT_NAMES, outputs))
-    assert named["overlay:gradcam"].label.endswith("· blank map")
-    notes = named["notes"].value
+    page = handlers.page
+    assert outputs[page.overlays["gradcam"]].label.endswith("· blank map")
+    notes = outputs[page.notes].value
     assert "The Grad-CAM map is blank (constant)" in notes and "target layer 3" in notes and "--target-layer" in notes
-    with np.load(named["maps_file"]) as saved:
+    with np.load(outputs[page.maps_file]) as saved:
         assert bool(saved["blank_gradcam"]) and np.ptp(saved["gradcam"]) == 0
 
 

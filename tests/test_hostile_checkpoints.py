@@ -410,8 +410,8 @@ def test_a_good_model_keeps_serving_beside_hostile_ones_through_the_app(good: Pa
     handlers = app.Handlers(ExplainSession(registry), tmp_path / "downloads")
     image = str(shapes_file(tmp_path, 0))
     outputs = list(handlers.explain(image, "shapes", ["ptame", "gradcam"], progress=None))[-1]
-    named = dict(zip(app.OUTPUT_NAMES, outputs))
-    assert named["overlay:ptame"].value is not None and named["overlay:gradcam"].value is not None
+    overlays = handlers.page.overlays
+    assert outputs[overlays["ptame"]].value is not None and outputs[overlays["gradcam"]].value is not None
 
 
 ONE_MODEL = '[[models]]\nkey = "demo"\ndisplay_name = "Demo"\nclassifier = "resnet18"\n'

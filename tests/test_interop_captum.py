@@ -123,10 +123,12 @@ def test_the_app_offers_and_draws_captums_methods(registered: tuple[str, ...], t
     choices = [tuple(c) for block in demo.config["components"] for c in block.get("props", {}).get("choices") or []]
     assert ("Grad-CAM (captum)", KEYS[0]) in choices and ("Occlusion (captum)", KEYS[1]) in choices
     image = shapes_file(tmp_path, 0)
-    steps = list(app.Handlers(session, tmp_path).explain(str(image), "shapes", ["ptame", "gradcam", KEYS[0]]))
-    overlays = dict(zip(METHODS, steps[-1][2 : 2 + len(METHODS)]))
+    handlers = app.Handlers(session, tmp_path)
+    steps = list(handlers.explain(str(image), "shapes", ["ptame", "gradcam", KEYS[0]]))
+    overlays = {key: steps[-1][overlay] for key, overlay in handlers.page.overlays.items()}
+    assert list(overlays) == list(METHODS)
     assert overlays[KEYS[0]].visible and overlays[KEYS[0]].label.startswith("Grad-CAM (captum) · ")
-    with np.load(steps[-1][-2]) as saved:
+    with np.load(steps[-1][handlers.page.maps_file]) as saved:
         np.testing.assert_allclose(saved[KEYS[0]], saved["gradcam"], atol=1e-6)
 
 

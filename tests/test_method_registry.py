@@ -68,11 +68,13 @@ def test_the_app_offers_and_draws_a_registered_method(
     demo = app.build_demo(session, downloads=tmp_path, cache_examples=False)
     choices = [c for block in demo.config["components"] for c in block.get("props", {}).get("choices", []) or []]
     assert (NAME, centre_method) in [tuple(choice) for choice in choices]
-    updates = list(app.Handlers(session, tmp_path).explain(str(EXAMPLE), "shapes", ["ptame", centre_method]))
-    overlays = dict(zip(METHODS, updates[-1][2 : 2 + len(METHODS)]))
+    handlers = app.Handlers(session, tmp_path)
+    updates = list(handlers.explain(str(EXAMPLE), "shapes", ["ptame", centre_method]))
+    overlays = {key: updates[-1][overlay] for key, overlay in handlers.page.overlays.items()}
+    assert list(overlays) == list(METHODS)
     assert overlays[centre_method].label.startswith(f"{NAME} · ")
     assert overlays[centre_method].visible and overlays["gradcam"].visible is False
-    maps = np.load(updates[-1][-2])
+    maps = np.load(updates[-1][handlers.page.maps_file])
     np.testing.assert_allclose(maps[centre_method], expected_map(), atol=1e-6)
     assert session.expected_seconds(session.read(EXAMPLE), "shapes", centre_method) >= 0
 
