@@ -204,17 +204,161 @@ def train_explainer(
         ValueError: ``start_step`` > 0 without the restored optimizer and scheduler, or
             ``total_steps`` < ``start_step``.
     """
-    if start_step > 0 and (optimizer is None or scheduler is None):
-        raise ValueError("a resumed run (start_step > 0) needs its restored optimizer and scheduler")
     device = torch.device(device)
+    total_steps = _last_step(batches, start_step, total_steps, optimizer is not None and scheduler is not None)
+    run = _set_up(classifier, explainer, settings, device, start_step, total_steps, optimizer, scheduler)
+    bar = tqdm(total=total_steps, initial=start_step, desc="training P-TAME", unit="batch", disable=not progress)
+    log = _IntervalLog(settings, run.distributed, bar, on_step, run.optimizer.param_groups[0]["lr"])
+    step = start_step
+    frozen = _freeze(classifier, device, run.memory_format)
+    try:
+        for step, batch in enumerate(itertools.islice(batches, total_steps - start_step), start=start_step + 1):
+            run.step(batch, mean, std, log)
+            bar.update(1)
+            if step % settings.log_every == 0 or step == total_steps:
+                log.record(step)
+            if after_step is not None:
+                after_step(step)
+        if log.steps > 0:
+            log.record(step)
+    finally:
+        bar.close()
+        _unfreeze(classifier, frozen)
+        if settings.compile:
+            run.model.auxiliary = run.model.auxiliary._orig_mod
+    explainer.eval()
+    return log.history
+
+
+def _last_step(batches: Iterable[object], start_step: int, total_steps: int | None, restored: bool) -> int:
+    """The step to stop after: ``total_steps``, or ``start_step + len(batches)``.
+
+    Raises:
+        ValueError: a resumed run (``start_step`` > 0) without its ``restored`` optimizer and
+            scheduler, or ``total_steps`` before ``start_step``.
+    """
+    if start_step > 0 and not restored:
+        raise ValueError("a resumed run (start_step > 0) needs its restored optimizer and scheduler")
     if total_steps is None:
         total_steps = start_step + len(batches)  # type: ignore[arg-type]
     if total_steps < start_step:
         raise ValueError(f"total_steps ({total_steps}) is before start_step ({start_step})")
+    return total_steps
+
+
+class _IntervalLog:
+    """The loss terms summed over the steps since the last record, and the records made (one per
+    logged interval, as ``train_explainer`` returns them)."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        distributed: bool,
+        bar: tqdm,
+        on_step: Callable[[int, dict[str, float]], None] | None,
+        lr: float,
+    ) -> None:
+        self.settings, self.distributed, self.bar, self.on_step = settings, distributed, bar, on_step
+        self.lr = lr  # the learning rate of the interval's last step
+        self.history: list[dict[str, float]] = []
+        self._start_interval()
+
+    def _start_interval(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], images: int, lr: float) -> None:
+        """Count one step: its loss and terms, its images (all processes') and learning rate."""
+        for key, value in {"loss": loss.detach(), **terms}.items():
+            self.sums[key] = self.sums.get(key, 0) + value.float()
+        self.steps += 1
+        self.images += images
+        self.lr = lr
+
+    def record(self, step: int) -> None:
+        """Close the interval at ``step``: its means, shown, passed to ``on_step`` and kept.
+
+        Raises:
+            TrainingDiverged: the mean loss is NaN or infinite.
+        """
+        record = _interval_means(self.sums, self.steps, self.distributed)
+        if not math.isfinite(record["loss"]):
+            raise TrainingDiverged(
+                f"the loss became {record['loss']} by step {step}: lower the learning rate "
+                f"(now {self.settings.lr}) or check the input images for NaN/inf values"
+            )
+        record.update(step=step, lr=self.lr, images_per_s=self.images / (time.perf_counter() - self.start))
+        self.history.append(record)
+        self.bar.set_postfix(
+            {
+                **{key: f"{record[key]:.4f}" for key in ("loss", "ce", "area", "smooth")},
+                "img/s": f"{record['images_per_s']:.0f}",
+            }
+        )
+        if self.on_step is not None:
+            self.on_step(step, record)
+        self._start_interval()
+
+
+@dataclass
+class _Run:
+    """What ``train_explainer`` trains with: the explainer (and its unwrapped PTAME), the classifier
+    to call, the optimiser, schedule, autocast and memory format, and the processes' count."""
+
+    explainer: PTAME | DistributedDataParallel
+    model: PTAME
+    forward_classifier: Classifier
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    autocast: torch.autocast
+    memory_format: torch.memory_format
+    device: torch.device
+    loss: LossWeights
+    distributed: bool
+    world_size: int
+
+    def step(
+        self,
+        batch: torch.Tensor | Sequence[torch.Tensor],
+        mean: Sequence[float],
+        std: Sequence[float],
+        log: _IntervalLog,
+    ) -> None:
+        """One optimiser step on ``batch``, counted in ``log``."""
+        pixels = _images(batch).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with self.autocast:
+            loss, terms = training_step_loss(
+                self.forward_classifier,
+                self.explainer,
+                pixels,
+                mean,
+                std,
+                self.loss,
+                all_gather_targets if self.distributed else None,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        log.add(loss, terms, pixels.shape[0] * self.world_size, lr)
+
+
+def _set_up(
+    classifier: Classifier,
+    explainer: PTAME | DistributedDataParallel,
+    settings: TrainSettings,
+    device: torch.device,
+    start_step: int,
+    total_steps: int,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+) -> _Run:
+    """The explainer in training mode on ``device`` (its fuser zeroed at a fresh start when the
+    settings say so), compiled if asked, with its optimiser and schedule (new unless given)."""
     model = unwrap(explainer)
     distributed = isinstance(explainer, DistributedDataParallel)
-    world_size = dist.get_world_size() if distributed else 1
-    memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     explainer.to(device).train()
     if start_step == 0 and settings.zero_fuser_start:
         nn.init.zeros_(model.head.fuser.weight)
@@ -226,73 +370,19 @@ def train_explainer(
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=settings.amp and device.type == "cuda"
     )
-
-    history: list[dict[str, float]] = []
-    sums: dict[str, torch.Tensor] = {}
-    interval_steps = interval_images = 0
-    interval_start = time.perf_counter()
-    lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(total=total_steps, initial=start_step, desc="training P-TAME", unit="batch", disable=not progress)
-
-    def log(step: int) -> None:
-        nonlocal sums, interval_steps, interval_images, interval_start
-        record = _interval_means(sums, interval_steps, distributed)
-        if not math.isfinite(record["loss"]):
-            raise TrainingDiverged(
-                f"the loss became {record['loss']} by step {step}: lower the learning rate "
-                f"(now {settings.lr}) or check the input images for NaN/inf values"
-            )
-        record.update(step=step, lr=lr, images_per_s=interval_images / (time.perf_counter() - interval_start))
-        history.append(record)
-        bar.set_postfix(
-            {
-                **{key: f"{record[key]:.4f}" for key in ("loss", "ce", "area", "smooth")},
-                "img/s": f"{record['images_per_s']:.0f}",
-            }
-        )
-        if on_step is not None:
-            on_step(step, record)
-        sums, interval_steps, interval_images = {}, 0, 0
-        interval_start = time.perf_counter()
-
-    step = start_step
-    frozen = _freeze(classifier, device, memory_format)
-    try:
-        for step, batch in enumerate(itertools.islice(batches, total_steps - start_step), start=start_step + 1):
-            pixels = _images(batch).to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            with autocast:
-                loss, terms = training_step_loss(
-                    forward_classifier,
-                    explainer,
-                    pixels,
-                    mean,
-                    std,
-                    settings.loss,
-                    all_gather_targets if distributed else None,
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            for key, value in {"loss": loss.detach(), **terms}.items():
-                sums[key] = sums.get(key, 0) + value.float()
-            interval_steps += 1
-            interval_images += pixels.shape[0] * world_size
-            bar.update(1)
-            if step % settings.log_every == 0 or step == total_steps:
-                log(step)
-            if after_step is not None:
-                after_step(step)
-        if interval_steps > 0:
-            log(step)
-    finally:
-        bar.close()
-        _unfreeze(classifier, frozen)
-        if settings.compile:
-            model.auxiliary = model.auxiliary._orig_mod
-    explainer.eval()
-    return history
+    return _Run(
+        explainer=explainer,
+        model=model,
+        forward_classifier=forward_classifier,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        autocast=autocast,
+        memory_format=torch.channels_last if settings.channels_last else torch.contiguous_format,
+        device=device,
+        loss=settings.loss,
+        distributed=distributed,
+        world_size=dist.get_world_size() if distributed else 1,
+    )
 
 
 def _freeze(

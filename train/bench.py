@@ -1,6 +1,6 @@
 """Benchmark: training throughput and peak memory of P-TAME vs the reference design.
 
-    python -m train.bench [--backbone resnet50] [--device cuda] [--batch-size 32] [--steps 20] [--compile]
+    python -m train bench [--backbone resnet50] [--device cuda] [--batch-size 32] [--steps 20] [--compile]
 
 On synthetic (B, 3, 224, 224) images (no dataset), with random-initialised networks and the
 backbone's recipe (train/recipes.py: AdamW amsgrad, OneCycle, bf16 autocast on CUDA, channels
@@ -121,7 +121,14 @@ def measure_in_process(design: str, arguments: Sequence[object]) -> dict[str, fl
 
 
 def main() -> None:
+    """``python -m train.bench``: the same as ``python -m train bench``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m train bench``."""
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=32, help="default: the recipe's 32")
@@ -130,7 +137,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile classifier and auxiliary network")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=2, help="alternate the designs this many times; keep the best")
-    args = parser.parse_args()
+
+
+def run(args: argparse.Namespace) -> None:
+    """Measure both designs and print their throughput, peak memory and the targets."""
     on_cuda = args.device.startswith("cuda")
     steps = args.steps or (20 if on_cuda else 2)
     warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)

@@ -53,7 +53,7 @@ from ptame.backbones import Backbone, create_backbone
 from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 from ptame.files import atomic_write_text, replace_folder
-from ptame.training import make_optimizer, make_scheduler, train_explainer
+from ptame.training import TrainSettings, make_optimizer, make_scheduler, train_explainer
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
 from train.distributed import Processes, start_processes, stop_processes
@@ -394,18 +394,63 @@ def run(args: argparse.Namespace, command: str = "explainer", paper_schedule: bo
 
 
 def train(args: argparse.Namespace, processes: Processes, command: str, default_recipe: Recipe) -> None:
-    """The run of one process."""
+    """The run of one process: set-up, data, models, resume, the training loop, then the finished run."""
     recipe = resolve_recipe(args, default_recipe)
-    out: Path = args.out
-    checkpoint = out / CHECKPOINT_NAME
-    if not args.resume and checkpoint.exists():
-        raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if args.resume:
-        read_checkpoint_info(checkpoint)  # a clear error before any model is built
-
+    checkpoint = checked_checkpoint(args)
     data = shard_data(args, recipe, processes) if is_shard_spec(args.data) else folder_data(args, recipe)
     total_steps = args.steps or recipe.total_steps(data.epoch_images)
+    backbone, transform, explainer = build_models(args, recipe, processes)
+    description = {
+        "command": command,
+        "classifier": args.classifier,
+        "pretrained": args.pretrained,
+        "timm_weights": timm_weights(backbone.model),
+        "recipe": recipe.as_dict(),
+        "transform": dataclasses.asdict(transform),
+        "data": data.source,
+        "num_images": data.num_images,
+        "held_out": data.held_out,
+        "total_steps": total_steps,
+        **data.description,
+    }
+    settings = recipe.settings(compile=args.compile, log_every=args.log_every, channels_last=args.channels_last)
+    run = resume(args, checkpoint, explainer, settings, description, total_steps)
+    loader = data.loader(transform, recipe, processes, run.start_step, run.stop_step, args.workers)
+    if processes.is_main:
+        truncate_log(args.out / LOG_NAME, run.start_step)
+        print(
+            f"P-TAME for {args.classifier}: {data.num_images} images from {data.source} ({data.held_out} more held "
+            f"out{data.remark}), steps {run.start_step + 1}-{run.stop_step} of {total_steps}, global batch "
+            f"{recipe.batch_size} on {processes.world_size} process(es), {processes.device}",
+            file=sys.stderr,
+        )
+    train_loop(args, processes, backbone, explainer, loader, settings, run, description)
+    if not processes.is_main:
+        return
+    if run.stop_step < total_steps:
+        print(f"stopped after step {run.stop_step}; continue with --resume", file=sys.stderr)
+        return
+    with data.verdict_files() as verdict_files:
+        finish(args, args.out, explainer.cpu(), backbone, verdict_files, description, processes)
 
+
+def checked_checkpoint(args: argparse.Namespace) -> Path:
+    """The run's checkpoint file; refuses a folder that holds a run unless --resume (whose checkpoint
+    must then be readable: a clear error before any model is built)."""
+    checkpoint = args.out / CHECKPOINT_NAME
+    if not args.resume and checkpoint.exists():
+        raise SystemExit(f"{args.out} already holds a run: pass --resume to continue it, or choose another --out")
+    if args.resume:
+        read_checkpoint_info(checkpoint)
+    return checkpoint
+
+
+def build_models(
+    args: argparse.Namespace, recipe: Recipe, processes: Processes
+) -> tuple[Backbone, TrainTransform, PTAME]:
+    """The classifier, its train transform and a new explainer on ``processes.device`` (seeded by the
+    recipe); rank 0 copies local classifier and auxiliary folders into --out first."""
+    out: Path = args.out
     torch.manual_seed(recipe.seed)
     backbone = with_image_size(
         create_backbone(args.classifier, pretrained=args.pretrained, target_layer=args.target_layer), args.image_size
@@ -431,21 +476,29 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
         class_names=backbone.class_names,
         auxiliary_root=out / EXPLAINER_FOLDER,
     ).to(processes.device)
-    description = {
-        "command": command,
-        "classifier": args.classifier,
-        "pretrained": args.pretrained,
-        "timm_weights": timm_weights(backbone.model),
-        "recipe": recipe.as_dict(),
-        "transform": dataclasses.asdict(transform),
-        "data": data.source,
-        "num_images": data.num_images,
-        "held_out": data.held_out,
-        "total_steps": total_steps,
-        **data.description,
-    }
+    return backbone, transform, explainer
 
-    settings = recipe.settings(compile=args.compile, log_every=args.log_every, channels_last=args.channels_last)
+
+@dataclasses.dataclass
+class Resumed:
+    """Where a run starts and stops, with its optimiser and schedule (restored when resuming)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    start_step: int
+    stop_step: int
+
+
+def resume(
+    args: argparse.Namespace,
+    checkpoint: Path,
+    explainer: PTAME,
+    settings: TrainSettings,
+    description: dict[str, object],
+    total_steps: int,
+) -> Resumed:
+    """A new optimiser and schedule, restored from ``checkpoint`` with --resume (the run's
+    configuration must be the checkpoint's); the run stops after --stop-after or at ``total_steps``."""
     optimizer = make_optimizer(explainer, settings)
     scheduler = make_scheduler(optimizer, settings, total_steps)
     start_step = 0
@@ -456,27 +509,30 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     stop_step = total_steps if args.stop_after is None else min(args.stop_after, total_steps)
     if stop_step < start_step:
         raise SystemExit(f"--stop-after {args.stop_after} is before the checkpoint's step {start_step}")
+    return Resumed(optimizer, scheduler, start_step, stop_step)
 
+
+def train_loop(
+    args: argparse.Namespace,
+    processes: Processes,
+    backbone: Backbone,
+    explainer: PTAME,
+    loader: DataLoader,
+    settings: TrainSettings,
+    run: Resumed,
+    description: dict[str, object],
+) -> None:
+    """Train from ``run.start_step`` to ``run.stop_step`` (across the processes), logging to
+    log.jsonl and checkpointing every --checkpoint-every steps and at the end (rank 0)."""
     model: PTAME | DistributedDataParallel = explainer
     if processes.world_size > 1:
         if processes.device.type == "cuda":
             explainer.head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(explainer.head)
         device_ids = [processes.device.index] if processes.device.type == "cuda" else None
         model = DistributedDataParallel(explainer, device_ids=device_ids)
-    loader = data.loader(transform, recipe, processes, start_step, stop_step, args.workers)
     if processes.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    log_path = out / LOG_NAME
-    started = time.perf_counter()
-    if processes.is_main:
-        truncate_log(log_path, start_step)
-        print(
-            f"P-TAME for {args.classifier}: {data.num_images} images from {data.source} ({data.held_out} more held "
-            f"out{data.remark}), steps {start_step + 1}-{stop_step} of {total_steps}, global batch "
-            f"{recipe.batch_size} on {processes.world_size} process(es), {processes.device}",
-            file=sys.stderr,
-        )
+    log_path, started = args.out / LOG_NAME, time.perf_counter()
 
     def log(step: int, record: dict[str, float]) -> None:
         if processes.is_main:
@@ -484,9 +540,10 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
                 handle.write(json.dumps({**record, "elapsed_s": round(time.perf_counter() - started, 3)}) + "\n")
 
     def checkpoint_if_due(step: int) -> None:
-        if processes.is_main and (step % args.checkpoint_every == 0 or step == stop_step):
-            save_checkpoint(checkpoint, explainer, optimizer, scheduler, step, description)
+        if processes.is_main and (step % args.checkpoint_every == 0 or step == run.stop_step):
+            save_checkpoint(args.out / CHECKPOINT_NAME, explainer, run.optimizer, run.scheduler, step, description)
 
+    preprocessing = backbone.preprocessing
     train_explainer(
         backbone.model,
         model,
@@ -494,22 +551,15 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
         preprocessing.mean,
         preprocessing.std,
         settings,
-        total_steps=stop_step,
+        total_steps=run.stop_step,
         device=processes.device,
         progress=args.progress and processes.is_main,
         on_step=log,
-        start_step=start_step,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        start_step=run.start_step,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
         after_step=checkpoint_if_due,
     )
-    if not processes.is_main:
-        return
-    if stop_step < total_steps:
-        print(f"stopped after step {stop_step}; continue with --resume", file=sys.stderr)
-        return
-    with data.verdict_files() as verdict_files:
-        finish(args, out, explainer.cpu(), backbone, verdict_files, description, processes)
 
 
 def finish(

@@ -1,7 +1,8 @@
 """The commands of ``python -m train COMMAND``: one module each, listed in ``COMMANDS``.
 
 Every command module has a one-line docstring, ``add_arguments(parser)`` and ``run(args)``. The
-modules beside this folder (``train/*.py``) are the commands' helpers, none of them a command.
+world commands live in this folder; the others (images, explainer, imagenet, evaluate, publish,
+bench) are still modules of ``train/`` beside the helpers, and this table is what tells them apart.
 """
 
 # command name -> its module, in the order ``python -m train --help`` lists them
@@ -14,4 +15,5 @@ COMMANDS: dict[str, str] = {
     "imagenet": "train.imagenet",
     "evaluate": "train.evaluate",
     "publish": "train.publish",
+    "bench": "train.bench",
 }
