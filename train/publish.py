@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from ptame.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ptame.errors import PublishError
 from ptame.files import replace_folder
+from ptame.methods import explainer_method
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
 from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
 from train.verdict import VERDICT_CSV_NAME, VERDICT_NAME
@@ -200,13 +201,13 @@ def eval_results(results: Sequence[tuple[Mapping[str, str], Sequence[Mapping[str
 
     Args:
         results: (dataset, rows) pairs: dataset with "type", "name" and "split"; rows as
-            evaluation.csv's (a "method" column, one column per figure); only the "ptame" row's
-            figures of ``RESULT_NAMES`` are taken.
+            evaluation.csv's (a "method" column, one column per figure); only the explainer
+            method's row (``ptame.methods.explainer_method``) and its figures of ``RESULT_NAMES`` are taken.
     """
     entries = []
     for dataset, rows in results:
         for row in rows:
-            if row.get("method") != "ptame":
+            if row.get("method") != explainer_method().key:
                 continue
             for column, name in RESULT_NAMES.items():
                 if row.get(column) in (None, ""):
