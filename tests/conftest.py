@@ -110,6 +110,18 @@ def no_network() -> object:
     socket.socket.connect, socket.socket.connect_ex = connect, connect_ex
 
 
+@pytest.fixture(autouse=True)
+def registry_as_found() -> object:
+    """Each test leaves the method registry as it found it: the methods a test (or ``ptame explain``'s
+    ``main``, which registers the installed plug-ins) adds are removed after it."""
+    from ptame.methods import METHODS, unregister_method
+
+    before = set(METHODS)
+    yield
+    for key in set(METHODS) - before:
+        unregister_method(key)
+
+
 # Models and checkpoints.
 
 
