@@ -200,7 +200,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from ptame import PTAME, TrainSettings, train_explainer
-from train.images import write_images
+from train.commands.images import write_images
 
 folder = OUT / "images"
 if not any(folder.glob("*.png")):

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm as tqdm_auto
 
 from ptame import PTAME
 from ptame.datasets.shapes import SHAPE_CLASSES, SHAPES, SHAPES_MEAN, SHAPES_STD, shapes_sample
-from train import imagenet
+from train.commands import imagenet
 from train.worlds import save_network
 
 # Progress bars take a lock of this process only. tqdm's default lock includes a semaphore shared

@@ -31,7 +31,7 @@ def test_the_table_has_one_row_per_figure_with_its_target() -> None:
         "|---|---:|---|",
         "| training images/s, resnet50, fp32 | 812.3 |  |",
         "| training images/s, resnet50, bf16 | 2100.0 | >= 2000 (H100) |",
-        "| training throughput ratio, ptame / reference design (train.bench) | 2.50 | >= 2 (H100) |",
+        "| training throughput ratio, ptame / reference design (train bench) | 2.50 | >= 2 (H100) |",
         "| P-TAME overhead, resnet50, batch 1 | 1.300 | <= 1.5 |",
         "| P-TAME overhead, resnet50, batch 32 | 1.100 |  |",
         "| Score-CAM map correlation | 1.0000 | >= 0.999 |",

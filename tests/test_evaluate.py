@@ -22,7 +22,8 @@ from ptame.bench.app import free_port
 from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
 from ptame.serving.manifest import ModelEntry, load_model
 from tests.conftest import ROOT, randomise_head, save_timm_checkpoint, shapes_file
-from train import distributed, evaluate, evaluation, evaluation_report
+from train import distributed, evaluation, evaluation_report
+from train.commands import evaluate
 
 SIZE = 32
 

@@ -96,3 +96,15 @@ def test_the_layer_check_sees_an_upward_import(tmp_path: Path) -> None:
     probe.write_text("from ptame.serving.session import ExplainSession\n")
     assert "ptame.serving.session" in imported_modules(probe)
     assert layer_of("ptame.serving.session") > layer_of("ptame.methods.grad_cam") > layer_of("ptame.explainer")
+
+
+def test_train_helpers_import_no_command() -> None:
+    """Inside train/, the commands (train/commands/) sit on the helpers: a helper imports no command."""
+    helpers = [path for path in (ROOT / "train").glob("*.py") if path.name != "__main__.py"]
+    upward = [
+        f"{module_name(path)} imports {imported}"
+        for path in helpers
+        for imported in imported_modules(path)
+        if imported == "train.commands" or imported.startswith("train.commands.")
+    ]
+    assert helpers and not upward, "\n".join(upward)

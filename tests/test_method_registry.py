@@ -18,7 +18,8 @@ from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
 from tests.conftest import ROOT, TRAINED_DEMO
-from train import evaluate, evaluation, evaluation_report
+from train import evaluation, evaluation_report
+from train.commands import evaluate
 
 EXAMPLE = ROOT / "checkpoints" / "examples" / "shapes-test-0-circle.png"
 KEY, NAME = "centre-test", "Centre prior (test)"

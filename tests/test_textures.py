@@ -21,7 +21,7 @@ from ptame.datasets.textures import (
     TexturesDataset,
     textures_sample,
 )
-from train import images
+from train.commands import images
 from train.worlds import image_ranges, train_world
 
 # The gradient orientation of each striped class (angle of the gradient in image coordinates, x

@@ -3,7 +3,7 @@ import torch
 
 from ptame import PTAME, LossWeights
 from ptame.training import training_step_loss
-from train.bench import ReferenceExplainer, measure
+from train.commands.bench import ReferenceExplainer, measure
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -14,8 +14,8 @@ from ptame import PTAME, Preprocessing, TrainSettings, create_backbone
 from ptame.serving.loader import load_model
 from ptame.serving.manifest import ModelEntry, load_manifest
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint
-from train import explainer as command
 from train import recipes
+from train.commands import explainer as command
 from train.data import image_files
 from train.shards import pack_folder
 from train.verdict import COLUMNS, verdict_sentence, wins

@@ -15,8 +15,9 @@ from ptame.bench.app import free_port
 from ptame.head import FeatureLevel
 from ptame.training import TrainSettings, make_optimizer
 from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny
-from train import explainer, imagenet, recipes
+from train import recipes
 from train.checkpointing import read_checkpoint_info
+from train.commands import explainer, imagenet
 from train.data import image_files
 from train.runs import CHECKPOINT_NAME
 from train.shards import pack_folder

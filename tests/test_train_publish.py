@@ -10,7 +10,8 @@ from PIL import Image
 from ptame.serving.loader import load_model
 from ptame.serving.manifest import ModelEntry
 from tests.conftest import make_image_tree, run_command, save_timm_checkpoint, train_tiny
-from train import publish
+from train import cards
+from train.commands import publish
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +176,8 @@ def run_description(classifier: str, pretrained: bool = True, timm_weights: str 
 )
 def test_the_cards_base_model_is_the_classifiers_hub_id(classifier, pretrained, timm_weights, expected) -> None:
     run = run_description(classifier, pretrained, timm_weights)
-    assert publish.base_model(run) == expected
-    card = publish.card(run, "someone/ptame-x", "apache-2.0", None)
+    assert cards.base_model(run) == expected
+    card = cards.card(run, "someone/ptame-x", "apache-2.0", None)
     assert card.data.base_model == expected and card.data.library_name == "ptame"
     assert ModelCard(str(card)).data.base_model == expected  # survives the round trip through README.md
     assert card.data.eval_results is None and "model-index" not in str(card) and "model_name" not in str(card)

@@ -80,7 +80,7 @@ class Recipe:
 
 
 # The recipe values that ``python -m train imagenet`` sets with one flag each (``--weight-decay``
-# for ``weight_decay``), and that train/publish.py writes back into a run's command line: every
+# for ``weight_decay``), and that train/cards.py writes back into a run's command line: every
 # loss coefficient, and every recipe field but loss (its coefficients are flags of their own),
 # feature_levels (a list, handled on its own) and classifier_weights and source (descriptions).
 LOSS_FLAGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LossWeights))

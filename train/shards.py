@@ -223,7 +223,7 @@ def decode(data: bytes, name: str) -> Image.Image:
 
 def held_out_numbers(total: int, held_out: int, seed: int) -> list[int]:
     """The numbers of the held-out images: the first ``held_out`` of a permutation of 0..total-1
-    seeded by ``seed`` (a folder's rule, ``train.explainer.split_files``), in increasing order."""
+    seeded by ``seed`` (a folder's rule, ``train.commands.explainer.split_files``), in increasing order."""
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[:held_out])
 

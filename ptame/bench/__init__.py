@@ -6,5 +6,5 @@
 - ``gpu``: the GPU figures in one run (training throughput, P-TAME's overhead, Score-CAM, the
   evaluation of the shapes demo); ``--device cpu --quick`` checks it on a CPU.
 
-``timing`` holds their shared wall-time measurement. The training benchmark is ``python -m train.bench``.
+``timing`` holds their shared wall-time measurement. The training benchmark is ``python -m train bench``.
 """

@@ -9,7 +9,7 @@ Random-initialised networks (nothing is downloaded), measured in this order, eac
    channels-last, ``ptame.training.train_explainer``), images/s over ``--steps`` steps, in fp32 and
    under bf16 autocast. Target on one H100: >= 2000 images/s in bf16 (an ImageNet epoch in ~11 min).
    ``design``: the same training against the reference design (all K maps in fp32), ``python -m
-   train.bench`` in a subprocess, one round: images/s of each and the ratio. Target: >= 2 on one H100.
+   train bench`` in a subprocess, one round: images/s of each and the ratio. Target: >= 2 on one H100.
 2. ``overhead``: P-TAME's ratio, (classifier forward + ``explain`` of the top-1 class) / classifier
    forward, ResNet-50, at batch 1 and 32, median of ``--repeats``. Target: <= 1.5 at batch 1.
 3. ``score_cam``: ptame's Score-CAM (32 masked copies per pass) against pytorch-grad-cam's ScoreCAM
@@ -26,7 +26,7 @@ Writes OUT/bench-gpu.json (every figure) and OUT/bench-gpu.md (the table below),
     |---|---:|---|
     | training images/s, resnet50, fp32 | ... | |
     | training images/s, resnet50, bf16 | ... | >= 2000 (H100) |
-    | training throughput ratio, ptame / reference design (train.bench) | ... | >= 2 (H100) |
+    | training throughput ratio, ptame / reference design (train bench) | ... | >= 2 (H100) |
     | P-TAME overhead, resnet50, batch 1 | ... | <= 1.5 |
     | P-TAME overhead, resnet50, batch 32 | ... | |
     | Score-CAM map correlation | ... | >= 0.999 |
@@ -171,13 +171,13 @@ def score_cams(sizes: Sizes, device: torch.device) -> dict[str, float]:
 
 
 def design_ratio(sizes: Sizes, device: str) -> dict[str, float]:
-    """``python -m train.bench`` (a subprocess): training images/s of ptame's head against the reference
+    """``python -m train bench`` (a subprocess): training images/s of ptame's head against the reference
     design (all K maps in fp32), one round, and the ratio ptame / reference.
 
     Raises:
         RuntimeError: the command failed or printed no ratio.
     """
-    command = [sys.executable, "-m", "train.bench", "--backbone", sizes.backbone, "--device", device]
+    command = [sys.executable, "-m", "train", "bench", "--backbone", sizes.backbone, "--device", device]
     command += ["--batch-size", str(sizes.batch), "--image-size", str(sizes.image), "--rounds", "1"]
     command += ["--steps", str(sizes.steps), "--warmup", str(sizes.warmup)]
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -248,7 +248,7 @@ def table(results: dict[str, object]) -> str:
     row(f"training images/s, {name}, fp32", training["fp32_images_per_s"], digits=1)
     row(f"training images/s, {name}, bf16", training["bf16_images_per_s"], ">= 2000 (H100)", 1)
     design = results["design"]
-    row("training throughput ratio, ptame / reference design (train.bench)", design["ratio"], ">= 2 (H100)", 2)
+    row("training throughput ratio, ptame / reference design (train bench)", design["ratio"], ">= 2 (H100)", 2)
     for batch, figures in results["overhead"].items():
         target = f"<= {TARGETS['overhead']}" if batch == "batch_1" else ""
         row(f"P-TAME overhead, {name}, {batch.replace('_', ' ')}", figures["ratio"], target)

@@ -2,7 +2,7 @@
 
 ``python app.py`` and ``python -m ptame explain`` offer them whenever captum is installed
 (``ptame.interop.plugins``); in Python, ``ptame.interop.captum.register()`` adds them before
-``train.evaluate`` or your own code reads the registry. Two methods, each a plain map function
+``python -m train evaluate`` or your own code reads the registry. Two methods, each a plain map function
 registered with ``ptame.methods.register_method`` as a built-in is (the registry needs no change
 for a third-party method):
 

@@ -120,13 +120,6 @@ def measure_in_process(design: str, arguments: Sequence[object]) -> dict[str, fl
         return pool.submit(measure, design, *arguments).result()
 
 
-def main() -> None:
-    """``python -m train.bench``: the same as ``python -m train bench``."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    run(parser.parse_args())
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m train bench``."""
     parser.add_argument("--backbone", default="resnet50")
@@ -168,7 +161,3 @@ def run(args: argparse.Namespace) -> None:
             f"targets (one H100): >= {TARGET_IMAGES_PER_S:.0f} images/s {'ok' if fast else 'MISSED'}, "
             f">= {TARGET_RATIO:.0f}x the reference {'ok' if ratio >= TARGET_RATIO else 'MISSED'}"
         )
-
-
-if __name__ == "__main__":
-    main()

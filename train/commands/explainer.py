@@ -54,10 +54,10 @@ from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 from ptame.files import atomic_write_text, replace_folder
 from ptame.training import TrainSettings, make_optimizer, make_scheduler, train_explainer
+from train.cards import model_card
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
 from train.distributed import Processes, start_processes, stop_processes
-from train.publish import model_card
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
 from train.runs import (
     BACKBONE_DISPLAY_NAMES,

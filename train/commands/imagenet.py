@@ -3,7 +3,7 @@
     python -m train imagenet --backbone resnet50 --data /data/imagenet --out runs/resnet50
     torchrun --nproc-per-node 8 -m train imagenet --backbone vit_b_16 --data DIR --out runs/vit
 
-This is ``python -m train explainer`` (train/explainer.py: the same options, files and --resume)
+This is ``python -m train explainer`` (train/commands/explainer.py: the same options, files and --resume)
 with the classifier named by --backbone and the paper's recipes: vgg16, resnet50 and vit_b_16
 get theirs (train/recipes.py), any other timm name the paper's schedule with the method's
 default loss coefficients. Every image is trained on unless --held-out N keeps N out for a
@@ -12,7 +12,7 @@ verdict; evaluate on ImageNet val with ``python -m train evaluate``.
 
 import argparse
 
-from train import explainer
+from train.commands import explainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,5 +22,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train with the paper's recipe (see ``train.explainer.run``)."""
+    """Train with the paper's recipe (see ``train.commands.explainer.run``)."""
     explainer.run(args, command="imagenet", paper_schedule=True)
