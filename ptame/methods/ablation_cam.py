@@ -23,6 +23,7 @@ import torch
 
 from ptame.backbones import Backbone
 from ptame.checks import check_inputs
+from ptame.methods.batches import Progress, check_batch_size, scores_in_batches
 from ptame.methods.hooks import as_feature_grid, clean_pass, finish_maps, replace_target_layer_output
 from ptame.methods.registry import register_method
 
@@ -93,29 +94,24 @@ def ablation_cam(
         (B, H, W) in [0, 1].
     """
     classes = check_inputs(pixels, classes)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     with torch.inference_mode():
         normalized, logits, raw = clean_pass(backbone, pixels, classes)
         activations = as_feature_grid(backbone, raw).float()
         channel_axis = 1 if backbone.reshape_transform is None else raw.dim() - 1
         clean_scores = logits.gather(1, classes[:, None])[:, 0].float()
         channels = activations.shape[1]
-        total = channels * pixels.shape[0]
-        done = 0
-        if progress is not None:
-            progress(done, total)
+        counter = Progress(channels * pixels.shape[0], progress)
         maps = []
         for image in range(pixels.shape[0]):
-            scores = torch.empty(channels, device=pixels.device)
-            for start in range(0, channels, batch_size):
-                ablated = torch.arange(start, min(start + batch_size, channels), device=pixels.device)
+
+            def score(start: int, stop: int, image: int = image) -> torch.Tensor:
+                ablated = torch.arange(start, stop, device=pixels.device)
                 copies = normalized[image].expand(ablated.shape[0], *normalized.shape[1:])
                 with replace_target_layer_output(backbone, ablated_outputs(raw[image], ablated, channel_axis)):
-                    scores[start : start + ablated.shape[0]] = backbone.model(copies)[:, classes[image]].float()
-                done += ablated.shape[0]
-                if progress is not None:
-                    progress(done, total)
+                    return backbone.model(copies)[:, classes[image]].float()
+
+            scores = scores_in_batches(channels, batch_size, score, counter, pixels.device)
             weights = (clean_scores[image] - scores) / clean_scores[image]
             maps.append(torch.einsum("c,chw->hw", weights, activations[image]))
         return finish_maps(torch.stack(maps), tuple(pixels.shape[-2:]))

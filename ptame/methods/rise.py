@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs
 from ptame.maps import normalize_maps
+from ptame.methods.batches import Progress, check_batch_size
 from ptame.methods.registry import EvaluationOption, register_method
 from ptame.perturb import normalize
 
@@ -117,14 +118,10 @@ def rise(
     """
     classes = check_inputs(pixels, classes)
     check_classes_fit(classes, len(backbone.class_names))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     patterns, shifts = rise_grids(num_masks, grid, keep_probability, seed)
     size = tuple(pixels.shape[-2:])
-    total = pixels.shape[0] * num_masks
-    done = 0
-    if progress is not None:
-        progress(done, total)
+    counter = Progress(pixels.shape[0] * num_masks, progress)
     with torch.inference_mode():
         normalized = normalize(pixels, backbone.preprocessing.mean, backbone.preprocessing.std)
         saliency = torch.zeros(pixels.shape[0], *size, device=pixels.device)
@@ -136,7 +133,5 @@ def rise(
                 masked = (normalized[image] * masks[:, None]).contiguous(memory_format=torch.channels_last)
                 probabilities = torch.softmax(backbone.model(masked).float(), dim=1)[:, classes[image]]
                 saliency[image] += torch.einsum("n,nhw->hw", probabilities, masks)
-                done += masks.shape[0]
-                if progress is not None:
-                    progress(done, total)
+                counter.advance(masks.shape[0])
         return normalize_maps(saliency / (num_masks * keep_probability))

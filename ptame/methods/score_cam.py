@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ptame.backbones import Backbone
 from ptame.checks import check_inputs
+from ptame.methods.batches import Progress, check_batch_size, scores_in_batches
 from ptame.methods.hooks import as_feature_grid, clean_pass, finish_maps
 from ptame.methods.registry import register_method
 
@@ -96,27 +97,22 @@ def score_cam(
         (B, H, W) in [0, 1].
     """
     classes = check_inputs(pixels, classes)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     size = tuple(pixels.shape[-2:])
     with torch.inference_mode():
         normalized, _, raw = clean_pass(backbone, pixels, classes)
         activations = as_feature_grid(backbone, raw).float()
         distinct_maps = [distinct_channel_maps(image_activations) for image_activations in activations]
-        total = sum(distinct.shape[0] for distinct, _ in distinct_maps)
-        done = 0
-        if progress is not None:
-            progress(done, total)
+        counter = Progress(sum(distinct.shape[0] for distinct, _ in distinct_maps), progress)
         maps = []
         for image, (distinct, inverse) in enumerate(distinct_maps):
-            scores = torch.empty(distinct.shape[0], device=pixels.device)
-            for start in range(0, distinct.shape[0], batch_size):
-                masks = channel_masks(distinct[start : start + batch_size], size)
+
+            def score(start: int, stop: int, image: int = image, distinct: torch.Tensor = distinct) -> torch.Tensor:
+                masks = channel_masks(distinct[start:stop], size)
                 masked = (normalized[image] * masks).contiguous(memory_format=torch.channels_last)
-                scores[start : start + masks.shape[0]] = backbone.model(masked)[:, classes[image]].float()
-                done += masks.shape[0]
-                if progress is not None:
-                    progress(done, total)
+                return backbone.model(masked)[:, classes[image]].float()
+
+            scores = scores_in_batches(distinct.shape[0], batch_size, score, counter, pixels.device)
             weights = torch.softmax(scores[inverse], dim=0)
             maps.append(torch.einsum("c,chw->hw", weights, activations[image]))
         return finish_maps(torch.stack(maps), size)
