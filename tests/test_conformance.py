@@ -26,7 +26,8 @@ from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.score_cam import score_cam
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 from ptame.target_layers import find_target_layer, layouts_of
 from tests.conftest import save_timm_checkpoint
 from tests.test_baselines import assert_same_maps, reference_maps

@@ -20,7 +20,8 @@ from PIL import Image
 from ptame import PTAME
 from ptame.bench.app import free_port
 from ptame.datasets.shapes import SHAPE_CLASSES, shapes_sample
-from ptame.serving.manifest import ModelEntry, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry
 from tests.conftest import ROOT, randomise_head, save_timm_checkpoint, shapes_file
 from train import distributed, evaluation, evaluation_report
 from train.commands import evaluate

@@ -30,7 +30,8 @@ def test_maps_and_probabilities_equal_the_pinned_ones() -> None:
 @pytest.mark.slow
 def test_the_explainer_metrics_json_is_reproduced() -> None:
     """pointing game, energy and AD/IC of metrics.json, recomputed on the same 500 test images."""
-    from ptame.serving.manifest import ModelEntry, load_model
+    from ptame.serving.loader import load_model
+    from ptame.serving.manifest import ModelEntry
 
     recorded = json.loads((TRAINED_DEMO / "explainer" / "metrics.json").read_text())
     model = load_model(ModelEntry.from_folder(TRAINED_DEMO))

@@ -22,7 +22,8 @@ from ptame.datasets.shapes import (
     shapes_sample,
 )
 from ptame.metrics import pointing_game
-from ptame.serving.manifest import ModelEntry, load_manifest, load_model
+from ptame.serving.loader import load_model
+from ptame.serving.manifest import ModelEntry, load_manifest
 from tests.conftest import TRAINED_DEMO
 from train.worlds import cutout_views, masked_views, train_world
 

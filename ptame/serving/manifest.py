@@ -233,16 +233,3 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> list[ModelEntry]:
     if repeated:
         raise CheckpointError(f"{path} repeats the keys {repeated}")
     return entries
-
-
-_MOVED_TO_LOADER = ("LoadedModel", "load_model")  # until train/ and its tests import them from ptame.serving.loader
-
-
-def __getattr__(name: str) -> object:
-    """``LoadedModel`` and ``load_model``, which moved to ``ptame.serving.loader``, for the modules
-    that still import them from here (imported on use: the loader imports this module)."""
-    if name in _MOVED_TO_LOADER:
-        from ptame.serving import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

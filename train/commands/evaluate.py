@@ -41,7 +41,8 @@ from ptame.datasets import WORLDS, get_world
 from ptame.datasets.world import SPLIT_SEEDS
 from ptame.files import atomic_write_text
 from ptame.methods import METHODS, EvaluationOption, Method, get_method, method_keys
-from ptame.serving.manifest import DEFAULT_MANIFEST, LoadedModel, ModelEntry, load_manifest, load_model
+from ptame.serving.loader import LoadedModel, load_model
+from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry, load_manifest
 from train.data import image_files
 from train.distributed import Processes, batches_of_rank, gather_to_main, start_processes, stop_processes
 from train.evaluation import (
