@@ -228,3 +228,22 @@ def test_shards_too_few_for_the_readers_are_a_clear_error(
     spec = f"{tmp_path}/shards/train-{{0000..0001}}.tar"
     with pytest.raises(SystemExit, match="cannot feed 1 process.* x 3 reader.*use fewer --workers"):
         train_run(local_models, data, tmp_path / "out", "--data", spec, "--workers", "3")
+
+
+def test_threads_set_torchs_thread_count_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads N reaches torch before the run starts; without it torch keeps its own choice; 0 is refused."""
+    import argparse
+
+    calls: list[int] = []
+    monkeypatch.setattr(command.torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(command, "train", lambda *args: calls.append(-1))  # the run itself: nothing to train
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    required = ["--classifier", "resnet18", "--data", "images", "--out", "run"]
+    command.run(parser.parse_args([*required, "--threads", "1"]))
+    assert calls == [1, -1]
+    calls.clear()
+    command.run(parser.parse_args(required))
+    assert calls == [-1]
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--threads", "0"])

@@ -168,6 +168,12 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
         help="shards: images each reader shuffles together (held encoded in memory)",
     )
     run_group.add_argument("--device", help="cuda or cpu (default: cuda if available); torchrun: cuda:LOCAL_RANK")
+    run_group.add_argument(
+        "--threads",
+        type=positive_int,
+        help="torch CPU threads per process (default: torch's choice, every core; on a CPU shared with other "
+        "work, 1 is several times faster: threads that wait for a busy core spin)",
+    )
     run_group.add_argument("--compile", action="store_true", help="torch.compile the classifier and auxiliary net")
     run_group.add_argument(
         "--channels-last", action=argparse.BooleanOptionalAction, default=True, help="channels-last memory layout"
@@ -384,6 +390,8 @@ def run(args: argparse.Namespace, command: str = "explainer", paper_schedule: bo
         paper_schedule: a classifier the paper did not train gets ``PAPER_SCHEDULE`` (train
             imagenet) instead of ``DEFAULT_RECIPE``.
     """
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     processes = start_processes(args.device)
     try:
         train(args, processes, command, recipe_for(args.classifier, paper_schedule=paper_schedule))
