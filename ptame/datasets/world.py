@@ -125,17 +125,26 @@ class World:
         Returns:
             The sample: pixels (3, S, S) float32 in [0, 1], label, mask (S, S) bool.
         """
-        size = self.image_size if size is None else size
+        size = self.side(size)
         check_split(split)
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index}")
-        if size < self.min_size:
-            raise ValueError(f"size must be >= {self.min_size} pixels, got {size}")
         rng = np.random.default_rng([SPLIT_SEEDS[split], index])
         label = index % len(self.classes)
         image, coverage = self.draw(rng, self.classes[label], size)
         pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
         return WorldSample(pixels=pixels, label=label, mask=torch.from_numpy(coverage >= 0.5))
+
+    def side(self, size: int | None) -> int:
+        """The image side S to draw: ``size``, or the world's ``image_size`` for None.
+
+        Raises:
+            ValueError: ``size`` below the world's ``min_size``.
+        """
+        size = self.image_size if size is None else size
+        if size < self.min_size:
+            raise ValueError(f"size must be >= {self.min_size} pixels, got {size}")
+        return size
 
     def images(self, split: str, length: int, size: int | None = None, start: int = 0) -> "WorldImages":
         """``length`` consecutive images of a split from index ``start``, as a Dataset."""
@@ -159,14 +168,12 @@ class WorldImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, world: World, split: str, length: int, size: int | None = None, start: int = 0) -> None:
-        size = world.image_size if size is None else size
+        size = world.side(size)
         check_split(split)
         if length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
         if start < 0:
             raise ValueError(f"start must be >= 0, got {start}")
-        if size < world.min_size:
-            raise ValueError(f"size must be >= {world.min_size} pixels, got {size}")
         self.world = world
         self.split = split
         self.length = length

@@ -227,11 +227,11 @@ class ExplainSession:
                 done[method.key] = known
         pending = [m.key for m in chosen if m.key not in done]
         expected = {key: self.expected_seconds(image, model_key, key) for key in pending}
+        domain, name = self.domain_note(image, model_key), model.backbone.class_names[index]
 
         def update(explanations: dict[str, Explanation]) -> StreamUpdate:
             waiting = {key: expected[key] for key in pending}
-            notes = _notes(model, unavailable, explanations, self.domain_note(image, model_key))
-            name = model.backbone.class_names[index]
+            notes = _notes(model, unavailable, explanations, domain)
             return StreamUpdate(analysis, index, explanations, list(pending), waiting, dict(unavailable), name, notes)
 
         while pending:
