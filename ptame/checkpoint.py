@@ -43,6 +43,7 @@ MAX_CLASSES = 100_000  # ImageNet-21k's 21,843 fit
 MAX_LEVELS = 8
 MAX_LEVEL_INDEX = 64  # timm out_indices: stages of a CNN, blocks of a transformer
 MAX_CLASS_NAME_CHARS = 200
+MIN_AUXILIARY_SIZE, MAX_AUXILIARY_SIZE = 16, 2048  # pixels: the auxiliary network's input side
 MAX_HEAD_ELEMENTS = 200_000_000  # 800 MB of float32
 LEVEL_KEY = re.compile(r"levels\.(\d{1,4})\.")  # a head tensor's feature level
 
@@ -84,6 +85,9 @@ def _check_config_values(config: dict[str, object], path: Path) -> None:
             raise refuse(key, f"null or a list of 3 {rule} (one per RGB channel)")
     if "pretrained_auxiliary" in config and not isinstance(config["pretrained_auxiliary"], bool):
         raise refuse("pretrained_auxiliary", "true or false")
+    size = config.get("auxiliary_size")
+    if size is not None and not (_is_int(size) and MIN_AUXILIARY_SIZE <= size <= MAX_AUXILIARY_SIZE):
+        raise refuse("auxiliary_size", f"null or an integer from {MIN_AUXILIARY_SIZE} to {MAX_AUXILIARY_SIZE} (pixels)")
     names = config.get("class_names")
     if names is not None and not (
         isinstance(names, list)
@@ -100,7 +104,8 @@ def read_config(path: Path, allowed_keys: Collection[str]) -> dict[str, object]:
     keys are all among ``allowed_keys`` and whose values have the types and bounds of a P-TAME
     explainer: num_classes an integer in [1, MAX_CLASSES]; auxiliary a name of at most 512
     characters; feature_levels 1 to MAX_LEVELS distinct integers; auxiliary_mean / auxiliary_std
-    null or 3 finite numbers (std > 0); pretrained_auxiliary a boolean; class_names null or
+    null or 3 finite numbers (std > 0); pretrained_auxiliary a boolean; auxiliary_size null or
+    an integer from MIN_AUXILIARY_SIZE to MAX_AUXILIARY_SIZE; class_names null or
     strings of at most MAX_CLASS_NAME_CHARS characters. Nothing is built.
 
     Raises:

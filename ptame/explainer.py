@@ -4,11 +4,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
 from ptame.checkpoint import (
+    MAX_AUXILIARY_SIZE,
+    MIN_AUXILIARY_SIZE,
     WEIGHTS_NAME,
     checkpoint_files,
     read_config,
@@ -109,6 +112,12 @@ class PTAME(
             named network's own (its timm pretrained config: a local folder's config.json),
             ImageNet's for an ``nn.Module``. config.json records the values used.
         pretrained_auxiliary: load the named network's weights (False: random, for tests).
+        auxiliary_size: the shorter side, in pixels, of the images the auxiliary network sees:
+            every image is bilinearly resized to it (aspect kept) before the auxiliary network,
+            while the classifier keeps its own input. None: the images as they come. An
+            ImageNet-pretrained network sees a 96-pixel image as a thumbnail; fed at twice the
+            size, its features and the maps are finer (docs/own-classifier.md, issue 26's
+            experiments), at about four times the auxiliary network's cost.
         class_names: optional K display names.
         auxiliary_root: the folder a relative "local-dir:" auxiliary path starts from, saved
             relative (``from_pretrained`` passes the checkpoint's ``SourceFolder``: a Hub repo's
@@ -127,6 +136,7 @@ class PTAME(
         auxiliary_mean: Sequence[float] | None = None,
         auxiliary_std: Sequence[float] | None = None,
         pretrained_auxiliary: bool = True,
+        auxiliary_size: int | None = None,
         class_names: Sequence[str] | None = None,
         auxiliary_root: str | Path | SourceFolder | None = None,
         head_channels: Sequence[int] | None = None,
@@ -148,6 +158,10 @@ class PTAME(
         # (measured by ptame.bench.overhead), and faster with bf16 on CUDA; the values do not change.
         self.auxiliary.requires_grad_(False).eval().to(memory_format=torch.channels_last)
         self.feature_levels = tuple(feature_levels)
+        if auxiliary_size is not None and not MIN_AUXILIARY_SIZE <= auxiliary_size <= MAX_AUXILIARY_SIZE:
+            bounds = f"{MIN_AUXILIARY_SIZE} to {MAX_AUXILIARY_SIZE}"
+            raise ValueError(f"auxiliary_size must be None or {bounds} pixels, got {auxiliary_size}")
+        self.auxiliary_size = auxiliary_size
         config = getattr(self.auxiliary, "pretrained_cfg", None) or {}
         self.auxiliary_mean = tuple(auxiliary_mean or config.get("mean", IMAGENET_MEAN))
         self.auxiliary_std = tuple(auxiliary_std or config.get("std", IMAGENET_STD))
@@ -185,17 +199,35 @@ class PTAME(
         self.auxiliary.eval()
         return self
 
-    def features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Auxiliary feature maps, no gradient.
+    def auxiliary_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The images as the auxiliary network sees them: the shorter side resized to
+        ``auxiliary_size`` (bilinear; antialiased when shrinking), or unchanged for None.
 
         Args:
             pixels: (B, 3, H, W) in [0, 1].
 
         Returns:
+            (B, 3, H', W') in [0, 1], min(H', W') = auxiliary_size.
+        """
+        height, width = pixels.shape[-2:]
+        if self.auxiliary_size is None or min(height, width) == self.auxiliary_size:
+            return pixels
+        scale = self.auxiliary_size / min(height, width)
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        return resized.clamp(0.0, 1.0)
+
+    def features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Auxiliary feature maps, no gradient.
+
+        Args:
+            pixels: (B, 3, H, W) in [0, 1], resized by ``auxiliary_input`` before the network.
+
+        Returns:
             One (B, c_l, h_l, w_l) tensor per level.
         """
         with torch.no_grad():
-            normalized = normalize(pixels, self.auxiliary_mean, self.auxiliary_std)
+            normalized = normalize(self.auxiliary_input(pixels), self.auxiliary_mean, self.auxiliary_std)
             return list(self.auxiliary(normalized.contiguous(memory_format=torch.channels_last)))
 
     def forward(self, pixels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
@@ -207,7 +239,8 @@ class PTAME(
 
         Returns:
             (B, k, h, w) real values, at the finest feature level's resolution (56x56 for a
-            224x224 input and a ResNet auxiliary network).
+            224x224 input and a ResNet auxiliary network; of the resized input when
+            ``auxiliary_size`` is set).
         """
         return self.head(self.features(pixels), classes)
 

@@ -5,9 +5,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
 from ptame import PTAME, CheckpointError
@@ -96,3 +98,49 @@ def test_the_defaults_are_imagenets_classes_on_resnet18s_four_levels() -> None:
     explainer = PTAME(pretrained_auxiliary=False)
     assert explainer.num_classes == 1000 and explainer.auxiliary_name == "resnet18.tv_in1k"
     assert explainer.head.channels == (64, 128, 256, 512)
+
+
+class RecordingNet(nn.Module):
+    """A custom auxiliary network that keeps the last input it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.seen = torch.empty(0)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self.seen = images.clone()
+        return [self.conv(images)]
+
+
+@pytest.mark.parametrize("size", [48, 16])
+def test_the_auxiliary_network_sees_the_images_at_auxiliary_size(size: int, tmp_path: Path) -> None:
+    """Up (24x36 -> 48x72) and down (-> 16x24): PIL's bilinear resize of each channel (antialiased
+    when shrinking), then ImageNet's normalisation; the maps come back at the images' own size,
+    and config.json keeps the size."""
+    network = RecordingNet()
+    explainer = PTAME(num_classes=3, auxiliary=network, auxiliary_size=size)
+    pixels = torch.rand(2, 3, 24, 36, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = explainer.explain(pixels, [0, 2])
+    assert maps.shape == (2, 24, 36)
+    width = size * 36 // 24
+    resized = [
+        [np.asarray(Image.fromarray(plane.numpy(), mode="F").resize((width, size), Image.BILINEAR)) for plane in image]
+        for image in pixels
+    ]
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    want = (torch.tensor(np.array(resized)) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    assert network.seen.shape == (2, 3, size, width)
+    assert torch.allclose(network.seen, want, atol=1e-5)
+
+    explainer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["auxiliary_size"] == size
+    assert PTAME.from_pretrained(tmp_path, auxiliary=RecordingNet()).auxiliary_size == size
+
+
+def test_without_auxiliary_size_the_auxiliary_network_sees_the_images_as_they_are() -> None:
+    network = RecordingNet()
+    pixels = torch.rand(1, 3, 24, 36)
+    PTAME(num_classes=3, auxiliary=network).features(pixels)
+    assert network.seen.shape == (1, 3, 24, 36)

@@ -34,6 +34,8 @@ class Recipe:
     horizontal flip); None: the classifier's own evaluation resize / crop.
     seed: data order, augmentation and head initialisation. amp: bf16 autocast on CUDA.
     auxiliary, feature_levels: the auxiliary network (a timm name) and its feature levels.
+    auxiliary_size: the shorter side the auxiliary network sees (``PTAME``'s auxiliary_size);
+    None: the classifier's input size.
     classifier_weights: the exact classifier weights the explainer is trained for (model card).
     source: where the values come from.
     """
@@ -51,6 +53,7 @@ class Recipe:
     amp: bool = True
     auxiliary: str = "resnet18.tv_in1k"
     feature_levels: tuple[int, ...] = (1, 2, 3, 4)
+    auxiliary_size: int | None = None
     classifier_weights: str = "the timm model's default pretrained weights"
     source: str = "ptame's default recipe for a new domain (README, How the default recipe was chosen)"
 
