@@ -1,6 +1,7 @@
 """python -m train explainer: any classifier, a folder of images, the default recipe, the verdict."""
 
 import csv
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -18,7 +19,7 @@ from train import recipes
 from train.commands import explainer as command
 from train.data import image_files
 from train.shards import pack_folder
-from train.verdict import COLUMNS, verdict_sentence, wins
+from train.verdict import COLUMNS, verdict_sentence, what_to_try, wins
 
 RUN = ["--batch-size", "4", "--steps", "4", "--held-out", "4", "--workers", "0", "--log-every", "2", "--no-progress"]
 
@@ -157,9 +158,33 @@ def test_verdict_counts_lower_ad_and_deletion_and_higher_ic_and_insertion_as_win
     won = wins([ptame, gradcam])
     assert won == {"ad_100": True, "ic_100": True, "ad_50": False, "ic_50": False, "ad_15": True, "ic_15": True,
                    "deletion_auc": True, "insertion_auc": False}  # fmt: skip
-    assert verdict_sentence(won).startswith("**P-TAME is ahead of Grad-CAM on 5 of 8 figures, AD 100% and IC 100%")
-    lost = verdict_sentence(wins([ptame, {**gradcam, "ic_100": 35.0}]))
-    assert "but not on IC 100% ↑" in lost and "--steps" in lost
+    lost = verdict_sentence(won, ["train longer: `--steps 1600`"])
+    assert lost.startswith("**P-TAME is ahead of Grad-CAM on 5 of 8 figures, but not on Insertion.**")
+    assert lost.endswith("\n- train longer: `--steps 1600`")
+    ahead = verdict_sentence(wins([ptame, {**gradcam, "insertion_auc": 0.4}]))
+    headline = "AD 100%, IC 100%, Deletion and Insertion included"
+    assert ahead == f"**P-TAME is ahead of Grad-CAM on 6 of 8 figures, {headline}.**"
+    for figure, worse in (("ad_100", 25.0), ("ic_100", 15.0), ("deletion_auc", 0.35)):
+        assert "but not on" in verdict_sentence(wins([{**ptame, "insertion_auc": 0.7, figure: worse}, gradcam]))
+
+
+def test_after_a_loss_the_verdict_names_the_flag_values_to_try() -> None:
+    paper = recipes.recipe_for("convnext_tiny", paper_schedule=True)
+    tries = what_to_try(paper, 800, 96)
+    assert tries[0].startswith(
+        "the default recipe's values, `--lr 0.001 --weight-decay 0.0001 --zero-fuser-start --ce 1 --area 4`"
+    )
+    assert tries[1] == "train longer: `--steps 1600` (twice this run's)"
+    assert tries[2].startswith("`--auxiliary-size 192`: the auxiliary network sees the images at twice the size (96 px")
+    assert tries[3].startswith("an auxiliary network whose features fit this domain")
+    default = recipes.recipe_for("local-dir:mine")
+    assert [text.split(":")[0] for text in what_to_try(default, 500, 224)] == [
+        "train longer",
+        "an auxiliary network whose features fit this domain (`--auxiliary`; docs/own-classifier.md)",
+    ]
+    upsized = dataclasses.replace(default, auxiliary_size=192)
+    assert not any("--auxiliary-size" in text for text in what_to_try(upsized, 800, 96))
+    assert "`--auxiliary-size 256`" in what_to_try(dataclasses.replace(default, auxiliary_size=128), 800, 96)[1]
 
 
 def build_user_classifier() -> tuple[torch.nn.Module, Preprocessing]:

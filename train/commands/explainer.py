@@ -78,7 +78,7 @@ from train.shards import (
     is_shard_spec,
     read_shards,
 )
-from train.verdict import measure_verdict, write_verdict
+from train.verdict import measure_verdict, what_to_try, write_verdict
 
 MAX_HELD_OUT = 500  # default held-out images: 10% of the folder, at most this many
 CLASSIFIER_FOLDER = "classifier"  # a local classifier's copy in the run folder
@@ -140,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
     recipe.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bf16 autocast on CUDA")
     recipe.add_argument("--auxiliary", help="auxiliary network: timm name, hf-hub:ORG/NAME or local-dir:PATH")
     recipe.add_argument("--feature-levels", type=int, nargs="+", help="auxiliary feature levels (timm out_indices)")
+    recipe.add_argument(
+        "--auxiliary-size",
+        type=positive_int,
+        help="the shorter side the auxiliary network sees, the images resized to it (default: the classifier's "
+        "input; 2x a small input gives an ImageNet network finer features, at ~4x its cost)",
+    )
     run_group = parser.add_argument_group("run")
     run_group.add_argument(
         "--target-layer",
@@ -171,8 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser, classifier_flag: str = "--cla
     run_group.add_argument(
         "--threads",
         type=positive_int,
-        help="torch CPU threads per process (default: torch's choice, every core; on a CPU shared with other "
-        "work, 1 is several times faster: threads that wait for a busy core spin)",
+        help="torch CPU threads per process (default: torch's choice, every core; python -m train sets "
+        "OMP_WAIT_POLICY=PASSIVE unless it is set, so that threads waiting for a busy core do not spin)",
     )
     run_group.add_argument("--compile", action="store_true", help="torch.compile the classifier and auxiliary net")
     run_group.add_argument(
@@ -429,7 +435,9 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
         print(
             f"P-TAME for {args.classifier}: {data.num_images} images from {data.source} ({data.held_out} more held "
             f"out{data.remark}), steps {run.start_step + 1}-{run.stop_step} of {total_steps}, global batch "
-            f"{recipe.batch_size} on {processes.world_size} process(es), {processes.device}",
+            f"{recipe.batch_size} on {processes.world_size} process(es), {processes.device}; the classifier sees "
+            f"{backbone.preprocessing.crop} px, the auxiliary network {recipe.auxiliary} "
+            f"{recipe.auxiliary_size or backbone.preprocessing.crop} px",
             file=sys.stderr,
         )
     train_loop(args, processes, backbone, explainer, loader, settings, run, description)
@@ -438,8 +446,9 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if run.stop_step < total_steps:
         print(f"stopped after step {run.stop_step}; continue with --resume", file=sys.stderr)
         return
+    tries = what_to_try(recipe, total_steps, backbone.preprocessing.crop)
     with data.verdict_files() as verdict_files:
-        finish(args, args.out, explainer.cpu(), backbone, verdict_files, description, processes)
+        finish(args, args.out, explainer.cpu(), backbone, verdict_files, description, processes, tries)
 
 
 def checked_checkpoint(args: argparse.Namespace) -> Path:
@@ -480,6 +489,7 @@ def build_models(
         num_classes=len(backbone.class_names),
         auxiliary=f"{LOCAL_DIR_PREFIX}../{AUXILIARY_FOLDER}" if local_auxiliary else recipe.auxiliary,
         feature_levels=recipe.feature_levels,
+        auxiliary_size=recipe.auxiliary_size,
         pretrained_auxiliary=args.pretrained,
         class_names=backbone.class_names,
         auxiliary_root=out / EXPLAINER_FOLDER,
@@ -578,13 +588,15 @@ def finish(
     verdict_files: list[Path],
     description: dict[str, object],
     processes: Processes,
+    tries: list[str],
 ) -> None:
-    """Write the finished run: explainer/, the verdict, run.json, manifest.toml and the model card."""
+    """Write the finished run: explainer/, the verdict (with ``tries``, what to change after a
+    loss), run.json, manifest.toml and the model card."""
     save_explainer(explainer, out / EXPLAINER_FOLDER)
     verdict = None
     if verdict_files:
         rows = measure_verdict(backbone, explainer, verdict_files, processes.device, progress=args.progress)
-        verdict = write_verdict(out, rows)
+        verdict = write_verdict(out, rows, tries)
         print(verdict, file=sys.stderr)
     config = {
         **description,
