@@ -110,6 +110,18 @@ def test_the_run_folder_opens_in_the_apps_loader_without_the_original_files(fini
         moved.rename(finished)
 
 
+def test_auxiliary_size_is_kept_by_the_explainer_its_card_and_its_command(
+    local_models: tuple[Path, Path], data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "upsized"
+    train_run(local_models, data, out, "--auxiliary-size", "48")
+    assert json.loads((out / "explainer" / "config.json").read_text())["auxiliary_size"] == 48
+    explainer = PTAME.from_pretrained(out / "explainer")
+    assert explainer.auxiliary_input(torch.rand(1, 3, 32, 32)).shape == (1, 3, 48, 48)
+    card = (out / "explainer" / "README.md").read_text()
+    assert "fed the images resized to 48 px (shorter side)" in card and "--auxiliary-size 48" in card
+
+
 def test_stopping_and_resuming_gives_the_uninterrupted_result(
     local_models: tuple[Path, Path], data: Path, finished: Path, tmp_path: Path
 ) -> None:

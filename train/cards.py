@@ -78,8 +78,8 @@ logits were used in training, and no labels.
 {% endif %}
 - **Classifier**: `{{ classifier }}` (`ptame.create_backbone({{ classifier_literal }})`), weights: {{ weights }}.
   The explainer is trained for exactly these weights; do not use it with others.
-- **Auxiliary network**: `{{ auxiliary }}`, feature levels {{ feature_levels }} (frozen, named in
-  config.json, loaded by timm; not stored here).
+- **Auxiliary network**: `{{ auxiliary }}`, feature levels {{ feature_levels }}, fed {{ auxiliary_input }}
+  (frozen, named in config.json, loaded by timm; not stored here).
 - **Files**: `config.json` (class count, auxiliary network, class names), `model.safetensors`
   (the head's weights).
 
@@ -229,6 +229,9 @@ def card(
         weights=weights,
         auxiliary=recipe["auxiliary"],
         feature_levels=recipe["feature_levels"],
+        auxiliary_input=f"the images resized to {size} px (shorter side)"
+        if (size := recipe.get("auxiliary_size"))
+        else "the images at the classifier's input size",
         classifier_literal=repr(backbone),
         repo_literal=repr(repo_id),
         recipe_rows=recipe_rows,
