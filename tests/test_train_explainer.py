@@ -183,20 +183,22 @@ def test_verdict_counts_lower_ad_and_deletion_and_higher_ic_and_insertion_as_win
 def test_after_a_loss_the_verdict_names_the_flag_values_to_try() -> None:
     paper = recipes.recipe_for("convnext_tiny", paper_schedule=True)
     tries = what_to_try(paper, 800, 96)
-    assert tries[0].startswith(
-        "the default recipe's values, `--lr 0.001 --weight-decay 0.0001 --zero-fuser-start --ce 1 --area 4`"
-    )
-    assert tries[1] == "train longer: `--steps 1600` (twice this run's)"
-    assert tries[2].startswith("`--auxiliary-size 192`: the auxiliary network sees the images at twice the size (96 px")
-    assert tries[3].startswith("an auxiliary network whose features fit this domain")
+    assert tries[0].startswith("the default recipe's values, `--lr 0.001 --weight-decay 0.0001 --zero-fuser-start --ce 1`")
+    assert tries[1].startswith("`--area 1` (half this run's)")
+    assert tries[2] == "train longer: `--steps 1600` (twice this run's)"
+    assert tries[3].startswith("`--auxiliary-size 192`: the auxiliary network sees the images at twice the size (96 px")
+    assert tries[4].startswith("an auxiliary network whose features fit this domain")
     default = recipes.recipe_for("local-dir:mine")
     assert [text.split(":")[0] for text in what_to_try(default, 500, 224)] == [
+        "`--area 1` (half this run's)",
         "train longer",
         "an auxiliary network whose features fit this domain (`--auxiliary`; docs/own-classifier.md)",
     ]
     upsized = dataclasses.replace(default, auxiliary_size=192)
     assert not any("--auxiliary-size" in text for text in what_to_try(upsized, 800, 96))
-    assert "`--auxiliary-size 256`" in what_to_try(dataclasses.replace(default, auxiliary_size=128), 800, 96)[1]
+    assert "`--auxiliary-size 256`" in what_to_try(dataclasses.replace(default, auxiliary_size=128), 800, 96)[2]
+    old_default = dataclasses.replace(default, loss=dataclasses.replace(default.loss, area=4.0))
+    assert what_to_try(old_default, 800, 224)[0].startswith("the default recipe's values, `--area 2`")
 
 
 def build_user_classifier() -> tuple[torch.nn.Module, Preprocessing]:

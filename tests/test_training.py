@@ -330,7 +330,7 @@ def test_a_record_is_the_loss_of_its_steps_by_hand_with_the_default_recipe(
         assert record["ce"] == pytest.approx(ce, rel=1e-6)
         assert record["area"] == pytest.approx(area, rel=1e-6)
         assert record["smooth"] == pytest.approx(smooth, rel=1e-6)
-        assert record["loss"] == pytest.approx(ce + 4.0 * area + 0.01 * smooth, rel=1e-6)
+        assert record["loss"] == pytest.approx(ce + 2.0 * area + 0.01 * smooth, rel=1e-6)
 
 
 def test_images_per_second_are_the_intervals_images_over_its_wall_time(

@@ -138,8 +138,9 @@ def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
 
     Returns:
         One sentence per change, each with its flags: the default recipe's optimisation values
-        where the run's differ; twice the steps; the auxiliary network fed at twice the size when
-        it saw fewer than ``SMALL_AUXILIARY_INPUT`` pixels; another auxiliary network.
+        where the run's differ; half the area weight; twice the steps; the auxiliary network fed
+        at twice the size when it saw fewer than ``SMALL_AUXILIARY_INPUT`` pixels; another
+        auxiliary network.
     """
     default = DEFAULT_RECIPE
     flags = [
@@ -158,6 +159,10 @@ def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
             f"the default recipe's values, `{' '.join(flags)}`: with a pretrained auxiliary network they won all 8 "
             "figures on shapes and textures, where the paper's ImageNet schedule won 1"
         )
+    tries.append(
+        f"`--area {recipe.loss.area / 2:g}` (half this run's): larger maps, for a classifier that needs more of "
+        "the image kept (one never trained on masked images)"
+    )
     tries.append(f"train longer: `--steps {2 * steps}` (twice this run's)")
     seen = recipe.auxiliary_size or image_side
     if seen < SMALL_AUXILIARY_INPUT:

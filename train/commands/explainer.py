@@ -13,7 +13,7 @@ network, a timm name (default resnet18.tv_in1k, the paper's), "hf-hub:ORG/NAME" 
 
 Every other classifier gets ptame's default recipe (train/recipes.py DEFAULT_RECIPE, the same as
 ``train_explainer`` without settings): the fuser starts at zero, OneCycle with max_lr 1e-3,
-weight decay 1e-4, loss ce 1, area 4, smooth 0.01, batch 32, one pass over the images and at
+weight decay 1e-4, loss ce 1, area 2, smooth 0.01, batch 32, one pass over the images and at
 least 800 steps, at the classifier's own input size. Every recipe value can be overridden.
 
 A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
