@@ -19,6 +19,7 @@ from pytorch_grad_cam import GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from safetensors.torch import load_file
 
+from ptame import PTAME
 from ptame import efficientnet_lite0 as lite0
 from ptame.backbones import Backbone, create_backbone, imagenet_class_names
 from ptame.errors import CheckpointError, ModelUnavailable
@@ -452,3 +453,21 @@ def test_grad_cam_equals_pytorch_grad_cams_on_the_photos(backbone: Backbone) -> 
 def test_score_cam_equals_pytorch_grad_cams_on_the_cat(backbone: Backbone, cat_maps) -> None:
     pixels, classes, maps = cat_maps
     assert_same_maps(maps["scorecam"], pytorch_grad_cam_maps(ScoreCAM, backbone, pixels, classes))
+
+
+def test_as_a_p_tame_auxiliary_network_it_sees_its_own_normalisation_at_auxiliary_size(converted: Path) -> None:
+    """The pretrained auxiliary network a user takes (docs/own-classifier.md): a 96-pixel image, fed
+    at 192 px, gives timm's features of the PIL-upsampled image normalised with the network's own
+    mean and std 0.5 (not ImageNet's), at levels 1-4 (strides 4 to 32: 48, 24, 12, 6)."""
+    explainer = PTAME(num_classes=3, auxiliary=f"local-dir:{converted}", auxiliary_size=192)
+    assert explainer.auxiliary_mean == explainer.auxiliary_std == (0.5, 0.5, 0.5)
+    pixels = torch.from_numpy(noise(96, 96, seed=4)).permute(2, 0, 1).float().div(255)  # (3, 96, 96)
+    planes = [Image.fromarray(plane.numpy(), mode="F").resize((192, 192), Image.BILINEAR) for plane in pixels]
+    upsampled = torch.from_numpy(np.stack([np.asarray(plane) for plane in planes]))
+    network = timm.create_model(f"local-dir:{converted}", pretrained=True, features_only=True, out_indices=(1, 2, 3, 4))
+    with torch.no_grad():
+        want = network.eval()((upsampled[None] - 0.5) / 0.5)
+        got = explainer.features(pixels[None])
+    assert [tuple(level.shape[-2:]) for level in got] == [(48, 48), (24, 24), (12, 12), (6, 6)]
+    for level, (mine, reference) in enumerate(zip(got, want)):
+        assert torch.allclose(mine, reference, atol=2e-2, rtol=1e-2), level

@@ -157,7 +157,7 @@ def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
     if flags:
         tries.append(
             f"the default recipe's values, `{' '.join(flags)}`: with a pretrained auxiliary network they won all 8 "
-            "figures on shapes and textures, where the paper's ImageNet schedule won 1"
+            "figures on four synthetic domains; the paper's ImageNet schedule won 1 of 8 on one of them"
         )
     tries.append(
         f"`--area {recipe.loss.area / 2:g}` (half this run's): larger maps, for a classifier that needs more of "
