@@ -131,7 +131,7 @@ def verdict_sentence(won: dict[str, bool], tries: Sequence[str] = ()) -> str:
 
 def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
     """Concrete flag values for a run whose verdict is a loss, from what won in the experiments
-    of docs/own-classifier.md (a pretrained auxiliary network on two domains it never saw).
+    of docs/own-classifier.md (a pretrained auxiliary network on four domains it never saw).
 
     Args:
         recipe: the run's recipe. steps: its optimiser steps. image_side: the classifier's input side.
