@@ -524,4 +524,4 @@ def test_two_processes_log_the_global_batchs_loss_by_hand_and_all_their_images(t
         assert record["ce"] == pytest.approx(ce, rel=1e-5)
         assert record["area"] == pytest.approx(area, rel=1e-6)
         assert record["smooth"] == pytest.approx(smooth, rel=1e-6)
-        assert record["loss"] == pytest.approx(ce + 4.0 * area + 0.01 * smooth, rel=1e-5)
+        assert record["loss"] == pytest.approx(ce + 2.0 * area + 0.01 * smooth, rel=1e-5)
