@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ptame.methods import explainer_method
-from train.recipes import LOSS_FLAGS, RECIPE_FLAGS
+from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, command_flag
 from train.runs import BACKBONE_DISPLAY_NAMES
 
 CITATION = """\
@@ -36,14 +36,8 @@ def reproduce_command(run: dict[str, object]) -> str:
     if not run["pretrained"]:
         words.append("--no-pretrained")
     for name in (*RECIPE_FLAGS, *LOSS_FLAGS, "feature_levels", "image_size", "steps", "held_out"):
-        value = arguments.get(name)
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else f"--no-{flag[2:]}")
-        elif isinstance(value, list):
-            words.append(f"{flag} {' '.join(map(str, value))}")
-        elif value is not None:
-            words.append(f"{flag} {value}")
+        if arguments.get(name) is not None:
+            words.append(command_flag(name, arguments[name]))
     return " ".join(words)
 
 

@@ -93,6 +93,18 @@ RECIPE_FLAGS: tuple[str, ...] = tuple(
     if f.name not in {"loss", "feature_levels", "classifier_weights", "source"}
 )
 
+
+def command_flag(name: str, value: object) -> str:
+    """A recipe value as its command-line words: ``--name value``; a boolean as ``--name`` or
+    ``--no-name``, a list as its items; floats to 12 significant digits (``--ce 1``, ``--lr 0.0001``)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, list | tuple):
+        return f"{flag} {' '.join(map(str, value))}"
+    return f"{flag} {value:.12g}" if isinstance(value, float) else f"{flag} {value}"
+
+
 # The paper's schedule and data pipeline, with the method's default loss coefficients: what
 # ``python -m train imagenet`` uses for a classifier the paper did not train (its input size).
 PAPER_SCHEDULE = Recipe(

@@ -18,7 +18,7 @@ from ptame.files import atomic_write_text
 from ptame.methods import Method, explainer_method, get_method, reference_method
 from train.evaluation import PAPER_AD_IC_PERCENTS, EvaluationSettings, evaluate, folder_batches
 from train.evaluation_report import csv_text
-from train.recipes import DEFAULT_RECIPE, LOSS_FLAGS, Recipe
+from train.recipes import DEFAULT_RECIPE, LOSS_FLAGS, Recipe, command_flag
 
 VERDICT_NAME = "verdict.md"
 VERDICT_CSV_NAME = "verdict.csv"
@@ -144,12 +144,12 @@ def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
     """
     default = DEFAULT_RECIPE
     flags = [
-        _flag(name, getattr(default, name))
+        command_flag(name, getattr(default, name))
         for name in ("lr", "weight_decay", "zero_fuser_start")
         if getattr(recipe, name) != getattr(default, name)
     ]
     flags += [
-        _flag(name, getattr(default.loss, name))
+        command_flag(name, getattr(default.loss, name))
         for name in LOSS_FLAGS
         if getattr(recipe.loss, name) != getattr(default.loss, name)
     ]
@@ -172,13 +172,6 @@ def what_to_try(recipe: Recipe, steps: int, image_side: int) -> list[str]:
         )
     tries.append("an auxiliary network whose features fit this domain (`--auxiliary`; docs/own-classifier.md)")
     return tries
-
-
-def _flag(name: str, value: object) -> str:
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return flag if value else f"--no-{flag[2:]}"
-    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
 
 
 def write_verdict(folder: Path, rows: Sequence[dict[str, float | str]], tries: Sequence[str] = ()) -> str:
