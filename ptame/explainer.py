@@ -9,7 +9,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 from torch.fx.experimental.optimization import fuse as fold_batchnorm
 
-from ptame.checkpoint import (
+from ptame.errors import CheckpointError, describe
+from ptame.head import AttentionHead
+from ptame.loading.checkpoint import (
     MAX_AUXILIARY_SIZE,
     MIN_AUXILIARY_SIZE,
     WEIGHTS_NAME,
@@ -19,12 +21,10 @@ from ptame.checkpoint import (
     read_head_weights,
     write_head_weights,
 )
-from ptame.errors import CheckpointError, describe
-from ptame.head import AttentionHead
-from ptame.hub import is_folder_source
+from ptame.loading.hub import is_folder_source
+from ptame.loading.timm_sources import LOCAL_DIR_PREFIX, SourceFolder, create_network, locate_network
 from ptame.maps import normalize_maps
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
-from ptame.timm_sources import LOCAL_DIR_PREFIX, SourceFolder, create_network, locate_network
 
 CUSTOM_PREFIX = "custom:"
 PROBE_SIZE = 64  # side of the dummy image that reveals a custom auxiliary network's channels
@@ -70,7 +70,7 @@ def build_auxiliary(
 
     Raises:
         CheckpointError: a custom network's name, a name or path that cannot be used, a network
-            over its budget (``ptame.timm_sources.create_network``), or weights that do not fit.
+            over its budget (``ptame.loading.timm_sources.create_network``), or weights that do not fit.
     """
     if name.startswith(CUSTOM_PREFIX):
         _custom_module_error(name)
@@ -317,7 +317,7 @@ class PTAME(
         Everything is checked before it is built: config.json's values against their types and
         bounds, and against the weights file's header (class count, levels, channels), read
         without loading a tensor; the auxiliary network within the budget of its own weights
-        (``ptame.timm_sources``). A Hub repo's config may name its auxiliary network by a timm
+        (``ptame.loading.timm_sources``). A Hub repo's config may name its auxiliary network by a timm
         name, "hf-hub:ORG/NAME", or "local-dir:SUBFOLDER" of the same repo (fetched at the same
         revision), never a path outside it. The loaded explainer must give finite maps on a
         probe image (``check_probe``).

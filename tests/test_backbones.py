@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from ptame import create_backbone
-from ptame.backbones import PAPER_PREPROCESSING, imagenet_class_names
+from ptame.loading.backbones import PAPER_PREPROCESSING, imagenet_class_names
 
 
 def target_activation(backbone, pixels: torch.Tensor) -> torch.Tensor:

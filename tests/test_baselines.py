@@ -15,8 +15,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from ptame import create_backbone
-from ptame.backbones import Backbone, Preprocessing
-from ptame.target_layers import tokens_to_grid
+from ptame.loading.backbones import Backbone, Preprocessing
+from ptame.loading.target_layers import tokens_to_grid
 from ptame.methods import METHODS
 from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam

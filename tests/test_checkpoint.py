@@ -207,7 +207,7 @@ def test_a_config_that_is_not_an_object(saved: Path) -> None:
 
 def test_checkpoint_files_pass_the_hub_options_for_both_files(saved: Path, tmp_path: Path) -> None:
     """A repo seeded only in a custom cache and only at a tag: both files need cache_dir and revision."""
-    from ptame.checkpoint import checkpoint_files
+    from ptame.loading.checkpoint import checkpoint_files
 
     cache = seed_hf_cache(tmp_path / "hf-cache", "someone/explainer", saved, revisions=("v2",))
     config, weights = checkpoint_files("someone/explainer", cache_dir=cache, revision="v2", local_files_only=True)
@@ -227,7 +227,7 @@ def test_the_weights_metadata_names_the_format_and_the_identity(explainer: PTAME
 
 
 def test_head_weights_are_read_onto_the_cpu_by_default(explainer: PTAME, saved: Path) -> None:
-    from ptame.checkpoint import read_head_weights
+    from ptame.loading.checkpoint import read_head_weights
 
     expected = explainer.head.state_dict()
     tensors = read_head_weights(saved / "model.safetensors", explainer.identity(), expected)

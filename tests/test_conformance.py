@@ -21,14 +21,14 @@ import transformers
 from torch import nn
 
 from ptame import PTAME, TrainSettings, create_backbone, train_explainer
-from ptame.backbones import Backbone
+from ptame.loading.backbones import Backbone
+from ptame.loading.target_layers import find_target_layer, layouts_of
 from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus
 from ptame.methods.score_cam import score_cam
 from ptame.serving.loader import load_model
 from ptame.serving.manifest import ModelEntry
-from ptame.target_layers import find_target_layer, layouts_of
 from tests.conftest import save_timm_checkpoint
 from tests.test_baselines import assert_same_maps, reference_maps
 

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from ptame import PTAME
 from ptame import efficientnet_lite0 as lite0
-from ptame.backbones import Backbone, create_backbone, imagenet_class_names
 from ptame.errors import CheckpointError, ModelUnavailable
+from ptame.loading.backbones import Backbone, create_backbone, imagenet_class_names
 from ptame.methods import METHODS
 from ptame.methods.grad_cam import grad_cam
 from ptame.perturb import normalize

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ptame.backbones import Backbone, Preprocessing
 from ptame.interop.agreement import (
     DELETION_TOLERANCE,
     POINTING_TOLERANCE,
@@ -30,6 +29,7 @@ from ptame.interop.quantus import (
     road_imputation,
     road_percentages,
 )
+from ptame.loading.backbones import Backbone, Preprocessing
 from ptame.methods import METHODS
 from ptame.metrics import pointing_game
 from ptame.serving.loader import load_model

@@ -9,20 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "ptame.errors",
-        "ptame.files",
+        "ptame.loading",  # how a network gets in; it reads ptame.perturb's normalisation and ptame.head's shape
         "ptame.maps",
         "ptame.checks",
         "ptame.perturb",
         "ptame.head",
         "ptame.loss",
-        "ptame.backbones",
-        "ptame.hub",
-        "ptame.untrusted",
-        "ptame.budget",
-        "ptame.timm_sources",
-        "ptame.target_layers",
-        "ptame.hf_transformers",
-        "ptame.checkpoint",
         "ptame.explainer",
         "ptame.training",
         "ptame.datasets",
@@ -36,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("app",),
 )
-LAYER_NAMES = ("core", "methods", "metrics", "interop", "serving", "faces of ptame", "train", "app")
+LAYER_NAMES = ("core and loading", "methods", "metrics", "interop", "serving", "faces of ptame", "train", "app")
 
 
 def layer_of(module: str) -> int | None:

@@ -302,19 +302,19 @@ def test_unreachable_hub_reads_the_cache_only_per_call_never_process_wide(
 ) -> None:
     """With the Hub unreachable, every download asks for the local cache only (local_files_only),
     while the process's offline setting, which other threads of a server see, never changes."""
-    import ptame.hub
+    import ptame.loading.hub
 
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     monkeypatch.setattr("ptame.serving.loader.hub_reachable", lambda: False)
     seen = []
-    download = ptame.hub.hf_hub_download
+    download = ptame.loading.hub.hf_hub_download
 
     def recording(*args: object, **kwargs: object) -> str:
         seen.append((kwargs["local_files_only"], hub_constants.HF_HUB_OFFLINE))
         return download(*args, **kwargs)
 
-    monkeypatch.setattr(ptame.hub, "hf_hub_download", recording)
+    monkeypatch.setattr(ptame.loading.hub, "hf_hub_download", recording)
     entry = ModelEntry("r50", "ResNet-50", "resnet50", "ptame/ptame-resnet50", "main")
     with pytest.raises(CheckpointError, match="the Hub is unreachable or offline mode is on"):
         load_model(entry)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ptame.backbones import Backbone, Preprocessing
+from ptame.loading.backbones import Backbone, Preprocessing
 from ptame.metrics import (
     ad_ic,
     deletion_insertion,

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ptame.backbones import Preprocessing
+from ptame.loading.backbones import Preprocessing
 from train.data import (
     ImageFiles,
     TrainImages,

@@ -3,7 +3,7 @@
 Tensors: the head's weights (``head.*``), the optimiser's state (``optimizer.<param>.<name>``)
 and the random number generators' states (``rng.*``). The safetensors metadata holds, as JSON,
 the step, the optimiser's parameter groups, the schedule's state and the run's description.
-Nothing is pickled. Files are written atomically (``ptame.files.atomic_write_bytes``: a synced
+Nothing is pickled. Files are written atomically (``ptame.loading.files.atomic_write_bytes``: a synced
 temporary file renamed over the old one), so a run killed while writing leaves the previous
 checkpoint intact.
 """
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from ptame.errors import CheckpointError
 from ptame.explainer import PTAME
-from ptame.files import atomic_write_bytes
+from ptame.loading.files import atomic_write_bytes
 
 FORMAT = "ptame-training-v1"
 

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms.v2 import functional as F
 
-from ptame.backbones import INTERPOLATIONS
+from ptame.loading.backbones import INTERPOLATIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ptame.backbones import Backbone
 from ptame.bench.timing import synchronize
 from ptame.datasets.world import World, WorldImages
 from ptame.explainer import PTAME
+from ptame.loading.backbones import Backbone
 from ptame.methods import get_method, method_keys
 from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
 from train.data import ImageFiles

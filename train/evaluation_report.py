@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.bench.timing import synchronize
+from ptame.loading.backbones import Backbone
 from ptame.methods import METHODS, get_method
 from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
 from train.evaluation import (

@@ -15,7 +15,7 @@ Every other classifier gets ``DEFAULT_RECIPE``: the optimisation settings of
 import dataclasses
 from dataclasses import dataclass
 
-from ptame.backbones import PAPER_BACKBONES
+from ptame.loading.backbones import PAPER_BACKBONES
 from ptame.loss import LossWeights
 from ptame.training import TrainSettings
 
@@ -116,7 +116,7 @@ PAPER_SCHEDULE = Recipe(
 )
 _PAPER_BASE = dataclasses.replace(PAPER_SCHEDULE, resize=256, crop=224, source=PAPER)
 
-# The paper's backbones (ptame.backbones.PAPER_BACKBONES: their weight decay, loss and weights).
+# The paper's backbones (ptame.loading.backbones.PAPER_BACKBONES: their weight decay, loss and weights).
 PAPER_RECIPES: dict[str, Recipe] = {
     name: dataclasses.replace(
         _PAPER_BASE, weight_decay=paper.weight_decay, loss=paper.loss, classifier_weights=paper.weights

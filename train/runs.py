@@ -3,7 +3,7 @@ that points the app at a run."""
 
 import json
 
-from ptame.backbones import PAPER_BACKBONES
+from ptame.loading.backbones import PAPER_BACKBONES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # head, optimiser, schedule, step, RNG (train/checkpointing.py)
 LOG_NAME = "log.jsonl"  # one record per logged interval

@@ -50,7 +50,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ptame.files import atomic_write_text
+from ptame.loading.files import atomic_write_text
 from train.data import IMAGE_EXTENSIONS, TrainTransform, augmentation_seed, image_files
 
 DEFAULT_SHUFFLE_WINDOW = 4096  # images a reader holds (encoded) to shuffle; ~0.45 GB of ImageNet JPEGs

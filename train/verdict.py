@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ptame.backbones import Backbone
 from ptame.explainer import PTAME
-from ptame.files import atomic_write_text
+from ptame.loading.backbones import Backbone
+from ptame.loading.files import atomic_write_text
 from ptame.methods import Method, explainer_method, get_method, reference_method
 from train.evaluation import PAPER_AD_IC_PERCENTS, EvaluationSettings, evaluate, folder_batches
 from train.evaluation_report import csv_text

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ptame import PTAME, Backbone, create_backbone, train_explainer
 from ptame.datasets.world import World
-from ptame.files import replace_folder
+from ptame.loading.files import replace_folder
 from ptame.methods import explainer_method
 from ptame.perturb import normalize
 from train.evaluation import EvaluationSettings, Tally, evaluate_tally, world_batches
@@ -258,7 +258,7 @@ def train_world(world: World, out: Path, progress: bool = True) -> dict[str, dic
 
 def train_into_new_folder(out: Path, threads: int, train_into: Callable[[Path], dict[str, dict]]) -> dict[str, dict]:
     """Run ``train_into(staging)`` with ``threads`` CPU threads in a temporary folder next to
-    ``out``, then swap it in for ``out`` (``ptame.files.replace_folder``): an interrupted run
+    ``out``, then swap it in for ``out`` (``ptame.loading.files.replace_folder``): an interrupted run
     leaves ``out`` as it was.
 
     Returns:

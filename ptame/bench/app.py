@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ptame.backbones import create_backbone
 from ptame.datasets.shapes import shapes_sample
 from ptame.explainer import PTAME
+from ptame.loading.backbones import create_backbone
 from ptame.serving.images import read_image
 from ptame.serving.lanes import threads_per_lane
 from ptame.serving.loader import LoadedModel

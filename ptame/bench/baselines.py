@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptame.backbones import create_backbone
 from ptame.bench.timing import median_seconds, synchronize
 from ptame.explainer import PTAME
+from ptame.loading.backbones import create_backbone
 from ptame.methods.ablation_cam import ablation_cam
 from ptame.methods.grad_cam import grad_cam
 from ptame.methods.grad_cam_plus_plus import grad_cam_plus_plus

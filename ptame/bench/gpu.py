@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptame.backbones import Backbone, create_backbone
 from ptame.bench.timing import median_seconds, synchronize
 from ptame.explainer import PTAME
+from ptame.loading.backbones import Backbone, create_backbone
 from ptame.methods.score_cam import score_cam
 from ptame.perturb import normalize
 from ptame.training import TrainSettings, train_explainer

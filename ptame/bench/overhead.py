@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
-from ptame.backbones import PAPER_BACKBONES, create_backbone
 from ptame.bench.timing import median_seconds
 from ptame.explainer import PTAME
+from ptame.loading.backbones import PAPER_BACKBONES, create_backbone
 
 TARGETS = {name: paper.overhead_target for name, paper in PAPER_BACKBONES.items()}
 

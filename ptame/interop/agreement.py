@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ptame.backbones import Backbone, create_backbone
 from ptame.datasets.shapes import shapes_sample
 from ptame.explainer import PTAME
 from ptame.interop.quantus import (
@@ -42,6 +41,7 @@ from ptame.interop.quantus import (
     road_imputation,
     road_percentages,
 )
+from ptame.loading.backbones import Backbone, create_backbone
 from ptame.metrics import deletion_insertion, pointing_game, road
 
 SHAPES_DEMO = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"

@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 from captum.attr import LayerGradCam, Occlusion
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs
 from ptame.interop.maps import as_maps
+from ptame.loading.backbones import Backbone
 from ptame.methods import METHODS, register_method, unregister_method
 
 GRAD_CAM_KEY = "captum-gradcam"

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ptame.backbones import Backbone
+from ptame.loading.backbones import Backbone
 from ptame.maps import normalize_maps
 from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptame.backbones import Backbone
+from ptame.loading.backbones import Backbone
 from ptame.methods import get_method
 from ptame.perturb import normalize
 

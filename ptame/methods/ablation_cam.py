@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.checks import check_inputs
+from ptame.loading.backbones import Backbone
 from ptame.methods.batches import Progress, check_batch_size, scores_in_batches
 from ptame.methods.hooks import as_feature_grid, clean_pass, finish_maps, replace_target_layer_output
 from ptame.methods.registry import register_method

@@ -9,8 +9,8 @@ CAM methods read ``backbone.target_layer`` (for transformers through ``backbone.
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.checks import check_inputs
+from ptame.loading.backbones import Backbone
 from ptame.methods.hooks import finish_maps, target_layer_gradients
 from ptame.methods.registry import register_method
 

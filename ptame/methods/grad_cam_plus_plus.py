@@ -6,8 +6,8 @@ check per-map correlation >= 0.999), with the thread-safe hooks of ``ptame.metho
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.checks import check_inputs
+from ptame.loading.backbones import Backbone
 from ptame.methods.hooks import finish_maps, target_layer_gradients
 from ptame.methods.registry import register_method
 

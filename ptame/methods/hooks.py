@@ -6,8 +6,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit
+from ptame.loading.backbones import Backbone
 from ptame.maps import normalize_maps
 from ptame.perturb import normalize
 

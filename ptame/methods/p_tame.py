@@ -13,8 +13,8 @@ from ptame.maps import normalize_maps
 from ptame.methods.registry import register_method
 
 if TYPE_CHECKING:
-    from ptame.backbones import Backbone
     from ptame.explainer import PTAME
+    from ptame.loading.backbones import Backbone
 
 
 @register_method("ptame", "P-TAME", passes=lambda channels, options: 0, default=True, uses_explainer=True)

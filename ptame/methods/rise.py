@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs
+from ptame.loading.backbones import Backbone
 from ptame.maps import normalize_maps
 from ptame.methods.batches import Progress, check_batch_size
 from ptame.methods.registry import EvaluationOption, register_method

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs, check_maps
+from ptame.loading.backbones import Backbone
 from ptame.metrics.scoring import class_probabilities
 from ptame.perturb import mask_pixels
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs, check_maps
+from ptame.loading.backbones import Backbone
 from ptame.metrics.scoring import class_probabilities
 
 # RISE's insertion substrate (Petsiuk et al. 2018): the image blurred by an 11x11 Gaussian of sigma 5.

@@ -17,8 +17,8 @@ from pytorch_grad_cam.metrics.road import NoisyLinearImputer, neighbors_weights
 from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 
-from ptame.backbones import Backbone
 from ptame.checks import check_classes_fit, check_inputs, check_maps
+from ptame.loading.backbones import Backbone
 
 IMPUTATIONS = ("linear", "telea")
 LINEAR_NOISE_STD = 0.01  # Rong et al. 2022 (absolute; here in pixel units, images in [0, 1])

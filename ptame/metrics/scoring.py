@@ -2,7 +2,7 @@
 
 import torch
 
-from ptame.backbones import Backbone
+from ptame.loading.backbones import Backbone
 
 
 def class_probabilities(backbone: Backbone, pixels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ptame.files import atomic_write
+from ptame.loading.files import atomic_write
 from ptame.serving.captions import method_caption
 from ptame.serving.results import Explanation, StreamUpdate
 from ptame.serving.viz import DEFAULT_COLORMAP, DEFAULT_OPACITY, overlay, side_by_side

@@ -18,12 +18,12 @@ import torchvision
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import LocalEntryNotFoundError
 
-from ptame.backbones import USER_FUNCTION, Backbone, create_backbone
-from ptame.checkpoint import CONFIG_NAME
 from ptame.errors import CheckpointError, shorten
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
+from ptame.loading.backbones import USER_FUNCTION, Backbone, create_backbone
+from ptame.loading.checkpoint import CONFIG_NAME
+from ptame.loading.untrusted import read_json_object
 from ptame.serving.manifest import ModelEntry
-from ptame.untrusted import read_json_object
 
 HUB_PROBE_TIMEOUT_S = 3.0  # connecting to the Hub longer than this counts as unreachable
 logger = logging.getLogger(__name__)

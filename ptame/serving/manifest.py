@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ptame.errors import CheckpointError, describe
 from ptame.explainer import LOCAL_DIR_PREFIX
-from ptame.untrusted import read_bounded
+from ptame.loading.untrusted import read_bounded
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "checkpoints" / "manifest.toml"
 REQUIRED_FIELDS = ("key", "display_name", "classifier")
@@ -40,7 +40,7 @@ class ModelEntry:
     domain: one line on the model's world ("photos of the 1000 ImageNet classes"); "" if unsaid.
     image_size: the images of its world are exactly this square size (pixels); None: any image.
     target_layer: the classifier's layer for the CAM methods (a dotted module path); None: its
-    family's declared layer or the probe's (``ptame.target_layers``).
+    family's declared layer or the probe's (``ptame.loading.target_layers``).
     """
 
     key: str

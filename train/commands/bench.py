@@ -28,9 +28,9 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from ptame.backbones import create_backbone
 from ptame.explainer import PTAME
 from ptame.head import upsample_to_finest
+from ptame.loading.backbones import create_backbone
 from ptame.training import train_explainer
 from train.recipes import recipe_for
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ptame.datasets import WORLDS, get_world
 from ptame.datasets.world import SPLIT_SEEDS
-from ptame.files import atomic_write_text
+from ptame.loading.files import atomic_write_text
 from ptame.methods import METHODS, EvaluationOption, Method, get_method, method_keys
 from ptame.serving.loader import LoadedModel, load_model
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry, load_manifest

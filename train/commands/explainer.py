@@ -49,10 +49,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ptame.backbones import Backbone, create_backbone
 from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
-from ptame.files import atomic_write_text, replace_folder
+from ptame.loading.backbones import Backbone, create_backbone
+from ptame.loading.files import atomic_write_text, replace_folder
 from ptame.training import TrainSettings, make_optimizer, make_scheduler, train_explainer
 from train.cards import model_card
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
@@ -351,7 +351,7 @@ def truncate_log(path: Path, last_step: int) -> None:
 
 def save_explainer(explainer: PTAME, folder: Path) -> None:
     """``explainer.save_pretrained(folder)`` into a temporary sibling folder, then swapped in
-    (``ptame.files.replace_folder``): ``folder`` is never half-written."""
+    (``ptame.loading.files.replace_folder``): ``folder`` is never half-written."""
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     explainer.save_pretrained(staging)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ptame.datasets import WORLDS, get_world
 from ptame.datasets.world import SPLIT_SEEDS
-from ptame.files import replace_folder
+from ptame.loading.files import replace_folder
 
 
 def image_name(world: str, split: str, index: int) -> str:

@@ -24,9 +24,9 @@ from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from safetensors import SafetensorError, safe_open
 
-from ptame.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from ptame.errors import PublishError
-from ptame.files import replace_folder
+from ptame.loading.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from ptame.loading.files import replace_folder
 from train.cards import IMAGENET_DATASET, model_card
 from train.runs import BACKBONE_DISPLAY_NAMES, EVALUATION_NAME, EXPLAINER_FOLDER, RUN_NAME, manifest_entry
 from train.verdict import VERDICT_CSV_NAME, VERDICT_NAME
@@ -34,7 +34,7 @@ from train.verdict import VERDICT_CSV_NAME, VERDICT_NAME
 CARD_NAME = "README.md"
 EVALUATION_CSV_NAME = "evaluation.csv"  # written by python -m train evaluate --out RUN, beside evaluation.md
 PUBLISH_FOLDER = "publish"
-UPLOAD_TIMEOUT_S = 60.0  # per Hub request of an upload (ptame.hub.HUB_TIMEOUT_S: downloads)
+UPLOAD_TIMEOUT_S = 60.0  # per Hub request of an upload (ptame.loading.hub.HUB_TIMEOUT_S: downloads)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +105,7 @@ def read_results(run_dir: Path, run: dict[str, object]) -> list[tuple[dict[str, 
 
 def write_folder(run_dir: Path, folder: Path, card: str) -> None:
     """Write the repo's files into a temporary sibling folder, then swap it in for ``folder``
-    (``ptame.files.replace_folder``): ``folder`` is never half-written."""
+    (``ptame.loading.files.replace_folder``): ``folder`` is never half-written."""
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -3,7 +3,7 @@ checked and built as ptame classifiers.
 
 A transformers folder or Hub repo has a config.json with "model_type" / "architectures" (timm's
 has "architecture"), model.safetensors, and usually preprocessor_config.json. The model is built
-with ``AutoModelForImageClassification`` within the budget of its weights file (``ptame.budget``),
+with ``AutoModelForImageClassification`` within the budget of its weights file (``ptame.loading.budget``),
 from safetensors only, offline when asked; its preprocessing comes from the image processor's
 config (size, crop, resample, mean, std) and its class names from ``id2label``. transformers is
 an optional dependency: ``pip install "ptame-xai[transformers]"``.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 from torch import nn
 
-from ptame.budget import build_within_budget
 from ptame.errors import CheckpointError
-from ptame.hub import resolve_file
+from ptame.loading.budget import build_within_budget
+from ptame.loading.hub import resolve_file
+from ptame.loading.untrusted import read_json_object, read_safetensors_header
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD
-from ptame.untrusted import read_json_object, read_safetensors_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

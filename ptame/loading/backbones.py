@@ -21,12 +21,10 @@ from torch import nn
 from torchvision.transforms import v2 as transforms
 
 from ptame.errors import describe
-from ptame.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
-from ptame.hub import resolve_file
-from ptame.loss import LossWeights
-from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
-from ptame.target_layers import find_target_layer
-from ptame.timm_sources import (
+from ptame.loading.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
+from ptame.loading.hub import resolve_file
+from ptame.loading.target_layers import find_target_layer
+from ptame.loading.timm_sources import (
     CONFIG_NAME,
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
@@ -34,7 +32,9 @@ from ptame.timm_sources import (
     create_network,
     locate_network,
 )
-from ptame.untrusted import read_json_object
+from ptame.loading.untrusted import read_json_object
+from ptame.loss import LossWeights
+from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 INTERPOLATIONS = {"bilinear": transforms.InterpolationMode.BILINEAR, "bicubic": transforms.InterpolationMode.BICUBIC}
 
@@ -145,7 +145,7 @@ def _with_target_layer(
     family: nn.Module | None = None,
 ) -> Backbone:
     """A Backbone whose CAM layer is ``target_layer``, the family's declared one, or the probe's
-    (``ptame.target_layers.find_target_layer``), with the reshape its output's layout needs."""
+    (``ptame.loading.target_layers.find_target_layer``), with the reshape its output's layout needs."""
     try:
         found = find_target_layer(model, preprocessing.crop, target_layer, family)
     except ValueError as error:
@@ -345,7 +345,7 @@ def create_backbone(
             for this call alone.
         target_layer: the layer Grad-CAM-style methods read, a dotted module path of the model
             ("layer4", "blocks.-1.norm1"; a transformers or wrapped model: of the inner model);
-            None: the family's declared layer, else the probe's (``ptame.target_layers``). Its
+            None: the family's declared layer, else the probe's (``ptame.loading.target_layers``). Its
             output's layout (channels first or last, tokens) is read from a probe image.
 
     Returns:
@@ -355,7 +355,7 @@ def create_backbone(
         ValueError: a "MODULE:FUNCTION" that cannot be imported or returns something else.
         CheckpointError: a timm name, Hub repo or folder that cannot be used: unknown, missing
             files (weights are read from safetensors only), a config over the size its weights
-            hold (``ptame.timm_sources``).
+            hold (``ptame.loading.timm_sources``).
     """
     paper = PAPER_BACKBONES.get(name)
     if paper is not None:

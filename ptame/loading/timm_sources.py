@@ -2,10 +2,10 @@
 
 A name is a timm registry name ("resnet18.tv_in1k"), "hf-hub:ORG/NAME[@REVISION]" (a Hub repo
 holding timm's config.json and model.safetensors) or "local-dir:PATH" (a folder holding them).
-Files are found through ``ptame.hub``, offline per call when asked (``local_files_only``), and
+Files are found through ``ptame.loading.hub``, offline per call when asked (``local_files_only``), and
 weights only ever come from safetensors. A folder's config.json is read within bounds and its
 architecture must be one timm knows; the network is then built within a budget taken from its
-weights file's header (``ptame.budget``), so that a config cannot ask for more memory than its
+weights file's header (``ptame.loading.budget``), so that a config cannot ask for more memory than its
 weights hold. Where "local-dir:" paths may lead is the caller's ``SourceFolder``: a Hub repo's
 paths stay inside that repo.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from ptame.budget import build_within_budget
 from ptame.errors import CheckpointError, describe
-from ptame.hub import resolve_file
-from ptame.untrusted import read_json_object, read_safetensors_header
+from ptame.loading.budget import build_within_budget
+from ptame.loading.hub import resolve_file
+from ptame.loading.untrusted import read_json_object, read_safetensors_header
 
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"

@@ -1,7 +1,7 @@
 """An explainer checkpoint's two files, read and checked: config.json and the head's model.safetensors.
 
 The nn.Module (``ptame.explainer.PTAME``) describes itself; these functions find its files (a
-folder or a Hub repo, through ``ptame.hub``), read them, and refuse anything that does not fit
+folder or a Hub repo, through ``ptame.loading.hub``), read them, and refuse anything that does not fit
 it exactly, with a ``CheckpointError`` that names the file and the mismatch. Weights are only
 ever read from safetensors.
 """
@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from ptame.errors import CheckpointError, describe, shorten
 from ptame.head import AttentionHead
-from ptame.hub import resolve_file
-from ptame.untrusted import read_json_object, read_safetensors_header
+from ptame.loading.hub import resolve_file
+from ptame.loading.untrusted import read_json_object, read_safetensors_header
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -100,7 +100,7 @@ def _check_config_values(config: dict[str, object], path: Path) -> None:
 
 
 def read_config(path: Path, allowed_keys: Collection[str]) -> dict[str, object]:
-    """An explainer's config.json: a JSON object (read within ``ptame.untrusted``'s bounds) whose
+    """An explainer's config.json: a JSON object (read within ``ptame.loading.untrusted``'s bounds) whose
     keys are all among ``allowed_keys`` and whose values have the types and bounds of a P-TAME
     explainer: num_classes an integer in [1, MAX_CLASSES]; auxiliary a name of at most 512
     characters; feature_levels 1 to MAX_LEVELS distinct integers; auxiliary_mean / auxiliary_std
