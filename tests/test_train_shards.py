@@ -1,5 +1,6 @@
 """Training images from webdataset shards: counts, indexes, the readers' split, the order, resumption."""
 
+import argparse
 import io
 import json
 import tarfile
@@ -7,11 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from tests.conftest import make_image_tree
 from train import shards
+from train.commands import explainer
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
+from train.distributed import Processes
+from train.recipes import Recipe
 
 TRANSFORM = TrainTransform(resize=40, crop=32)
 
@@ -179,3 +184,67 @@ def test_a_plan_holds_a_few_numbers_per_shard_and_numbers_training_images_around
     part = shards.ReaderShard(shard=3, count=6, held_out=(1, 4), first_index=100)
     assert [part.training_index(number) for number in range(6)] == [100, None, 101, 102, None, 103]
     assert part.length == 4
+
+
+class FirstPixel:
+    """A transform that keeps an image's identity and nothing else: its first pixel (3,) as float32
+    (the images of ``numbered_images`` are drawn in the colour (number, 0, 0))."""
+
+    def __call__(self, image: object, generator: torch.Generator) -> torch.Tensor:
+        return torch.tensor(image.getpixel((0, 0)), dtype=torch.float32)
+
+
+def numbered_images(folder: Path, count: int) -> list[Path]:
+    """``count`` solid 8x8 PNG images, image n of colour (n, 0, 0), in the folder's order."""
+    folder.mkdir(parents=True)
+    paths = [folder / f"{number:03d}.png" for number in range(count)]
+    for number, path in enumerate(paths):
+        Image.new("RGB", (8, 8), (number, 0, 0)).save(path)
+    return paths
+
+
+def numbers(batches: list[torch.Tensor]) -> list[int]:
+    """The image numbers of batches of ``FirstPixel`` items, in order."""
+    return [int(pixel[0]) for batch in batches for pixel in batch]
+
+
+def test_two_processes_with_two_workers_each_read_their_own_shards(tmp_path: Path) -> None:
+    """torchrun's layout: 2 processes x 2 DataLoader workers, 4 shards of 4 images, batches of 2. Shard i (images
+    4i..4i+3) goes to process i mod 2 (webdataset's split_by_node), so process 0 reads shards 0 and 2, process 1
+    shards 1 and 3, every image once in an epoch between them."""
+    images = numbered_images(tmp_path / "images", 16)
+    write_shards(images, tmp_path / "images", tmp_path / "shards", per_shard=4)
+    found = shards.read_shards(f"{tmp_path}/shards/train-{{0000..0003}}.tar")
+    plan = shards.ShardPlan(found, held_out=[], batch_size=2, processes=2, workers=2, window=4)
+    assert plan.steps_per_epoch == 4
+    read = {}
+    for rank in range(2):
+        batches = shards.ShardBatches(plan, FirstPixel(), seed=0, rank=rank, start_step=0, stop_step=4)
+        read[rank] = numbers(list(DataLoader(batches, batch_size=None, num_workers=2)))
+    for rank in range(2):
+        own_shards = [shard for shard in range(4) if shard % 2 == rank]
+        assert sorted(read[rank]) == [4 * shard + k for shard in own_shards for k in range(4)], rank
+    assert sorted(read[0] + read[1]) == list(range(16))
+
+
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_the_explainer_commands_loaders_of_two_processes_read_every_image_once(tmp_path: Path, source: str) -> None:
+    """python -m train explainer under torchrun, 2 processes x 2 workers, global batches of 4 over 16 images: each
+    process's loader (its rank passed on) reads its own images, so the two read each image once per epoch."""
+    images = numbered_images(tmp_path / "images", 16)
+    data = str(tmp_path / "images")
+    if source == "shards":
+        shards.pack_folder(images, tmp_path / "images", tmp_path / "shards", per_shard=4)
+        data = f"{tmp_path}/shards/train-{{0000..0003}}.tar"
+    recipe = Recipe(batch_size=4, seed=3)
+    args = argparse.Namespace(data=data, held_out=0, workers=2, shuffle_window=4)
+    read = []
+    for rank in range(2):
+        processes = Processes(rank=rank, world_size=2, device=torch.device("cpu"))
+        if source == "shards":
+            found = explainer.shard_data(args, recipe, processes)
+        else:
+            found = explainer.folder_data(args, recipe)
+        read.append(numbers(list(found.loader(FirstPixel(), recipe, processes, start=0, stop=4, workers=2))))
+    assert len(read[0]) == len(read[1]) == 8
+    assert sorted(read[0] + read[1]) == list(range(16))
