@@ -34,7 +34,7 @@ from ptame.methods import METHODS
 from ptame.metrics import pointing_game
 from ptame.serving.loader import load_model
 from ptame.serving.manifest import ModelEntry
-from tests.conftest import TRAINED_DEMO, random_shapes_demo
+from tests.conftest import TRAINED_DEMO, random_shapes_demo, randomise_head
 
 FAST_OPTIONS = {"rise": {"num_masks": 16, "batch_size": 16}}  # every other method with its defaults
 
@@ -167,6 +167,24 @@ def test_explain_func_says_what_is_missing(random_demo: tuple) -> None:
         explain_func(PixelClassifier(backbone), images, targets, method="nothing")
     with pytest.raises(ValueError, match="PixelClassifier or a ptame.Backbone"):
         explain_func(torch.nn.Identity(), images, targets, method="gradcam")
+
+
+def test_explain_func_uses_the_explainer_it_is_given_over_the_models(random_demo: tuple) -> None:
+    """An explainer passed to explain_func wins over the one the PixelClassifier carries (Quantus passes the
+    metric's model back; a caller comparing explainers passes each in turn)."""
+    backbone, explainer = random_demo
+    torch.manual_seed(1)
+    other = randomise_head(copy.deepcopy(explainer))
+    pixels = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([1, 4])
+    with torch.inference_mode():
+        own, wanted = explainer.explain(pixels, classes), other.explain(pixels, classes)
+    assert (own - wanted).abs().max() > 0.1  # two explainers whose maps differ
+    model = PixelClassifier(backbone, explainer).eval()
+    given = explain_func(model, pixels.numpy(), classes.numpy(), method="ptame", explainer=other)
+    np.testing.assert_allclose(given[:, 0], wanted.numpy(), atol=1e-6)
+    carried = explain_func(model, pixels.numpy(), classes.numpy(), method="ptame")
+    np.testing.assert_allclose(carried[:, 0], own.numpy(), atol=1e-6)
 
 
 def test_numpy2_aliases_last_only_while_the_block_runs() -> None:
