@@ -25,6 +25,7 @@ from ptame.methods import get_method
 from ptame.metrics import deletion_insertion
 from ptame.serving import gpu, session
 from ptame.serving.images import read_image
+from ptame.serving.lanes import Lanes
 from ptame.serving.loader import load_model
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
@@ -164,6 +165,29 @@ def test_on_zero_gpu_the_apps_model_work_runs_in_the_worker_and_matches_a_plain_
 def test_what_the_worker_changes_stays_in_the_worker(fake_zero_gpu: object) -> None:
     box: list[int] = []
     assert gpu.on_gpu(list.append, box, 1) is None and box == []  # ZeroGPU's semantics: caches live in the app
+
+
+def nones(*callbacks: object, progress: object = "unset") -> list[bool]:
+    """In the worker: which of the callbacks (positional, then ``progress``) arrived as None."""
+    return [callback is None for callback in (*callbacks, progress)]
+
+
+MODULE_LAMBDA = lambda done, total: None  # noqa: E731 (a lambda pickle cannot find by its name "<lambda>")
+
+
+def test_on_zero_gpu_a_callback_that_cannot_be_pickled_by_name_arrives_as_none(fake_zero_gpu: object) -> None:
+    """Not only lambdas: the session's real progress callbacks are functions defined inside functions (the
+    lanes' ``report``, a closure over the lanes and their locks), and a module-level lambda has no name pickle can
+    find. Each arrives as None, positional or keyword; a module-level function is pickled by name and arrives."""
+
+    def report(done: int, total: int) -> None:
+        del done, total
+
+    lanes_report = Lanes(lane_threads=1, cores=2).borrowing_idle_cores(report)
+    assert lanes_report is not report and "<locals>" in lanes_report.__qualname__
+    got = gpu.on_gpu(nones, report, lanes_report, MODULE_LAMBDA, lambda done, total: None, progress=report)
+    assert got == [True, True, True, True, True]
+    assert gpu.on_gpu(nones, nones, progress=lanes_report) == [False, True]
 
 
 def test_load_before_launch_loads_and_shares_every_model_and_names_the_failures(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ the app (so caches stay in the app, around the call). Hence, on ZeroGPU:
   models among its arguments (and their classifiers and explainers) reach it by reference: the worker
   is a fork of the app and holds them already (``share`` registers them); registered methods go by
   their key; everything else is pickled. Its tensors are moved to the worker's device and what it
-  returns comes back on the CPU. A callback defined inside a function (a progress report) cannot be
-  pickled: it arrives as None, so streamed methods report no progress there.
+  returns comes back on the CPU. A function that pickle cannot find by name (a progress report defined
+  inside a function, a lambda) arrives as None, so streamed methods report no progress there.
 
 ``spaces`` is imported, and ``on_gpu``'s worker function decorated, when this module is imported on
 ZeroGPU: ZeroGPU needs both before any model touches CUDA and before the app launches. Elsewhere
@@ -27,6 +27,7 @@ import io
 import math
 import os
 import pickle
+import sys
 import types
 from collections.abc import Callable
 from functools import cache
@@ -136,8 +137,14 @@ def _moved(value: Any, device: torch.device) -> Any:
 
 
 def _is_local_function(value: object) -> bool:
-    """A function defined inside another (a closure, a lambda): it cannot be pickled by name."""
-    return isinstance(value, types.FunctionType) and "<locals>" in value.__qualname__
+    """A function that pickle cannot find by its module and qualified name (one defined inside another, a
+    lambda anywhere): it cannot be pickled by name."""
+    if not isinstance(value, types.FunctionType):
+        return False
+    found: object = sys.modules.get(value.__module__)
+    for name in value.__qualname__.split("."):
+        found = getattr(found, name, None)
+    return found is not value
 
 
 def _dumps(call: object) -> bytes:
