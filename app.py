@@ -1,25 +1,143 @@
 """P-TAME demo: upload an image and see why the classifier decided, beside Grad-CAM and Score-CAM.
 
-    python app.py [--model-dir FOLDER]... [--classifier NAME [--explainer SPEC]]... [--manifest PATH] [--device cpu]
+    python app.py [--port PORT] [--host HOST] [--share] [--model-dir FOLDER]...
+                  [--classifier NAME [--explainer SPEC] [--target-layer NAME]]... [--manifest PATH] [--device cpu]
 
-Serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860). The shapes demo is
-loaded before serving; the other models of checkpoints/manifest.toml (and of --model-dir /
-$PTAME_MODEL_DIR folders, and --classifier ones) load in the background once the server is up,
-and the page says which are unavailable and why. A model whose classifier loads but whose
-explainer does not is offered with the baselines only, and gets P-TAME once its explainer can be
-loaded. This file builds the UI and wires events; the work is done by ptame.
+Serves on --host:--port, as Gradio's launch(server_name, server_port) does: without them
+$GRADIO_SERVER_NAME:$GRADIO_SERVER_PORT, default 127.0.0.1:7860; --share also opens a public
+*.gradio.live link (Gradio's share). The shapes demo is loaded before serving; the other models of
+checkpoints/manifest.toml (and of --model-dir / $PTAME_MODEL_DIR folders, and --classifier ones)
+load in the background once the server is up, and the page says which are unavailable and why. A
+model whose classifier loads but whose explainer does not is offered with the baselines only, and
+gets P-TAME once its explainer can be loaded. The Models panel and the /models API endpoint list
+each model's key. This file builds the UI and wires events; the work is done by ptame.
 """
 
+# ruff: noqa: E402 (the command line is parsed before torch, gradio and ptame load: --help answers at once)
+
 import argparse
-import atexit
-import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+MAX_PORT = 65535
+
+
+class ClassifierAction(argparse.Action):
+    """--classifier NAME: one more [classifier, explainer, target layer], its options still unset."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
+    ) -> None:
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest), [value, None, None]])
+
+
+class ClassifierOptionAction(argparse.Action):
+    """--explainer SPEC / --target-layer NAME: an option of the last --classifier (once each)."""
+
+    def __init__(self, *args: Any, position: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = position
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
+    ) -> None:
+        specs = getattr(namespace, self.dest)
+        if not specs or specs[-1][self.position] is not None:
+            parser.error(f"{option_string} must follow the --classifier it belongs to (once each)")
+        specs[-1][self.position] = value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 1 to 65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to {MAX_PORT}, got {text!r}") from None
+    if not 1 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to {MAX_PORT}, got {port}")
+    return port
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (standard library only: ``--help`` answers before the heavy imports)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help="the port to serve on (Gradio's server_port; default: $GRADIO_SERVER_PORT, else 7860)",
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="the address to serve on, 0.0.0.0 for every interface (Gradio's server_name; "
+        "default: $GRADIO_SERVER_NAME, else 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--share",
+        action="store_true",
+        help="also serve through a public *.gradio.live link for 1 week (Gradio's share; needs the internet)",
+    )
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        type=Path,
+        default=[],
+        help="a folder with classifier/ and explainer/ (repeatable; also $PTAME_MODEL_DIR)",
+    )
+    parser.add_argument(
+        "--classifier",
+        action=ClassifierAction,
+        dest="classifiers",
+        default=[],
+        metavar="NAME",
+        help="a classifier to offer beside the manifest's: a timm name, hf-hub:ORG/NAME or local-dir:PATH "
+        "(repeatable); without --explainer it gets the baselines only. Its model key is NAME with every "
+        "character other than letters, digits, _ and - made a - (local-dir:my/model -> local-dir-my-model)",
+    )
+    parser.add_argument(
+        "--explainer",
+        action=ClassifierOptionAction,
+        position=1,
+        dest="classifiers",
+        metavar="SPEC",
+        help="the P-TAME explainer of the --classifier before it: a folder or a Hub repo ORG/NAME[@REVISION]",
+    )
+    parser.add_argument(
+        "--target-layer",
+        action=ClassifierOptionAction,
+        position=2,
+        dest="classifiers",
+        metavar="NAME",
+        help="the CAM methods' layer of the --classifier before it, a dotted module path (e.g. layer4, "
+        "blocks.-1.norm1); default: its family's layer, else a probe's",
+    )
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="the models' manifest (TOML; default: checkpoints/manifest.toml)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: half the cores, one lane each)",
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ARGUMENTS = parse_args()  # --help and bad arguments answer here, before the imports below
+
+import atexit
+import dataclasses
+import logging
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+import threading
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -27,7 +145,7 @@ import torch
 
 from ptame.errors import ImageInputError, MethodFailed, ModelUnavailable
 from ptame.interop.plugins import MethodModuleError, register_method_modules
-from ptame.methods import METHODS, default_method_keys, explainer_method, get_method
+from ptame.methods import METHODS, Method, default_method_keys, explainer_method, get_method
 from ptame.serving.captions import format_seconds, gallery_caption, method_caption
 from ptame.serving.export import Downloads
 from ptame.serving.gpu import load_before_launch, serving_device, zero_gpu
@@ -53,8 +171,13 @@ GRADIO_CACHE_CLEANING = (3600, 3600)  # every hour, delete uploads and outputs o
 MODEL_QUEUE = "models"  # one queue for every event that runs a model
 MODEL_CONCURRENCY = 4  # requests in flight; ptame.serving.session runs one fast and one slow computation at a time
 QUEUE_OPTIONS = {"max_size": 64}  # requests waiting beyond this are told the queue is full
-LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_BYTES, "theme": gr.themes.Soft()}
+LAUNCH_OPTIONS = {"max_file_size": MAX_FILE_BYTES, "theme": gr.themes.Soft(), "allowed_paths": [str(EXAMPLES)]}
 PROGRESS = gr.Progress()  # Gradio gives each call its own tracker in place of this default
+# preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
+MODEL_WORK = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
+INPUT_SCALE, RESULT_SCALE = 2, 3  # the widths of the input and the result columns
+WITHOUT_EXPLAINER = f"(no {explainer_method().name})"  # after a model's name in the menu: short, so that it fits
+LOADING = "(loading…)"
 
 INTRO = """
 # P-TAME: why did the classifier decide that?
@@ -65,6 +188,7 @@ class in one pass of a small trained head; **Grad-CAM** reads the classifier's g
 Maps are drawn on the model's centre crop; below them, P-TAME's maps of the top classes from its
 one pass: click one to explain that class with every method.
 """
+WELCOME = "Upload an image, or pick an example below."
 PHOTOS_WITHOUT_MODEL = (
     "The photos are for the ImageNet models, and none is ready here (see **Models**). "
     "The model selected now will explain them, but it does not know photos."
@@ -107,6 +231,31 @@ def uploaded_path(upload: FileData | str | None) -> str | None:
     return upload
 
 
+CLASS_INDEX_API = {"type": "integer", "description": "a class index of the model, from 0 (/models lists its classes)"}
+
+
+def class_menu() -> gr.Dropdown:
+    """The class menu, typed in the API as a class index. Its choices change with each image and
+    model, so Gradio's own type for it, a choice among the choices it has at launch, would offer
+    none. (Set on the instance: Gradio writes a .pyi stub beside the file of a component subclass.)"""
+    menu = gr.Dropdown(
+        choices=[],
+        label="Class to explain (top-1 by default)",
+        interactive=True,
+        allow_custom_value=True,
+        render=False,
+    )
+    menu.api_info = lambda: CLASS_INDEX_API  # type: ignore[method-assign]
+    return menu
+
+
+def overlay_label(method: Method) -> str:
+    """An overlay's label before its first map, which is also its name in the API: the method's
+    name with each "+" spelled " plus" (gradio_client names an output by the letters, digits and
+    spaces of its label, so Grad-CAM++ would be "gradcam", as Grad-CAM is)."""
+    return method.name.replace("+", " plus")
+
+
 class Page:
     """The app's components, made unrendered: ``build_demo`` lays them out, and the handlers return
     ``{component: value}`` updates of them. There is one overlay per method of the registry.
@@ -120,7 +269,9 @@ class Page:
         self._inputs(registry)
         self._results()
         self._settings()
-        self.models_status = gr.Markdown(model_status(registry, problems), render=False)
+        self.problems = list(problems)
+        self.models_status = gr.Markdown(model_status(registry, problems), label="Models", render=False)
+        self.models_list = gr.JSON(label="Models", visible=False, render=False)  # the /models endpoint's output
         self.timer = gr.Timer(2.0, active=registry.loading() or registry.explainers_pending(), render=False)
 
     def _inputs(self, registry: ModelRegistry) -> None:
@@ -144,17 +295,11 @@ class Page:
 
     def _results(self) -> None:
         self.predictions = gr.Label(num_top_classes=TOP_CLASSES, label="Top-5 predictions", render=False)
-        self.class_menu = gr.Dropdown(
-            choices=[],
-            label="Class to explain (top-1 by default)",
-            interactive=True,
-            allow_custom_value=True,
-            render=False,
-        )
-        self.status = gr.Markdown("Upload an image, or pick an example below.", label="Status", render=False)
+        self.class_menu = class_menu()
+        self.status = gr.Markdown(WELCOME, label="Status", render=False)
         self.overlays = {
             key: gr.Image(
-                label=method.name,
+                label=overlay_label(method),
                 interactive=False,
                 visible=method.default,
                 height=OVERLAY_HEIGHT,
@@ -164,9 +309,9 @@ class Page:
             )
             for key, method in METHODS.items()
         }
-        self.notes = gr.Markdown(visible=False, elem_id="notes", render=False)
+        self.notes = gr.Markdown(label="Notes", visible=False, elem_id="notes", render=False)
         self.gallery = gr.Gallery(
-            label=f"{explainer_method().name}: the top classes at a glance (click one to explain it)",
+            label=f"{explainer_method().name} maps of the top classes",
             columns=GALLERY_CLASSES,
             height=GALLERY_HEIGHT,
             allow_preview=False,
@@ -175,7 +320,7 @@ class Page:
             elem_id="gallery",
             render=False,
         )
-        self.gallery_caption = gr.Markdown(elem_id="gallery-caption", render=False)
+        self.gallery_caption = gr.Markdown(label="Gallery caption", elem_id="gallery-caption", render=False)
         self.maps_file = gr.File(label="Raw maps (.npz)", interactive=False, render=False)
 
     def _settings(self) -> None:
@@ -222,12 +367,16 @@ class Handlers:
         session: the models and caches.
         downloads: folder for the .npz files offered for download.
         problems: messages about model sources that could not be read, shown with the models.
+        examples: the folder of the example images (``example_files``).
     """
 
-    def __init__(self, session: ExplainSession, downloads: Path, problems: Sequence[str] = ()) -> None:
+    def __init__(
+        self, session: ExplainSession, downloads: Path, problems: Sequence[str] = (), examples: Path = EXAMPLES
+    ) -> None:
         self.session = session
         self.downloads = Downloads(downloads, KEPT_DOWNLOADS)
         self.page = Page(session.registry, problems)
+        self.shapes, self.photos = example_files(examples)
 
     # Inputs
 
@@ -389,6 +538,33 @@ class Handlers:
             image, model_key, None, methods, DEFAULT_OPACITY, DEFAULT_COLORMAP, GALLERY_CLASSES, None
         )
 
+    def explain_photo(
+        self,
+        example: int | None,
+        current: str | None,
+        methods: Sequence[str],
+        opacity: float = DEFAULT_OPACITY,
+        colormap: str = DEFAULT_COLORMAP,
+        gallery_classes: int = GALLERY_CLASSES,
+        progress: gr.Progress = PROGRESS,
+    ) -> Iterator[Updates]:
+        """A photo example was clicked (its index): show it, select an ImageNet model (the selected
+        model if it is one, else the first ready; if none is ready, keep the selected model and say
+        so) and explain the photo's top class with the chosen methods."""
+        if not isinstance(example, int) or not 0 <= example < len(self.photos):
+            raise gr.Error(f"There is no photo example {example!r}.")
+        photo = str(self.photos[example])
+        key = self.session.photo_model(current)
+        notes = [] if key is not None else [PHOTOS_WITHOUT_MODEL]
+        model_key = key or current or ""
+        entry = self.session.registry.entries.get(model_key)
+        yield {
+            self.page.image: photo,
+            self.page.model: gr.update(value=model_key),
+            self.page.status: f"Explaining the photo with {entry.display_name if entry else model_key}…",
+        }
+        yield from self._explain(photo, model_key, None, methods, opacity, colormap, gallery_classes, progress, notes)
+
     def _explain(
         self,
         upload: FileData | str | None,
@@ -399,7 +575,10 @@ class Handlers:
         colormap: str,
         gallery_classes: int,
         progress: gr.Progress | None,
+        notes: Sequence[str] = (),
     ) -> Iterator[Updates]:
+        """Predict, then explain one class (the top-1 for ``class_choice`` None): the updates of
+        ``Page.explain_outputs`` as each method's map arrives; ``notes`` join the session's notes."""
         methods = self._methods(methods)
         image = self._image(upload, warn=class_choice is None)
         analysis = self._analysis(image, model_key)
@@ -409,8 +588,13 @@ class Handlers:
         shown = {**self._predictions(analysis, names, index), **self._gallery(gallery, analysis, opacity, colormap)}
         heading = f"Explaining **{names[index]}** (class {index}) with {len(methods)} methods."
         for update in self._stream(image, model_key, index, methods, progress):
-            notes = gr.Markdown("\n\n".join(update.notes), visible=bool(update.notes))
-            shown.update({**self._overlays(update, methods, opacity, colormap), self.page.notes: notes})
+            every_note = [*update.notes, *notes]
+            shown.update(
+                {
+                    **self._overlays(update, methods, opacity, colormap),
+                    self.page.notes: gr.Markdown("\n\n".join(every_note), visible=bool(every_note)),
+                }
+            )
             if update.done:
                 saved = self.downloads.save(model_key, image.digest, update) if update.explanations else None
                 status = f"Explained **{names[index]}** (class {index}); pick another class above or in the gallery."
@@ -502,24 +686,21 @@ class Handlers:
             self.page.auc_table: "\n".join(lines),
         }
 
-    def photo_model(self, current: str | None) -> Updates:
-        """A photo example was picked: select an ImageNet model if one is ready, else say none is."""
-        key = self.session.photo_model()
-        if key is not None:
-            return {self.page.model: gr.Dropdown(value=key), self.page.notes: gr.Markdown(visible=False)}
-        return {self.page.model: gr.skip(), self.page.notes: gr.Markdown(PHOTOS_WITHOUT_MODEL, visible=True)}
-
     def refresh_models(self, current: str | None) -> Updates:
         """The model menu (ready and loading models), the status text, and whether to poll again."""
         registry = self.session.registry
         registry.retry_due_explainers()
         choices, value = model_choices(registry, current)
-        polling = registry.loading() or registry.explainers_pending()
         return {
             self.page.model: gr.Dropdown(choices=choices, value=value),
-            self.page.models_status: model_status(registry),
-            self.page.timer: gr.Timer(active=polling),
+            self.page.models_status: model_status(registry, self.page.problems),
+            self.page.timer: gr.Timer(active=polling(registry)),
         }
+
+    def models(self) -> list[dict[str, Any]]:
+        """/models: each model's key, name, state, whether it has P-TAME, why not or why it is
+        unavailable, and its class names by index (empty until it is loaded)."""
+        return [dataclasses.asdict(listing) for listing in self.session.registry.listing()]
 
 
 def _progress_for(progress: gr.Progress | None) -> Callable[[str], Callable[[int, int], None] | None]:
@@ -543,49 +724,81 @@ def model_choices(registry: ModelRegistry, current: str | None = None) -> tuple[
     choices = []
     for status in registry.statuses():
         if status.state == "ready" and status.explainer_problem:
-            choices.append((f"{status.display_name} (baselines only)", status.key))
+            choices.append((f"{status.display_name} {WITHOUT_EXPLAINER}", status.key))
         elif status.state == "ready":
             choices.append((status.display_name, status.key))
         elif status.state in ("waiting", "loading"):
-            choices.append((f"{status.display_name} (loading…)", status.key))
+            choices.append((f"{status.display_name} {LOADING}", status.key))
     keys = [key for _, key in choices]
     return choices, (current if current in keys else (keys[0] if keys else None))
 
 
 def model_status(registry: ModelRegistry, problems: Sequence[str] = ()) -> str:
-    """Markdown: each model's state, with the reason for the unavailable ones."""
+    """Markdown: each model's name, key (as the API and ``python -m ptame explain --model`` take it)
+    and state, with the reason for the unavailable ones."""
     lines = []
     for status in registry.statuses():
+        model = f"- **{status.display_name}** (`{status.key}`)"
         if status.state == "unavailable":
-            lines.append(f"- **{status.display_name}**: unavailable: {status.reason}")
+            lines.append(f"{model}: unavailable: {status.reason}")
         elif status.state == "ready" and status.explainer_problem:
             lines.append(
-                f"- **{status.display_name}**: ready with the baselines only; no {explainer_method().name} "
+                f"{model}: ready with the baselines only; no {explainer_method().name} "
                 f"explainer: {status.explainer_problem}"
             )
         elif status.state == "ready":
-            lines.append(f"- **{status.display_name}**: ready")
+            lines.append(f"{model}: ready")
         else:
-            lines.append(f"- **{status.display_name}**: loading…")
+            lines.append(f"{model}: loading…")
     lines += [f"- {problem}" for problem in problems]
     return "\n".join(lines) if lines else "No model is configured."
 
 
-def example_rows(registry: ModelRegistry) -> tuple[list[list[str]], list[str]]:
-    """(shapes test images with the demo model, photos) found in the examples folder."""
-    shapes = sorted(EXAMPLES.glob("shapes-*.png"))
-    photos = sorted(EXAMPLES.glob("photo-*.jpg"))
-    demo_ready = DEMO_MODEL in registry.ready_keys()
-    return ([[str(path), DEMO_MODEL] for path in shapes] if demo_ready else []), [str(path) for path in photos]
+def polling(registry: ModelRegistry) -> bool:
+    """Whether an open page should ask for the models' states again (one is loading, or an
+    explainer may still arrive)."""
+    return registry.loading() or registry.explainers_pending()
+
+
+def example_files(folder: Path = EXAMPLES) -> tuple[list[Path], list[Path]]:
+    """(the shapes world's test images shapes-*.png, the photos photo-*.jpg) of an examples
+    folder, by name."""
+    return sorted(folder.glob("shapes-*.png")), sorted(folder.glob("photo-*.jpg"))
+
+
+class FirstRender:
+    """Keeps what a newly opened page shows first in step with the models' states: the model menu,
+    the Models panel and whether the page polls (Gradio serves every page the config it made at
+    launch, so without this each page would first show every model as it was then).
+
+    A registry listener (``ModelRegistry.add_listener``): called on the thread that changed a
+    model's status, it updates the components' values and remakes the app's config from them.
+    """
+
+    def __init__(self, demo: gr.Blocks, page: Page, registry: ModelRegistry) -> None:
+        self.demo = demo
+        self.page = page
+        self.registry = registry
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            page = self.page
+            choices, value = model_choices(self.registry, page.model.value)
+            page.model.choices = choices
+            page.model.value = value
+            page.models_status.value = model_status(self.registry, page.problems)
+            page.timer.active = polling(self.registry)
+            self.demo.config = self.demo.get_config_file()  # as Gradio makes it at launch
 
 
 def lay_out(page: Page) -> None:
     """Render the page's input and result components (inside a ``gr.Blocks``)."""
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=300):
+        with gr.Column(scale=INPUT_SCALE, min_width=300):
             for component in (page.image, page.model, page.methods, page.run):
                 component.render()
-        with gr.Column(scale=2, min_width=300):
+        with gr.Column(scale=RESULT_SCALE, min_width=300):
             for component in (page.predictions, page.class_menu, page.status):
                 component.render()
             with gr.Row():
@@ -606,40 +819,47 @@ def lay_out(page: Page) -> None:
 
 
 def add_examples(handlers: Handlers, registry: ModelRegistry, cache_examples: bool) -> None:
-    """The shapes examples (explained, and cached with ``cache_examples``) and the photos, which
-    select an ImageNet model (inside a ``gr.Blocks``)."""
+    """The shapes examples with the demo model (explained on a click; cached with
+    ``cache_examples``) and the photos, explained on a click with an ImageNet model (inside a
+    ``gr.Blocks``)."""
     page = handlers.page
-    shape_rows, photo_rows = example_rows(registry)
-    if shape_rows:
+    if handlers.shapes and DEMO_MODEL in registry.ready_keys():
         gr.Examples(
-            shape_rows,
+            [[str(path), DEMO_MODEL] for path in handlers.shapes],
             inputs=[page.image, page.model],
             outputs=page.explain_outputs,
             fn=handlers.explain_example,
             cache_examples=cache_examples,
             cache_mode="eager",
+            run_on_click=True,  # uncached: explained when clicked
             preprocess=False,
             label="Shapes world (test images; every method precomputed)",
-            examples_per_page=len(shape_rows),
+            examples_per_page=len(handlers.shapes),
         )
-    if photo_rows:
-        photos = gr.Examples(photo_rows, inputs=[page.image], label="Photos (for the ImageNet models)")
-        photos.dataset.click(
-            handlers.photo_model,
-            [page.model],
-            [page.model, page.notes],
+    if handlers.photos:
+        photos = gr.Dataset(
+            components=[page.image],
+            samples=[[str(path)] for path in handlers.photos],
+            type="index",
+            label="Photos (explained with an ImageNet model)",
+            samples_per_page=len(handlers.photos),
+            elem_id="photos",
+        )
+        photos.click(
+            handlers.explain_photo,
+            [photos, page.model, page.methods, page.opacity, page.colormap, page.gallery_classes],
+            [page.image, page.model, *page.explain_outputs],
             api_visibility="private",
-            show_progress="hidden",
+            show_progress_on=page.streamed_overlays,
+            **MODEL_WORK,
         )
 
 
 def wire(handlers: Handlers) -> None:
     """Connect the page's events to the handlers, with the public API names (inside a ``gr.Blocks``)."""
     page = handlers.page
-    # preprocess=False: handlers get uploads as files, undecoded (see uploaded_path)
-    model_work = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": MODEL_QUEUE, "preprocess": False}
     settings = [page.opacity, page.colormap, page.gallery_classes]
-    explaining = {"show_progress_on": page.streamed_overlays, **model_work}  # the fast maps stay visible meanwhile
+    explaining = {"show_progress_on": page.streamed_overlays, **MODEL_WORK}  # the fast maps stay visible meanwhile
     outputs = page.explain_outputs
     page.run.click(
         handlers.explain, [page.image, page.model, page.methods, *settings], outputs, api_name="explain", **explaining
@@ -673,8 +893,9 @@ def wire(handlers: Handlers) -> None:
         [page.image, page.model, page.class_menu, page.methods],
         [page.deletion_plot, page.insertion_plot, page.auc_table],
         api_name="curves",
-        **model_work,
+        **MODEL_WORK,
     )
+    gr.on([], handlers.models, None, page.models_list, api_name="models", queue=False)  # the API's alone
     page.timer.tick(
         handlers.refresh_models,
         [page.model],
@@ -689,50 +910,32 @@ def build_demo(
     problems: Sequence[str] = (),
     downloads: Path | None = None,
     cache_examples: bool = True,
+    examples: Path = EXAMPLES,
 ) -> gr.Blocks:
-    """The Gradio app of a session (not launched).
+    """The Gradio app of a session (not launched). A new page shows the models' states as they are
+    when it opens (``FirstRender``), and follows them while one is loading.
 
     Args:
         session: the models and caches.
         problems: messages about model sources that could not be read, shown with the models.
         downloads: folder of the .npz downloads (default: a new temporary folder).
         cache_examples: compute the shapes examples' results at launch (as a Space does).
+        examples: the folder of the example images (shapes-*.png, photo-*.jpg).
     """
-    handlers = Handlers(session, downloads or temporary_folder("ptame-downloads-"), problems)
+    handlers = Handlers(session, downloads or temporary_folder("ptame-downloads-"), problems, examples)
     with gr.Blocks(title="P-TAME explainer", delete_cache=GRADIO_CACHE_CLEANING) as demo:
         gr.Markdown(INTRO)
         lay_out(handlers.page)
         add_examples(handlers, session.registry, cache_examples)
         with gr.Accordion("Models", open=False):
             handlers.page.models_status.render()
+            handlers.page.models_list.render()
         handlers.page.timer.render()
         wire(handlers)
+    first_render = FirstRender(demo, handlers.page, session.registry)
+    session.registry.add_listener(first_render)
+    first_render()  # the states changed since the page was made
     return demo
-
-
-class ClassifierAction(argparse.Action):
-    """--classifier NAME: one more [classifier, explainer, target layer], its options still unset."""
-
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
-    ) -> None:
-        setattr(namespace, self.dest, [*getattr(namespace, self.dest), [value, None, None]])
-
-
-class ClassifierOptionAction(argparse.Action):
-    """--explainer SPEC / --target-layer NAME: an option of the last --classifier (once each)."""
-
-    def __init__(self, *args: Any, position: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.position = position
-
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option_string: Any = None
-    ) -> None:
-        specs = getattr(namespace, self.dest)
-        if not specs or specs[-1][self.position] is not None:
-            parser.error(f"{option_string} must follow the --classifier it belongs to (once each)")
-        specs[-1][self.position] = value
 
 
 def classifier_entries(specs: Sequence[Sequence[str | None]]) -> list[ModelEntry]:
@@ -743,66 +946,33 @@ def classifier_entries(specs: Sequence[Sequence[str | None]]) -> list[ModelEntry
     ]
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model-dir",
-        action="append",
-        type=Path,
-        default=[],
-        help="a folder with classifier/ and explainer/ (repeatable; also $PTAME_MODEL_DIR)",
-    )
-    parser.add_argument(
-        "--classifier",
-        action=ClassifierAction,
-        dest="classifiers",
-        default=[],
-        metavar="NAME",
-        help="a classifier to offer beside the manifest's: a timm name, hf-hub:ORG/NAME or local-dir:PATH "
-        "(repeatable); without --explainer it gets the baselines only",
-    )
-    parser.add_argument(
-        "--explainer",
-        action=ClassifierOptionAction,
-        position=1,
-        dest="classifiers",
-        metavar="SPEC",
-        help="the P-TAME explainer of the --classifier before it: a folder or a Hub repo ORG/NAME[@REVISION]",
-    )
-    parser.add_argument(
-        "--target-layer",
-        action=ClassifierOptionAction,
-        position=2,
-        dest="classifiers",
-        metavar="NAME",
-        help="the CAM methods' layer of the --classifier before it, a dotted module path (e.g. layer4, "
-        "blocks.-1.norm1); default: its family's layer, else a probe's",
-    )
-    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="the models' manifest (TOML)")
-    parser.add_argument("--device", default="cpu", help="torch device for the models (cpu, cuda)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=threads_per_lane(),
-        help="torch CPU threads (default: half the cores, one lane each)",
-    )
-    return parser.parse_args(argv)
+def launch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``launch`` keywords of the command line: --host, --port and --share as Gradio's server_name,
+    server_port and share (None: Gradio's default, which reads $GRADIO_SERVER_NAME,
+    $GRADIO_SERVER_PORT and $GRADIO_SHARE), with ``LAUNCH_OPTIONS``."""
+    return {
+        **LAUNCH_OPTIONS,
+        "server_name": args.host,
+        "server_port": args.port,
+        "share": True if args.share else None,
+    }
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(args: argparse.Namespace) -> None:
+    """Serve the app of the parsed command line until it is stopped."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         register_method_modules()  # captum's methods when captum is installed; $PTAME_METHOD_MODULES
-    except MethodModuleError as error:
-        raise SystemExit(f"error: {error}") from error
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    torch.set_num_threads(max(1, args.threads))
-    try:
         classifiers = classifier_entries(args.classifiers)
-    except ValueError as error:
+    except (MethodModuleError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
+    threads = max(1, args.threads if args.threads is not None else threads_per_lane())
+    torch.set_num_threads(threads)
     registry, problems = build_registry(
-        args.manifest, [*model_dirs_from_env(), *args.model_dir], serving_device(args.device), classifiers
+        args.manifest or DEFAULT_MANIFEST,
+        [*model_dirs_from_env(), *args.model_dir],
+        serving_device(args.device),
+        classifiers,
     )
     if zero_gpu():
         load_before_launch(registry)  # ZeroGPU: every model now, on the main thread (ptame/serving/gpu.py)
@@ -818,12 +988,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["GRADIO_EXAMPLES_CACHE"] = str(temporary_folder("ptame-examples-"))
     for problem in problems:
         logger.warning("%s", problem)
-    demo = build_demo(ExplainSession(registry, lane_threads=max(1, args.threads)), problems)
-    demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **LAUNCH_OPTIONS)
+    demo = build_demo(ExplainSession(registry, lane_threads=threads), problems)
+    demo.queue(**QUEUE_OPTIONS).launch(prevent_thread_lock=True, **launch_options(args))
     if not zero_gpu():
         registry.load_in_background()  # after the server is up: start-up does not share the CPU with it
     demo.block_thread()
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGUMENTS)

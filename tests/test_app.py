@@ -6,7 +6,11 @@ object is tested on the trained demo of the repository (checkpoints/shapes).
 """
 
 import dataclasses
+import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +19,11 @@ import gradio as gr
 import httpx
 import numpy as np
 import pytest
+import timm
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import sanitize_parameter_names
 from PIL import Image
 
 import app
@@ -31,10 +37,12 @@ from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import MODEL_DIR_ENV, ModelRegistry, build_registry, model_dirs_from_env
 from ptame.serving.session import ExplainSession
 from tests.conftest import (
+    ROOT,
     TRAINED_DEMO,
     png_claiming_size,
     random_shapes_demo,
     run_in_threads,
+    save_timm_checkpoint,
     shapes_file,
     shapes_pixels,
 )
@@ -237,9 +245,74 @@ def test_a_photo_with_the_shapes_model_comes_with_a_note(demo_folder: Path, tmp_
     assert result["notes"].visible and "knows only" in result["notes"].value
     shapes = final(handlers, handlers.explain(str(app.EXAMPLES / "shapes-test-3-star.png"), "shapes", ["ptame"]))
     assert not shapes["notes"].visible
-    chosen = handlers.photo_model("shapes")  # no ImageNet model in this session
-    model, note = chosen[handlers.page.model], chosen[handlers.page.notes]
-    assert model == gr.skip() and note.visible and note.value == app.PHOTOS_WITHOUT_MODEL
+
+
+@pytest.fixture(scope="module")
+def photo_models(tmp_path_factory: pytest.TempPathFactory) -> list[ModelEntry]:
+    """Two classifiers with ImageNet's 1000 classes (timm's test_resnet, seeded random weights)."""
+    entries = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        folder = tmp_path_factory.mktemp("photo-models") / f"imagenet-{seed}"
+        save_timm_checkpoint(timm.create_model("test_resnet", num_classes=1000), folder)
+        entries.append(ModelEntry(f"imagenet-{seed}", f"ImageNet {seed}", f"local-dir:{folder}"))
+    return entries
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """An examples folder: two of the repository's photos, the second under a later name, and a shapes image."""
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    shutil.copy(app.EXAMPLES / "photo-coffee.jpg", folder / "photo-a-coffee.jpg")
+    shutil.copy(app.EXAMPLES / "photo-chelsea.jpg", folder / "photo-b-cat.jpg")
+    shutil.copy(app.EXAMPLES / "shapes-test-3-star.png", folder / "shapes-test-3-star.png")
+    return folder
+
+
+def test_the_examples_are_every_photo_and_shapes_image_of_the_folder(examples: Path) -> None:
+    (examples / "photo-cat-and-coffee.jpg").write_bytes((examples / "photo-a-coffee.jpg").read_bytes())
+    (examples / "notes.txt").write_text("not an example")
+    shapes, photos = app.example_files(examples)
+    assert [path.name for path in photos] == ["photo-a-coffee.jpg", "photo-b-cat.jpg", "photo-cat-and-coffee.jpg"]
+    assert [path.name for path in shapes] == ["shapes-test-3-star.png"]
+
+
+def test_a_clicked_photo_is_shown_and_explained_with_an_imagenet_model(
+    demo_folder: Path, photo_models: list[ModelEntry], examples: Path, tmp_path: Path
+) -> None:
+    registry = ModelRegistry([ModelEntry.from_folder(demo_folder), *photo_models])
+    for key in registry.entries:
+        registry.load(key)
+    handlers = app.Handlers(ExplainSession(registry), tmp_path / "downloads", examples=examples)
+    page = handlers.page
+    steps = list(handlers.explain_photo(1, "shapes", ["gradcam", "scorecam"]))
+    first, last = steps[0], named(steps[-1], handlers)
+    assert first[page.image] == str(examples / "photo-b-cat.jpg")
+    assert first[page.model]["value"] == "imagenet-0"  # the first ImageNet model, the shapes demo knows no photos
+    assert first[page.status] != app.WELCOME
+    assert last["overlay:gradcam"].value is not None and last["overlay:scorecam"].value is not None
+    assert last["status"].startswith("Explained") and not last["notes"].visible
+    alone = final(handlers, handlers.explain(str(examples / "photo-b-cat.jpg"), "imagenet-0", ["gradcam"]))
+    with np.load(last["maps_file"]) as clicked, np.load(alone["maps_file"]) as explained:
+        np.testing.assert_array_equal(clicked["gradcam"], explained["gradcam"])
+    kept = list(handlers.explain_photo(0, "imagenet-1", ["gradcam"]))
+    assert kept[0][page.model]["value"] == "imagenet-1"  # an ImageNet model already selected stays
+    assert kept[0][page.image] == str(examples / "photo-a-coffee.jpg")
+    with pytest.raises(gr.Error, match="no photo example"):
+        list(handlers.explain_photo(2, "shapes", ["gradcam"]))
+
+
+def test_a_clicked_photo_without_an_imagenet_model_says_so(demo_folder: Path, examples: Path, tmp_path: Path) -> None:
+    entry = dataclasses.replace(ModelEntry.from_folder(demo_folder), domain="six synthetic shapes", image_size=128)
+    registry = ModelRegistry([entry])
+    registry.load(entry.key)
+    handlers = app.Handlers(ExplainSession(registry), tmp_path / "downloads", examples=examples)
+    steps = list(handlers.explain_photo(0, "shapes", ["ptame"]))
+    assert steps[0][handlers.page.model]["value"] == "shapes"
+    last = named(steps[-1], handlers)
+    assert last["overlay:ptame"].value is not None and last["status"].startswith("Explained")
+    assert app.PHOTOS_WITHOUT_MODEL in last["notes"].value and "knows only" in last["notes"].value
 
 
 def test_the_command_line_adds_classifiers_with_or_without_explainers(tmp_path: Path) -> None:
@@ -253,6 +326,31 @@ def test_the_command_line_adds_classifiers_with_or_without_explainers(tmp_path: 
         app.parse_args(["--explainer", "org/x"])  # no --classifier before it
     with pytest.raises(SystemExit):
         app.parse_args(["--classifier", "vgg16", "--explainer", "a/b", "--explainer", "c/d"])
+
+
+def test_the_command_line_serves_as_gradio_launches() -> None:
+    given = app.launch_options(app.parse_args(["--port", "7861", "--host", "0.0.0.0", "--share"]))
+    assert (given["server_port"], given["server_name"], given["share"]) == (7861, "0.0.0.0", True)
+    unset = app.launch_options(app.parse_args([]))  # Gradio's defaults: $GRADIO_SERVER_PORT, ...
+    assert (unset["server_port"], unset["server_name"], unset["share"]) == (None, None, None)
+    assert unset["max_file_size"] == MAX_FILE_BYTES
+    for port in ("0", "65536", "http"):
+        with pytest.raises(SystemExit):
+            app.parse_args(["--port", port])
+
+
+def test_help_answers_before_torch_and_gradio_are_imported(tmp_path: Path) -> None:
+    """`python app.py --help` with torch and gradio replaced by modules that fail on import."""
+    for name in ("torch", "gradio"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} imported before --help')\n")
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = [sys.executable, str(ROOT / "app.py"), "--port", "7861", "--help"]
+    helped = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0, helped.stderr
+    assert "--port" in helped.stdout and "--host" in helped.stdout and "--share" in helped.stdout
+    served = subprocess.run(command[:-1], env=environment, capture_output=True, text=True, timeout=60)
+    assert "imported before --help" in served.stderr  # the stand-ins do stop a real start
 
 
 def test_the_command_line_gives_a_classifier_its_target_layer() -> None:
@@ -280,7 +378,7 @@ def test_a_classifier_only_model_gives_the_baselines_and_says_how_to_get_p_tame(
     )
     registry = ModelRegistry([entry], explainer_retry_s=3600)  # its explainer folder is not there yet
     registry.load("classifier-only")
-    assert app.model_choices(registry)[0] == [("classifier-only (baselines only)", "classifier-only")]
+    assert app.model_choices(registry)[0] == [(f"classifier-only {app.WITHOUT_EXPLAINER}", "classifier-only")]
     assert "ready with the baselines only" in app.model_status(registry)
     demo = served(ExplainSession(registry), tmp_path / "downloads")
     path = handle_file(shapes_file(images, 212))
@@ -458,11 +556,109 @@ def test_class_endpoint_and_reblend_through_the_client(client: Client, images: P
         client.predict(path, "shapes", 99, ["ptame"], api_name="/explain_class")
 
 
+PUBLIC_ENDPOINTS = {"/explain", "/explain_class", "/reblend", "/curves", "/models"}
+GRADIO_FALLBACK_NAME = re.compile(r"^(value|parameter)_\d+$")  # what Gradio names an unlabelled component
+
+
+def test_every_endpoint_names_its_inputs_and_outputs(client: Client) -> None:
+    """gradio_client's view_api(): each parameter and return has its own name (no value_N, none
+    twice in an endpoint), and every type offers a choice (no Literal[] of nothing)."""
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == PUBLIC_ENDPOINTS
+    for endpoint, info in endpoints.items():
+        for part, key in (("parameters", "parameter_name"), ("returns", "label")):
+            names = [sanitize_parameter_names(item.get(key) or item["label"]) for item in info[part]]
+            assert all(names) and not any(GRADIO_FALLBACK_NAME.match(name) for name in names), (endpoint, names)
+            assert len(set(names)) == len(names), (endpoint, names)
+            types = [item["python_type"]["type"] for item in info[part]]
+            assert not any("Literal[]" in python_type for python_type in types), (endpoint, types)
+    overlays = [item["label"] for item in endpoints["/explain"]["returns"][2 : 2 + len(METHODS)]]
+    assert [sanitize_parameter_names(label) for label in overlays] == [
+        "ptame",
+        "gradcam",
+        "gradcam_plus_plus",
+        "scorecam",
+        "ablationcam",
+        "rise",
+    ]
+    class_index = next(
+        item for item in endpoints["/explain_class"]["parameters"] if item["parameter_name"] == "class_index"
+    )
+    assert class_index["python_type"]["type"] == "int"
+    assert [item["label"] for item in endpoints["/models"]["returns"]] == ["Models"]
+
+
+def test_models_endpoint_lists_keys_names_states_and_classes(client: Client) -> None:
+    (shapes,) = client.predict(api_name="/models")
+    assert shapes == {
+        "key": "shapes",
+        "name": "shapes",
+        "state": "ready",
+        "p_tame": True,
+        "reason": "",
+        "classes": list(SHAPE_CLASSES),
+    }
+
+
+def test_a_new_page_shows_each_model_as_it_is_now(session: ExplainSession, tmp_path: Path) -> None:
+    """The page a browser gets (Gradio's /config): the model menu and the Models panel as the
+    models are when it opens, not as they were at launch."""
+    release = threading.Event()
+    shapes = session.registry.get("shapes")
+
+    def waiting_loader(entry: ModelEntry, device: str):
+        release.wait(timeout=30)
+        if entry.key == "gone":
+            raise OSError("no such folder")
+        return shapes
+
+    gone = ModelEntry("gone", "Gone", "local-dir:/nowhere")
+    registry = ModelRegistry([shapes.entry, gone], loader=waiting_loader)
+    demo = served(ExplainSession(registry), tmp_path)
+    try:
+        loader = registry.load_in_background()
+        at_start = first_page(demo)
+        release.set()
+        loader.join(timeout=30)
+        later = first_page(demo)
+    finally:
+        demo.close()
+    assert at_start["menu"] == [
+        [f"{shapes.entry.display_name} {app.LOADING}", "shapes"],
+        [f"Gone {app.LOADING}", "gone"],
+    ]
+    assert at_start["timer"]
+    assert later["menu"] == [[shapes.entry.display_name, "shapes"]] and later["value"] == "shapes"
+    assert (
+        "(`shapes`): ready" in later["models"] and "**Gone** (`gone`): unavailable: no such folder" in later["models"]
+    )
+    assert not later["timer"]
+
+
+def first_page(demo: gr.Blocks) -> dict:
+    """What Gradio sends a new page: the model menu's choices and value, the Models panel's text,
+    and whether the timer polls."""
+    components = httpx.get(demo.local_url + "config", timeout=30).json()["components"]
+    props = {
+        (c["props"].get("label"), c["type"]): c["props"]
+        for c in components
+        if c["type"] in {"dropdown", "markdown", "timer"}
+    }
+    menu = props["Model", "dropdown"]
+    timer = next(c["props"] for c in components if c["type"] == "timer")
+    return {
+        "menu": menu["choices"],
+        "value": menu["value"],
+        "models": props["Models", "markdown"]["value"],
+        "timer": timer["active"],
+    }
+
+
 def test_model_status_and_folders_from_the_environment(
     session: ExplainSession, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     text = app.model_status(session.registry, ["the model folder X cannot be used: no explainer/"])
-    assert "**shapes**: ready" in text and "no explainer/" in text
+    assert "**shapes** (`shapes`): ready" in text and "no explainer/" in text
     monkeypatch.setenv(MODEL_DIR_ENV, f"{tmp_path / 'a'}:{tmp_path / 'b'}")
     assert model_dirs_from_env() == [tmp_path / "a", tmp_path / "b"]
 
@@ -479,7 +675,7 @@ def test_demo_builds_and_says_why_when_no_model_loads(tmp_path: Path) -> None:
     demo = app.build_demo(ExplainSession(registry), problems, downloads=tmp_path, cache_examples=False)
     assert isinstance(demo, gr.Blocks)
     assert app.model_choices(registry) == ([], None)
-    assert "**Shapes**: unavailable: " in app.model_status(registry)
+    assert "**Shapes** (`shapes`): unavailable: " in app.model_status(registry)
 
 
 def test_model_menu_follows_background_loading(session: ExplainSession) -> None:
@@ -495,7 +691,7 @@ def test_model_menu_follows_background_loading(session: ExplainSession) -> None:
     loader = registry.load_in_background()
     page = handlers.page
     menu, status, timer = (handlers.refresh_models(None)[c] for c in (page.model, page.models_status, page.timer))
-    assert menu.choices == [(f"{shapes.entry.display_name} (loading…)", "shapes")] and timer.active
+    assert menu.choices == [(f"{shapes.entry.display_name} {app.LOADING}", "shapes")] and timer.active
     assert "loading" in status
     release.set()
     loader.join(timeout=30)

@@ -4,7 +4,8 @@ Loading may be slow or fail (a download, an unreachable Hub): ``ModelRegistry`` 
 model is unavailable instead of raising at start-up, and can load models in a background thread
 so that a server answers while they arrive. A model whose classifier loads but whose explainer
 does not is ready without P-TAME; its explainer is tried again now and then (``retry_explainer``),
-so that P-TAME appears without a restart once it can be loaded.
+so that P-TAME appears without a restart once it can be loaded. Listeners (``add_listener``)
+hear of every change of a model's status, so that a server can show the states as they are.
 """
 
 import logging
@@ -48,6 +49,20 @@ class ModelStatus:
     state: State
     reason: str = ""
     explainer_problem: str = ""
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """One model as an API lists it: its ``key`` (what requests name it by), display ``name``,
+    ``state``, whether it has its P-TAME explainer (``p_tame``), why it is unavailable or lacks
+    P-TAME (``reason``, "" if neither), and its class names by index (empty until it is loaded)."""
+
+    key: str
+    name: str
+    state: State
+    p_tame: bool
+    reason: str
+    classes: list[str]
 
 
 def _ready_status(entry: ModelEntry, model: LoadedModel) -> ModelStatus:
@@ -94,6 +109,20 @@ class ModelRegistry:
         self._explainer_locks = {key: threading.Lock() for key in self.entries}
         self._explainer_attempts: dict[str, float] = {}  # key -> time.monotonic() of the last attempt
         self._retrying: set[str] = set()  # keys with a background retry started and not finished
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change of a model's status (loading, ready, unavailable,
+        an explainer found or lost), on the thread that made it, with no lock held."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def _notify(self) -> None:
+        """Tell the listeners that a status changed (no lock held)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener()
 
     def load(self, key: str) -> LoadedModel:
         """The loaded model of ``key``, loading it now if needed (blocks while another thread loads it).
@@ -116,6 +145,7 @@ class ModelRegistry:
             if model is not None:
                 self._retry_in_background_if_due(key, model)
                 return model
+            self._notify()
             entry = self.entries[key]
             try:
                 model = self._loader(entry, self.device)
@@ -123,11 +153,13 @@ class ModelRegistry:
                 reason = failure_reason(error, f"{entry.display_name} is unavailable")
                 with self._lock:
                     self._status[key] = ModelStatus(key, entry.display_name, "unavailable", reason)
+                self._notify()
                 raise ModelUnavailable(f"{entry.display_name} is unavailable: {reason}") from error
             with self._lock:
                 self._models[key] = model
                 self._status[key] = _ready_status(self.entries[key], model)
                 self._explainer_attempts[key] = time.monotonic()
+            self._notify()
             return model
 
     def get(self, key: str) -> LoadedModel:
@@ -187,6 +219,7 @@ class ModelRegistry:
             with self._lock:
                 self._models[key] = model
                 self._status[key] = _ready_status(self.entries[key], model)
+            self._notify()
             return model.has_explainer
 
     def _retry_in_background_if_due(self, key: str, model: LoadedModel) -> None:
@@ -249,6 +282,23 @@ class ModelRegistry:
         """Every model's status, in display order."""
         with self._lock:
             return [self._status[key] for key in self.entries]
+
+    def listing(self) -> list[ModelListing]:
+        """Every model as an API lists it (``ModelListing``), in display order."""
+        with self._lock:
+            models = dict(self._models)
+            statuses = [self._status[key] for key in self.entries]
+        return [
+            ModelListing(
+                key=status.key,
+                name=status.display_name,
+                state=status.state,
+                p_tame=status.key in models and models[status.key].has_explainer,
+                reason=status.reason or status.explainer_problem,
+                classes=list(models[status.key].backbone.class_names) if status.key in models else [],
+            )
+            for status in statuses
+        ]
 
     def ready_keys(self) -> list[str]:
         """Keys of the loaded models, in display order."""

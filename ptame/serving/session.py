@@ -270,13 +270,17 @@ class ExplainSession:
         classes = analysis.probabilities.shape[0]
         return Gallery(method, items, analysis.ptame_seconds, classes, reference, reference_seconds)
 
-    def photo_model(self) -> str | None:
-        """The key of the first ready model (display order) whose classifier has ImageNet's 1000
-        classes, to offer for photos; None if there is none."""
-        for key in self.registry.ready_keys():
-            if len(self.registry.get(key).backbone.class_names) == IMAGENET_CLASSES:
-                return key
-        return None
+    def photo_model(self, preferred: str | None = None) -> str | None:
+        """The key of a ready model whose classifier has ImageNet's 1000 classes, to explain photos
+        with: ``preferred`` if it is one, else the first in display order; None if there is none."""
+        keys = [
+            key
+            for key in self.registry.ready_keys()
+            if len(self.registry.get(key).backbone.class_names) == IMAGENET_CLASSES
+        ]
+        if preferred in keys:
+            return preferred
+        return keys[0] if keys else None
 
     def domain_note(self, image: CheckedImage, model_key: str) -> str | None:
         """``captions.domain_note`` of the model's entry for the image: a warning when the image is
