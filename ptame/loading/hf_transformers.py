@@ -7,6 +7,11 @@ with ``AutoModelForImageClassification`` within the budget of its weights file (
 from safetensors only, offline when asked; its preprocessing comes from the image processor's
 config (size, crop, resample, mean, std) and its class names from ``id2label``. transformers is
 an optional dependency: ``pip install "ptame-xai[transformers]"``.
+
+No code from a model's files ever runs: a config.json with an ``auto_map`` (at any depth), or a
+``model_type`` that the installed transformers does not ship, is refused before transformers
+reads the folder, and every transformers call passes ``trust_remote_code=False`` (so it never
+asks on standard input, and never touches the process's SIGALRM).
 """
 
 import math
@@ -15,7 +20,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ptame.errors import CheckpointError
+from ptame.errors import CheckpointError, describe
 from ptame.loading.budget import build_within_budget
 from ptame.loading.hub import resolve_file
 from ptame.loading.untrusted import read_json_object, read_safetensors_header
@@ -85,6 +90,36 @@ def _preprocessing(processor: dict[str, object], config: dict[str, object], wher
     return {"resize": max(resize, crop), "crop": crop, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation}
 
 
+def refuse_code(config: dict[str, object], what: str) -> None:
+    """Refuse a transformers config.json that asks for code: an ``auto_map`` anywhere in it, or a
+    ``model_type`` the installed transformers does not ship (only the folder's own code could
+    build it).
+
+    Raises:
+        CheckpointError: names ``what`` and the reason; transformers is not asked.
+    """
+    from transformers import CONFIG_MAPPING
+
+    stack: list[object] = [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "auto_map" in item:
+                raise CheckpointError(
+                    f"{what} asks to run Python code of its own (its config.json has an auto_map); "
+                    "ptame never runs code from a model's files"
+                )
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise CheckpointError(
+            f"{what} has the model_type {describe(model_type, 60)}, which is not one of the model types "
+            "transformers ships; ptame builds those only and never runs code from a model's files"
+        )
+
+
 def _class_names(config: dict[str, object], num_classes: int) -> list[str]:
     labels = config.get("id2label")
     if isinstance(labels, dict) and len(labels) == num_classes:
@@ -108,6 +143,7 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
     except ImportError as error:
         raise CheckpointError(f"{what} is a Hugging Face transformers model: {EXTRA}") from error
     config = read_json_object(folder / CONFIG_NAME)
+    refuse_code(config, what)
     processor_path = folder / PROCESSOR_NAME
     processor = read_json_object(processor_path) if processor_path.is_file() else {}
     weights = folder / WEIGHTS_NAME
@@ -115,15 +151,15 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
         raise CheckpointError(f"{what} has no {WEIGHTS_NAME} (weights are read from safetensors only)")
     header = read_safetensors_header(weights)
     try:
-        architecture = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        architecture = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         model = build_within_budget(
             lambda: AutoModelForImageClassification.from_pretrained(
-                str(folder), local_files_only=True, use_safetensors=True
+                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
             ),
             header.numel + 1_000_000,
             MAX_MODULES_PER_TENSOR * len(header.tensors) + 1000,
             what,
-            architecture=lambda: AutoModelForImageClassification.from_config(architecture),
+            architecture=lambda: AutoModelForImageClassification.from_config(architecture, trust_remote_code=False),
         )
     except CheckpointError:
         raise
