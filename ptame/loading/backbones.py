@@ -124,7 +124,13 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def _class_names(model: nn.Module, num_classes: int) -> list[str]:
+    """Name i is timm's label name of output i: ``label_names`` is a list (name i at place i) or a dict
+    {number: name} (JSON keys are strings, in any order; "class i" where it has none); without them,
+    ImageNet's names for 1000 classes, else "class i"."""
     label_names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
+    if isinstance(label_names, dict) and label_names:
+        names = {int(key): str(name) for key, name in label_names.items() if str(key).isdecimal()}
+        return [names.get(index, f"class {index}") for index in range(num_classes)]
     if label_names and len(label_names) == num_classes:
         return list(label_names)
     if num_classes == 1000:

@@ -121,13 +121,13 @@ def refuse_code(config: dict[str, object], what: str) -> None:
 
 
 def _class_names(config: dict[str, object], num_classes: int) -> list[str]:
+    """Name i is the ``id2label`` entry numbered i (its JSON keys are the numbers as strings, in any
+    order, as transformers reads them), or "class i" where it has none."""
     labels = config.get("id2label")
-    if isinstance(labels, dict) and len(labels) == num_classes:
-        try:
-            return [str(labels[key]) for key in sorted(labels, key=int)]
-        except (TypeError, ValueError):
-            pass
-    return [f"class {index}" for index in range(num_classes)]
+    names: dict[int, str] = {}
+    if isinstance(labels, dict):
+        names = {int(key): str(name) for key, name in labels.items() if str(key).isdecimal()}
+    return [names.get(index, f"class {index}") for index in range(num_classes)]
 
 
 def load_transformers_classifier(folder: Path, what: str) -> TransformersClassifier:
