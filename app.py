@@ -841,7 +841,7 @@ def add_examples(handlers: Handlers, registry: ModelRegistry, cache_examples: bo
             components=[page.image],
             samples=[[str(path)] for path in handlers.photos],
             type="index",
-            label="Photos (explained with an ImageNet model)",
+            label="Photos (click one to explain it with an ImageNet model)",
             samples_per_page=len(handlers.photos),
             elem_id="photos",
         )
@@ -850,6 +850,7 @@ def add_examples(handlers: Handlers, registry: ModelRegistry, cache_examples: bo
             [photos, page.model, page.methods, page.opacity, page.colormap, page.gallery_classes],
             [page.image, page.model, *page.explain_outputs],
             api_visibility="private",
+            scroll_to_output=True,  # the photo and its maps are above the examples
             show_progress_on=page.streamed_overlays,
             **MODEL_WORK,
         )

@@ -28,6 +28,8 @@ from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 CUSTOM_PREFIX = "custom:"
 PROBE_SIZE = 64  # side of the dummy image that reveals a custom auxiliary network's channels
+MAX_PROBE_SIZE = 256  # the load probe's side, whatever the auxiliary network's input size
+PROBE_CLASSES = 16  # the load probe's classes, whatever the class count
 
 
 def _encode_module(module: nn.Module) -> str:
@@ -227,8 +229,12 @@ class PTAME(
             One (B, c_l, h_l, w_l) tensor per level.
         """
         with torch.no_grad():
-            normalized = normalize(self.auxiliary_input(pixels), self.auxiliary_mean, self.auxiliary_std)
-            return list(self.auxiliary(normalized.contiguous(memory_format=torch.channels_last)))
+            return self._features_at(self.auxiliary_input(pixels))
+
+    def _features_at(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The auxiliary network's feature maps of (B, 3, H, W) pixels in [0, 1], at their size."""
+        normalized = normalize(pixels, self.auxiliary_mean, self.auxiliary_std)
+        return list(self.auxiliary(normalized.contiguous(memory_format=torch.channels_last)))
 
     def forward(self, pixels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Raw class maps (before sigmoid or min-max).
@@ -282,17 +288,20 @@ class PTAME(
         statistics or normalisation values that passed every other check).
 
         The probe: seeded uniform noise at the auxiliary network's input size (64 pixels for a
-        network that declares none; at most 256).
+        network that declares none; at most MAX_PROBE_SIZE, whatever ``auxiliary_size`` is), the
+        maps of the first PROBE_CLASSES classes (the head's weights are checked finite when read:
+        NaN maps come from the auxiliary network or the normalisation, the same for every class).
 
         Raises:
             CheckpointError: NaN or infinite raw maps.
         """
         input_size = (getattr(self.auxiliary, "pretrained_cfg", None) or {}).get("input_size") or (3, PROBE_SIZE)
-        side = min(int(max(input_size[1:])), 256)
+        side = min(int(max(input_size[1:])), MAX_PROBE_SIZE)
         device = next(self.head.parameters()).device
         probe = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+        classes = torch.arange(min(self.num_classes, PROBE_CLASSES), device=device)
         with torch.no_grad():
-            maps = self(probe)
+            maps = self.head(self._features_at(probe), classes)
         if not torch.isfinite(maps).all():
             raise CheckpointError(
                 "this explainer's maps of a probe image are NaN or infinite: its weights, BatchNorm "
@@ -349,18 +358,18 @@ class PTAME(
         named = isinstance(described.get("auxiliary", ""), str) and not described.get("auxiliary", "").startswith(
             CUSTOM_PREFIX
         )
-        channels = read_head_header(
-            weights_path,
-            described.get("num_classes", 1000),
-            described.get("feature_levels", (1, 2, 3, 4)) if named else None,
-        )
-        root = SourceFolder(
-            path=weights_path.parent,
-            hub_repo=None if is_folder_source(source) else source,
-            revision=revision,
-            local_files_only=local_files_only,
-        )
         try:
+            channels = read_head_header(
+                weights_path,
+                described.get("num_classes", 1000),
+                described.get("feature_levels", (1, 2, 3, 4)) if named else None,
+            )
+            root = SourceFolder(
+                path=weights_path.parent,
+                hub_repo=None if is_folder_source(source) else source,
+                revision=revision,
+                local_files_only=local_files_only,
+            )
             model = cls(**{"auxiliary_root": root, "head_channels": channels, **config, **model_kwargs})
             model.head.load_state_dict(
                 read_head_weights(weights_path, model.identity(), model.head.state_dict(), map_location)

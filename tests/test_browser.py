@@ -7,6 +7,7 @@ the app gets the demo's networks with seeded random weights through $PTAME_MODEL
 """
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import LOADING, WELCOME, WITHOUT_EXPLAINER
 from ptame.bench.app import free_port
+from ptame.serving.manifest import DEFAULT_MANIFEST, load_manifest
 from tests.conftest import ROOT, TRAINED_DEMO, random_shapes_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,6 +36,10 @@ CHROMIUM_ARGS = [
 STARTUP_LIMIT_S = 120.0
 CLASSIFIER_ONLY = "local-dir:checkpoints/shapes/classifier"  # served beside the shapes demo, without explainer
 OVERLAYS = ("ptame", "gradcam", "scorecam")
+EFFICIENTNET = "efficientnet_lite0"  # the manifest's offline ImageNet model
+EFFICIENTNET_NAME = "EfficientNet-Lite0 (ImageNet, offline)"
+LOADED_LIMIT_S = 300.0  # EfficientNet-Lite0's weights are converted on first use, in the background
+EXPLAINED = re.compile(r"Explained .+ \(class \d+\)")  # the status line once every map is there
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,21 +49,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def served_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py --classifier local-dir:checkpoints/shapes/classifier` as a user starts it, offline,
-    on a free port; yields its URL."""
+    """`python app.py --port PORT --host 127.0.0.1 --classifier local-dir:checkpoints/shapes/classifier`
+    as a user starts it, offline, on a free port; yields its URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
-    environment = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_ANALYTICS_ENABLED": "0",
-    }
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "0"}
+    environment.pop("GRADIO_SERVER_PORT", None)
     if not (TRAINED_DEMO / "explainer").is_dir():
         environment["PTAME_MODEL_DIR"] = str(random_shapes_demo(tmp_path_factory.mktemp("models") / "shapes"))
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [sys.executable, "app.py", "--classifier", CLASSIFIER_ONLY],
+            [sys.executable, "app.py", "--port", str(port), "--host", "127.0.0.1", "--classifier", CLASSIFIER_ONLY],
             cwd=ROOT,
             env=environment,
             stdout=output,
@@ -104,7 +107,7 @@ def test_upload_explain_and_see_three_overlays(served_app: str, browser, tmp_pat
         page.locator(f"#overlay-{key} img").wait_for(timeout=60_000)
     captions = {key: page.locator(f"#overlay-{key}").inner_text() for key in OVERLAYS}
     assert captions["ptame"].startswith("P-TAME ·") and captions["scorecam"].startswith("Score-CAM ·")
-    assert page.get_by_text("Explained", exact=False).first.is_visible()
+    assert page.get_by_text(EXPLAINED).is_visible()
     page.screenshot(path=screenshot_path(tmp_path, "browser-explain.png"), full_page=True)
     page.close()
 
@@ -142,7 +145,7 @@ def test_the_gallery_shows_the_top_classes_and_a_click_explains_one(served_app: 
         str(ROOT / "checkpoints/examples/shapes-test-2-triangle.png")
     )
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.get_by_text("Explained", exact=False).first.wait_for(timeout=60_000)
+    page.get_by_text(EXPLAINED).wait_for(timeout=60_000)
     thumbnails = page.locator("#gallery img")
     thumbnails.nth(4).wait_for(timeout=30_000)
     assert thumbnails.count() == 5
@@ -164,7 +167,7 @@ def test_a_classifier_only_model_is_offered_with_the_baselines(served_app: str, 
     page = browser.new_page(viewport={"width": 1280, "height": 1200})
     page.goto(served_app, wait_until="networkidle")
     page.get_by_label("Model").click()
-    option = page.get_by_role("option", name=f"{CLASSIFIER_ONLY} (baselines only)")
+    option = page.get_by_role("option", name=f"{CLASSIFIER_ONLY} {WITHOUT_EXPLAINER}")
     option.wait_for(timeout=60_000)  # loads in the background after start-up
     option.click()
     page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/shapes-test-4-cross.png"))
@@ -183,18 +186,79 @@ def test_a_real_imagenet_network_explains_a_photo_offline(served_app: str, brows
     page = browser.new_page(viewport={"width": 1280, "height": 1300})
     page.goto(served_app, wait_until="networkidle")
     page.get_by_label("Model").click()
-    option = page.get_by_role("option", name="EfficientNet-Lite0 (ImageNet, offline) (baselines only)")
+    option = page.get_by_role("option", name=efficientnet_label())
     option.wait_for(timeout=120_000)  # converted and loaded in the background after start-up
     option.click()
     page.locator("input[type=file]").first.set_input_files(str(ROOT / "checkpoints/examples/photo-chelsea.jpg"))
     page.get_by_role("button", name="Explain", exact=True).click()
-    page.get_by_text("Explained", exact=False).first.wait_for(timeout=300_000)
+    page.get_by_text(EXPLAINED).wait_for(timeout=300_000)
     for key in ("gradcam", "scorecam"):
         page.locator(f"#overlay-{key} img").wait_for(timeout=30_000)
         caption = page.locator(f"#overlay-{key}").inner_text()
         assert "blank map" not in caption, caption
     assert "Egyptian cat" in page.inner_text("body")
     page.screenshot(path=screenshot_path(tmp_path, "browser-efficientnet-cat.png"), full_page=True)
+    page.close()
+
+
+def efficientnet_has_explainer() -> bool:
+    """Whether the manifest gives EfficientNet-Lite0 a P-TAME explainer."""
+    return next(entry for entry in load_manifest(DEFAULT_MANIFEST) if entry.key == EFFICIENTNET).explainer is not None
+
+
+def efficientnet_label() -> str:
+    """EfficientNet-Lite0's label in the model menu once it is loaded."""
+    return EFFICIENTNET_NAME if efficientnet_has_explainer() else f"{EFFICIENTNET_NAME} {WITHOUT_EXPLAINER}"
+
+
+def wait_until_every_model_settled(url: str) -> list[dict]:
+    """/models once no model is waiting or loading, with EfficientNet-Lite0 ready."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    start = time.monotonic()
+    while True:
+        models = client.predict(api_name="/models")
+        if all(model["state"] in ("ready", "unavailable") for model in models):
+            break
+        assert time.monotonic() - start < LOADED_LIMIT_S, models
+        time.sleep(1.0)
+    states = {model["key"]: model["state"] for model in models}
+    assert states[EFFICIENTNET] == "ready", next(m["reason"] for m in models if m["key"] == EFFICIENTNET)
+    return models
+
+
+def test_clicking_the_cat_photo_explains_it_with_efficientnet(served_app: str, browser, tmp_path: Path) -> None:
+    """Once the models are loaded, a new page's menu shows them ready from its first render (no
+    timer runs then: nothing is left to load); clicking the cat photo example selects
+    EfficientNet-Lite0 and shows its maps: Grad-CAM's, and P-TAME's once the manifest gives it an
+    explainer. The selected model's label fits the menu at 1280 pixels."""
+    models = wait_until_every_model_settled(served_app)
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(served_app, wait_until="networkidle")
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name=efficientnet_label(), exact=True).wait_for(timeout=10_000)
+    menu = " | ".join(page.get_by_role("option").all_inner_texts())
+    assert LOADING not in menu, menu
+    page.keyboard.press("Escape")
+    page.get_by_label("Score-CAM").uncheck()  # 1281 passes of EfficientNet-Lite0: its own test waits for it
+    page.locator("#photos img[src*='photo-chelsea']").click()
+    page.get_by_text(EXPLAINED).wait_for(timeout=LOADED_LIMIT_S * 1000)
+    assert WELCOME not in page.inner_text("body")
+    assert page.get_by_label("Model").input_value() == efficientnet_label()
+    fits = page.get_by_label("Model").evaluate("input => input.scrollWidth <= input.clientWidth")
+    assert fits, f"the menu cuts off {efficientnet_label()!r}"
+    page.locator("#overlay-gradcam img").wait_for(timeout=30_000)
+    assert "blank map" not in page.locator("#overlay-gradcam").inner_text()
+    ptame = page.locator("#overlay-ptame").inner_text()
+    if efficientnet_has_explainer():
+        page.locator("#overlay-ptame img").wait_for(timeout=30_000)
+        assert ptame.startswith("P-TAME ·") and "blank map" not in ptame, ptame
+    else:
+        assert "no explainer" in ptame, ptame
+    assert "Egyptian cat" in page.locator("body").inner_text()
+    assert [m["classes"][285] for m in models if m["key"] == EFFICIENTNET] == ["Egyptian cat"]
+    page.screenshot(path=screenshot_path(tmp_path, "browser-photo-example.png"), full_page=True)
     page.close()
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as transforms
 
-from ptame.errors import describe
+from ptame.errors import CheckpointError, describe
 from ptame.loading.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
 from ptame.loading.hub import resolve_file
 from ptame.loading.target_layers import find_target_layer
@@ -156,6 +156,11 @@ def _with_target_layer(
         found = find_target_layer(model, preprocessing.crop, target_layer, family)
     except ValueError as error:
         raise ValueError(f"the classifier {name}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - whatever the network raises on the probe image is a ptame error
+        raise CheckpointError(
+            f"the classifier {describe(name)} fails on a {preprocessing.crop}-pixel probe image: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     return Backbone(
         name=name,
         model=model,

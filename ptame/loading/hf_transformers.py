@@ -18,10 +18,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ptame.errors import CheckpointError, describe
-from ptame.loading.budget import build_within_budget
+from ptame.loading.budget import build_within_budget, weights_budget
+from ptame.loading.config_bounds import (
+    check_config_sizes,
+    check_transformers_config,
+    crop_pct,
+    input_side,
+    mean_and_std,
+)
 from ptame.loading.hub import resolve_file
 from ptame.loading.untrusted import read_json_object, read_safetensors_header
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD
@@ -58,36 +66,33 @@ class TransformersClassifier:
     class_names: list[str]
 
 
-def _side(value: object, where: Path) -> int:
+def _side(value: object, key: str, where: Path) -> int:
     """A size entry of an image processor's config: an int, or {"height", "width"} / {"shortest_edge"}."""
     if isinstance(value, dict):
         value = value.get("shortest_edge", value.get("height"))
-    if not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= 4096:
-        raise CheckpointError(f"{where}: an image size of {value!r} is not a side from 8 to 4096 pixels")
-    return value
+    return input_side(value, key, where)
 
 
 def _preprocessing(processor: dict[str, object], config: dict[str, object], where: Path) -> dict[str, object]:
-    size = _side(processor.get("size", config.get("image_size", 224)), where)
+    """resize, crop, mean, std and interpolation from an image processor's config, every value
+    bounded (``ptame.loading.config_bounds``). A "size" of one int is the shortest edge, as
+    transformers reads the legacy form; with a crop_pct, the image is resized to size / crop_pct
+    and cropped to size (ConvNeXt's processor)."""
+    check_config_sizes(processor, where)
+    entry = processor.get("size", config.get("image_size", 224))
+    size = _side(entry, "size", where)
     crop = size
     if processor.get("do_center_crop") and processor.get("crop_size") is not None:
-        crop = _side(processor["crop_size"], where)
-    crop_pct = processor.get("crop_pct")
+        crop = _side(processor["crop_size"], "crop_size", where)
     resize = size
-    if isinstance(crop_pct, int | float) and 0 < crop_pct <= 1 and "shortest_edge" in (processor.get("size") or {}):
-        resize, crop = int(math.floor(size / crop_pct)), size  # ConvNeXt's processor: resize, then crop `size`
-    mean = processor.get("image_mean", IMAGENET_MEAN)
-    std = processor.get("image_std", IMAGENET_STD)
-    if not (
-        isinstance(mean, list | tuple)
-        and isinstance(std, list | tuple)
-        and len(mean) == len(std) == 3
-        and all(isinstance(v, int | float) and math.isfinite(v) for v in [*mean, *std])
-        and all(v > 0 for v in std)
-    ):
-        raise CheckpointError(f"{where}: image_mean and image_std must be 3 finite numbers each (std > 0)")
+    shortest_edge = isinstance(entry, int) or (isinstance(entry, dict) and "shortest_edge" in entry)
+    if processor.get("crop_pct") is not None and shortest_edge:
+        resize, crop = int(math.floor(size / crop_pct(processor["crop_pct"], "crop_pct", where))), size
+    mean, std = mean_and_std(
+        processor.get("image_mean", IMAGENET_MEAN), processor.get("image_std", IMAGENET_STD), where
+    )
     interpolation = PIL_RESAMPLE.get(processor.get("resample"), "bilinear")  # type: ignore[arg-type]
-    return {"resize": max(resize, crop), "crop": crop, "mean": tuple(mean), "std": tuple(std), "interpolation": interpolation}
+    return {"resize": max(resize, crop), "crop": crop, "mean": mean, "std": std, "interpolation": interpolation}
 
 
 def refuse_code(config: dict[str, object], what: str) -> None:
@@ -144,8 +149,10 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
         raise CheckpointError(f"{what} is a Hugging Face transformers model: {EXTRA}") from error
     config = read_json_object(folder / CONFIG_NAME)
     refuse_code(config, what)
+    check_transformers_config(config, folder / CONFIG_NAME)
     processor_path = folder / PROCESSOR_NAME
     processor = read_json_object(processor_path) if processor_path.is_file() else {}
+    preprocessing = _preprocessing(processor, config, processor_path)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{what} has no {WEIGHTS_NAME} (weights are read from safetensors only)")
@@ -154,12 +161,15 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
         architecture = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         model = build_within_budget(
             lambda: AutoModelForImageClassification.from_pretrained(
-                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
             ),
-            header.numel + 1_000_000,
+            weights_budget(header),
             MAX_MODULES_PER_TENSOR * len(header.tensors) + 1000,
             what,
-            architecture=lambda: AutoModelForImageClassification.from_config(architecture, trust_remote_code=False),
+            architecture=lambda: AutoModelForImageClassification.from_config(
+                architecture, trust_remote_code=False, dtype=torch.float32
+            ),
+            input_side=lambda model: preprocessing["crop"],
         )
     except CheckpointError:
         raise
@@ -168,7 +178,7 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
     num_classes = int(getattr(model.config, "num_labels", 0) or len(config.get("id2label") or {}))
     return TransformersClassifier(
         model=model.eval(),
-        **_preprocessing(processor, config, processor_path),  # type: ignore[arg-type]
+        **preprocessing,  # type: ignore[arg-type]
         class_names=_class_names(config, num_classes),
     )
 

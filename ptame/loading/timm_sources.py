@@ -18,7 +18,8 @@ import timm
 from torch import nn
 
 from ptame.errors import CheckpointError, describe
-from ptame.loading.budget import build_within_budget
+from ptame.loading.budget import build_within_budget, weights_budget
+from ptame.loading.config_bounds import check_timm_config
 from ptame.loading.hub import resolve_file
 from ptame.loading.untrusted import read_json_object, read_safetensors_header
 
@@ -27,10 +28,8 @@ LOCAL_DIR_PREFIX = "local-dir:"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MAX_NAME_CHARS = 512  # a network's name or path in a config
-MAX_NETWORK_ELEMENTS = 400_000_000  # 1.6 GB of float32: ViT-L (304 M) fits, giant models do not
 MAX_MODULES_PER_TENSOR = 10  # a network's modules, per tensor of its weights file (activations, pools...)
 MAX_MODULES_WITHOUT_WEIGHTS = 20_000  # a network built without a weights file
-ELEMENT_SLACK = 1_000_000  # buffers a weights file may leave out
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,8 @@ def locate_network(name: object, pretrained: bool, source: SourceFolder | None =
 
 
 def _check_folder_config(folder: Path) -> None:
-    """A timm folder's config.json, read within bounds, must name an architecture timm knows."""
+    """A timm folder's config.json, read within bounds, must name an architecture timm knows, and
+    its values must be within ``ptame.loading.config_bounds``'."""
     config = read_json_object(folder / CONFIG_NAME)
     architecture = config.get("architecture")
     if not isinstance(architecture, str) or not timm.is_model(architecture):
@@ -152,17 +152,27 @@ def _check_folder_config(folder: Path) -> None:
         )
     if not isinstance(config.get("model_args", {}), dict) or not isinstance(config.get("pretrained_cfg", {}), dict):
         raise CheckpointError(f"{folder / CONFIG_NAME}: model_args and pretrained_cfg must be JSON objects")
+    check_timm_config(config, folder / CONFIG_NAME)
 
 
-def create_network(files: NetworkFiles, what: str, **timm_options: object) -> nn.Module:
+def _input_side(model: nn.Module) -> int:
+    """The side of the images a timm network declares (its pretrained config's input_size)."""
+    return int(timm.data.resolve_data_config({}, model=model)["input_size"][-1])
+
+
+def create_network(
+    files: NetworkFiles, what: str, input_side: int | None = None, **timm_options: object
+) -> nn.Module:
     """``timm.create_model`` of located files, its weights (if any) loaded from their safetensors.
 
-    The budget: the elements and tensors of the weights file (plus ELEMENT_SLACK and
-    MAX_MODULES_PER_TENSOR modules per tensor), at most MAX_NETWORK_ELEMENTS.
+    The budget (``ptame.loading.budget``): the bytes its weights file pays for
+    (``weights_budget``), MAX_MODULES_PER_TENSOR modules per tensor of it, and the activations
+    of one image of ``input_side`` pixels.
 
     Args:
         files: from ``locate_network``.
         what: names the network in errors ("the auxiliary network of ...").
+        input_side: the side of the images it will see; None: the one its config declares.
         timm_options: passed to ``timm.create_model`` (features_only, out_indices, num_classes...).
 
     Raises:
@@ -171,11 +181,10 @@ def create_network(files: NetworkFiles, what: str, **timm_options: object) -> nn
     """
     if files.name.startswith(LOCAL_DIR_PREFIX):
         _check_folder_config(Path(files.name[len(LOCAL_DIR_PREFIX) :]))
-    max_elements, max_modules = MAX_NETWORK_ELEMENTS, MAX_MODULES_WITHOUT_WEIGHTS
+    header, max_modules = None, MAX_MODULES_WITHOUT_WEIGHTS
     overlay = {}
     if files.weights is not None:
         header = read_safetensors_header(files.weights)
-        max_elements = min(max_elements, header.numel + ELEMENT_SLACK)
         max_modules = MAX_MODULES_PER_TENSOR * len(header.tensors) + 1000
         if not files.name.startswith(LOCAL_DIR_PREFIX):
             overlay = {"pretrained_cfg_overlay": {"file": str(files.weights)}}
@@ -184,7 +193,12 @@ def create_network(files: NetworkFiles, what: str, **timm_options: object) -> nn
 
     try:
         return build_within_budget(
-            lambda: build(files.pretrained), max_elements, max_modules, what, architecture=lambda: build(False)
+            lambda: build(files.pretrained),
+            weights_budget(header),
+            max_modules,
+            what,
+            architecture=lambda: build(False),
+            input_side=lambda model: input_side or _input_side(model),
         )
     except CheckpointError:
         raise

@@ -18,6 +18,7 @@ MAX_JSON_DEPTH = 16  # objects and lists inside each other
 MAX_HEADER_BYTES = 16 * 2**20  # a safetensors header (names, dtypes, shapes, offsets): ~100,000 tensors
 MAX_TENSORS = 100_000
 MAX_RANK = 8
+MAX_DIM = 2**31 - 1  # one side of a tensor (a zero-byte tensor may declare any shape: its sides are bounded too)
 DTYPE_BYTES = {
     "F64": 8,
     "F32": 4,
@@ -147,9 +148,11 @@ def _tensor_info(name: str, entry: object, data_bytes: int, path: Path) -> tuple
     if dtype not in DTYPE_BYTES:
         raise _unreadable(path, f"{where} has the dtype {describe(dtype)}; ptame reads {', '.join(DTYPE_BYTES)}")
     if not (isinstance(shape, list) and len(shape) <= MAX_RANK) or not all(
-        isinstance(size, int) and not isinstance(size, bool) and 0 <= size for size in shape
+        isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= MAX_DIM for size in shape
     ):
-        raise _unreadable(path, f"{where} has the shape {describe(shape)}: not a list of at most {MAX_RANK} sizes")
+        raise _unreadable(
+            path, f"{where} has the shape {describe(shape)}: not a list of at most {MAX_RANK} sizes of 0 to {MAX_DIM:,}"
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2) or not all(
         isinstance(offset, int) and not isinstance(offset, bool) for offset in offsets
     ):

@@ -124,7 +124,21 @@ def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
 
 
 def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
-    """``load_explainer`` with the offline decision made."""
+    """``load_explainer`` with the offline decision made: any exception at all becomes a
+    CheckpointError (logged with its traceback), so that a good classifier is never lost to its
+    explainer."""
+    try:
+        return _load_explainer_raising(entry, device, num_classes, offline)
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the explainer raises, the classifier keeps serving
+        logger.exception("the explainer of %s failed with an unexpected error", entry.display_name)
+        raise CheckpointError(
+            f"cannot load the explainer of {entry.display_name!r}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _load_explainer_raising(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
     if entry.explainer is None:
         raise CheckpointError(f"{entry.display_name!r} has no P-TAME explainer: no explainer is configured for it")
     try:
@@ -153,7 +167,7 @@ def load_explainer(entry: ModelEntry, device: str, num_classes: int) -> PTAME:
     Raises:
         CheckpointError: naming the model and why: no explainer is configured for it,
             unreachable and not cached, missing or damaged files, or made for another number
-            of classes.
+            of classes; whatever else loading it raised (MemoryError, OverflowError...).
     """
     return _load_explainer(entry, device, num_classes, _offline(_explainer_uses_hub(entry)))
 
