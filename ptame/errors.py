@@ -64,6 +64,10 @@ class PublishError(PtameError, RuntimeError):
     """A run cannot be published (not finished, unreadable files, the Hub refused or is unreachable)."""
 
 
+class DataUnavailable(PtameError, FileNotFoundError):
+    """Data a command needs (a dataset's files, a package to fetch them from) cannot be had here; says how to provide it."""
+
+
 class ImageInputError(PtameError, ValueError):
     """An image that cannot be explained; the message says why, for the user."""
 

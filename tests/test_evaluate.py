@@ -192,7 +192,7 @@ def test_defaults_are_the_papers_protocol() -> None:
     assert args.ad_ic_percents == [100, 50, 15] and args.road_percents == [10, 30, 50, 70]
     assert args.road_imputation == "telea" and args.rise_masks == 8000
     assert "ablationcam" in args.methods and "rise" in args.methods
-    assert args.metrics == ["ad_ic", "road", "deletion_insertion", "pointing"]
+    assert args.metrics == ["ad_ic", "road", "deletion_insertion", "pointing", "switching"]
     assert (args.deletion_steps, args.batch_size, args.seed, args.threads) == (50, 16, 0, None)
     assert (args.device, args.split, args.manifest) == ("cpu", "test", ROOT / "checkpoints" / "manifest.toml")
     settings = evaluation.EvaluationSettings()

@@ -14,7 +14,7 @@ from ptame.datasets.world import unregister_world
 from train.__main__ import main
 
 
-def draw_blocks(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_blocks(rng: np.random.Generator, name: str, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
     """A light square or bar at a random place on a dark grey background, with a little noise."""
     image = np.full((size, size, 3), rng.uniform(0.1, 0.4), np.float32)
     height, width = (size // 4, size // 4) if name == "square" else (size // 8, size // 2)

@@ -13,17 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ptame.bench.timing import synchronize
 from ptame.datasets.world import World, WorldImages
 from ptame.explainer import PTAME
 from ptame.loading.backbones import Backbone
 from ptame.methods import get_method, method_keys
-from ptame.metrics import ad_ic, deletion_insertion, energy_pointing_game, pointing_game, road, road_auc
+from ptame.metrics import (
+    ad_ic,
+    deletion_insertion,
+    energy_pointing_game,
+    pointing_game,
+    predicted_object_masks,
+    road,
+    road_auc,
+)
 from train.data import ImageFiles
 
-METRICS = ("ad_ic", "road", "deletion_insertion", "pointing")
+METRICS = ("ad_ic", "road", "deletion_insertion", "pointing", "switching")
 # The P-TAME paper's protocol (ptame-method.md, Evaluation protocol of the paper).
 PAPER_AD_IC_PERCENTS = (100, 50, 15)
 PAPER_ROAD_PERCENTS = (10, 30, 50, 70)
@@ -109,7 +117,7 @@ class MethodTotals:
         """Each figure averaged over the images (ROAD: the AUCs of the mean curves)."""
         row = {"images": float(self.images), "seconds_per_image": self.seconds / max(self.images, 1)}
         for name, parts in self.values.items():
-            row[name] = torch.cat(parts).mean().item()
+            row[name] = torch.cat(parts).nanmean().item()  # NaN: undefined on that image (class switching)
         return row
 
 
@@ -221,6 +229,47 @@ def score_batch(
         totals.add("energy_pointing_game", energy_pointing_game(maps, masks))
 
 
+def class_switching(
+    method: str,
+    backbone: Backbone,
+    explainer: PTAME | None,
+    pixels: torch.Tensor,
+    object_classes: torch.Tensor,
+    object_masks: torch.Tensor,
+    settings: EvaluationSettings,
+) -> torch.Tensor:
+    """Class switching: on an image with two or more objects of different classes, does the map of
+    each object's class point at that object? One map per (image, object), as a user asks for them.
+
+    Args:
+        pixels: (B, 3, H, W) in [0, 1].
+        object_classes: (B, N) int64, each object's class in the classifier's outputs, -1 past the objects.
+        object_masks: (B, N, H, W) bool, each object's mask.
+
+    Returns:
+        (B,) float32: the share of an image's objects whose class's map has its maximum on the
+        object, in percent; NaN for an image with fewer than two objects.
+    """
+    present = object_classes >= 0
+    images, slots = torch.nonzero(present & (present.sum(dim=1, keepdim=True) >= 2), as_tuple=True)
+    result = torch.full((pixels.shape[0],), float("nan"), device=pixels.device)
+    if images.numel() == 0:
+        return result
+    maps = method_maps(method, backbone, explainer, pixels[images], object_classes[images, slots], settings)
+    hits = pointing_game(maps.float(), object_masks[images, slots]).float() * 100
+    totals = torch.zeros_like(result).index_add_(0, images, hits)
+    counts = torch.zeros_like(result).index_add_(0, images, torch.ones_like(hits))
+    return torch.where(counts > 0, totals / counts.clamp_min(1), result)
+
+
+def as_objects(labels: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's ground truth as objects: labels (B,) and masks (B, H, W) of one object per image,
+    or already (B, N) and (B, N, H, W), -> (B, N) and (B, N, H, W)."""
+    if labels.dim() == 1:
+        return labels[:, None], masks[:, None]
+    return labels, masks
+
+
 def evaluate_tally(
     backbone: Backbone,
     explainer: PTAME | None,
@@ -236,7 +285,11 @@ def evaluate_tally(
         backbone: the classifier, on ``device``.
         explainer: its P-TAME explainer, on ``device`` (None: no method that reads one).
         batches: (pixels (B, 3, H, W) in [0, 1], labels (B,) int64 or None, masks (B, H, W) bool or
-            None); masks enable the pointing games, labels the classifier's accuracy.
+            None), or the objects of each image: labels (B, N) (the classifier's class of each
+            object, -1 past the objects) and masks (B, N, H, W). Masks enable the pointing games
+            (against the object of the predicted class, or all objects when none is of that class)
+            and class switching (images of two or more objects); labels the classifier's accuracy
+            (the prediction is the class of one of the objects).
         settings: methods, metrics and their parameters.
         device: where to compute.
         progress: called with the number of images of each finished batch.
@@ -252,14 +305,18 @@ def evaluate_tally(
         raise ValueError(f"unknown methods or metrics {unknown}; methods: {method_keys()}, metrics: {METRICS}")
     tally = Tally(totals={method: MethodTotals() for method in settings.methods})
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
-    for pixels, labels, masks in batches:
+    for pixels, labels, masks_given in batches:
         pixels = pixels.to(device)
-        masks = masks.to(device) if masks is not None else None
         with torch.inference_mode(), autocast:
             classes = backbone.logits(pixels).argmax(dim=1)
+        object_classes, object_masks, masks = None, None, None
         if labels is not None:
-            tally.correct += int((classes.cpu() == labels).sum())
-            tally.labelled += labels.numel()
+            object_classes = (labels if labels.dim() > 1 else labels[:, None]).to(device)
+            tally.correct += int((object_classes == classes[:, None]).any(dim=1).sum())
+            tally.labelled += pixels.shape[0]
+        if masks_given is not None and labels is not None:
+            object_classes, object_masks = as_objects(labels.to(device), masks_given.to(device))
+            masks = predicted_object_masks(classes, object_classes, object_masks)
         for method in settings.methods:
             synchronize(device)
             start = time.perf_counter()
@@ -272,6 +329,11 @@ def evaluate_tally(
             totals.add("blank_maps", blank_maps(maps) * 100.0)
             with autocast:
                 score_batch(totals, backbone, pixels, maps.float(), classes, masks, settings)
+                if "switching" in settings.metrics and object_masks is not None and object_masks.shape[1] > 1:
+                    switching = class_switching(
+                        method, backbone, explainer, pixels, object_classes, object_masks, settings
+                    )
+                    totals.add("class_switching", switching)
         if progress is not None:
             progress(pixels.shape[0])
     return tally
@@ -307,6 +369,48 @@ def world_batches(
     dataset = WorldImages(world, split, count, size, start)
     chosen = dataset if indices is None else Subset(dataset, list(indices))
     return DataLoader(chosen, batch_size=batch_size, shuffle=False, num_workers=workers)
+
+
+class WorldObjects(Dataset):
+    """Images of a world's split with all their objects, for evaluations.
+
+    Items: (pixels (3, S, S) float32 in [0, 1], classes (N,) int64: each object's class in the
+    world's classifiers (``World.class_index``), -1 past the image's objects, masks (N, S, S) bool),
+    N the world's ``max_objects``; an object hidden entirely (an empty mask) is left out.
+    """
+
+    def __init__(self, images: WorldImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images = self.images
+        if not 0 <= index < len(images):
+            raise IndexError(f"index {index} out of range for {len(images)} images")
+        world = images.world
+        sample = world.sample(images.start + index, images.split, images.size)
+        slots = world.max_objects
+        classes = torch.full((slots,), -1, dtype=torch.int64)
+        masks = torch.zeros(slots, *sample.mask.shape, dtype=torch.bool)
+        visible = [(label, mask) for label, mask in sample.objects if mask.any()]
+        for slot, (label, mask) in enumerate(visible[:slots]):
+            classes[slot], masks[slot] = world.class_index(label), mask
+        return sample.pixels, classes, masks
+
+
+def world_object_batches(
+    world: World, split: str, count: int, size: int | None, batch_size: int, indices: Sequence[int] | None = None
+) -> DataLoader:
+    """``count`` consecutive images of a world's split (only ``indices`` of them, if given), with
+    every object's class and mask (``WorldObjects``), in order, in batches of ``batch_size``.
+
+    Yields (pixels (B, 3, S, S) in [0, 1], classes (B, N) int64, masks (B, N, S, S) bool).
+    """
+    dataset = WorldObjects(WorldImages(world, split, count, size))
+    chosen = dataset if indices is None else Subset(dataset, list(indices))
+    return DataLoader(chosen, batch_size=batch_size, shuffle=False)
 
 
 def folder_batches(paths: Sequence[Path], backbone: Backbone, batch_size: int) -> Iterator[tuple]:

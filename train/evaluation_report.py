@@ -40,6 +40,7 @@ MARKDOWN_COLUMNS = (
     ("pointing_game", "Pointing ↑", 2),
     ("pointing_game_tolerant", "Pointing ±15/224 ↑", 2),
     ("energy_pointing_game", "Energy PG ↑", 3),
+    ("class_switching", "Class switching ↑", 2),
     ("blank_maps", "Blank maps % ↓", 1),
 )
 
@@ -213,10 +214,15 @@ def protocol_line(differences: Sequence[str]) -> str:
 
 
 def setup_description(
-    settings: EvaluationSettings, accuracy: float | None, with_masks: bool, data_differences: Sequence[str] = ()
+    settings: EvaluationSettings,
+    accuracy: float | None,
+    with_masks: bool,
+    data_differences: Sequence[str] = (),
+    several_objects: bool = False,
 ) -> list[str]:
     """Lines that say how the figures of a table were measured (only for what was computed), the
-    protocol first: ``data_differences`` says where the images differ from the paper's test subset."""
+    protocol first: ``data_differences`` says where the images differ from the paper's test subset;
+    ``several_objects``: some images hold several objects (class switching was measured)."""
     lines = [
         protocol_line([*data_differences, *settings.differences_from_the_paper()]),
         "Every map explains the classifier's prediction"
@@ -246,6 +252,12 @@ def setup_description(
             "Pointing game: maximum of the map on the object, in percent; with ±15/224: within 15 pixels of it "
             "at 224x224 (Zhang et al.'s tolerance, scaled to the image size); energy-based pointing game "
             "(Energy PG): share of the map's mass on the object."
+        )
+    if "switching" in settings.metrics and with_masks and several_objects:
+        lines.append(
+            "Class switching: on the images of two or more objects of different classes, the share of the objects "
+            "whose class's map has its maximum on the object, in percent (one map per object; P-TAME's come from "
+            "one pass, the other methods run once per class)."
         )
     for key in settings.methods:
         method = get_method(key)

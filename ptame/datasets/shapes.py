@@ -167,8 +167,9 @@ def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarr
     return candidates[far_enough[0] if far_enough.size else int(distances.argmax())]
 
 
-def draw_shapes(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image of the shapes world (``ptame.datasets.world.Draw``): a cluttered background, then
+def draw_shapes(rng: np.random.Generator, name: str, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One image of the shapes world (``ptame.datasets.world.Draw``; the same drawing in
+    every split, which only seeds the generator): a cluttered background, then
     the object ``name`` and its inset in two contrasting colours, then pixel noise.
 
     Returns:

@@ -193,8 +193,9 @@ def _draw_distractors(rng: np.random.Generator, image: np.ndarray) -> None:
         composite(image, coverage, np.clip(fill, 0.0, 1.0))
 
 
-def draw_textures(rng: np.random.Generator, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One image of the textures world (``ptame.datasets.world.Draw``): a background with
+def draw_textures(rng: np.random.Generator, name: str, size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One image of the textures world (``ptame.datasets.world.Draw``; the same drawing in
+    every split, which only seeds the generator): a background with
     distractors, then a blob filled with the texture ``name`` in two contrasting colours, then pixel noise.
 
     Returns:

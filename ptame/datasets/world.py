@@ -4,8 +4,9 @@ A world is its classes, its default image size, the channel statistics that norm
 networks' inputs, a draw function and its networks' recipe (``WorldRecipe``). ``World.sample``
 does the rest, the same for every world: it checks the split, index and size, seeds a generator
 from (the split's seed, index), picks the label (``index % len(classes)``, so every run of
-``len(classes)`` consecutive indices holds one object of each class), calls the draw function and
-turns its image and object coverage into a ``WorldSample``. ``register_world`` puts a world in
+``len(classes)`` consecutive indices holds one object of each class; of the split's labels where
+a world names them), calls the draw function and turns its image and objects' coverage into a
+``WorldSample``. ``register_world`` puts a world in
 ``WORLDS``, the table that ``python -m train world``, ``train images`` and ``train evaluate``
 read; ``ptame.datasets.shapes`` and ``ptame.datasets.textures`` each register one (as timm's
 variants: a few lines of arguments passed to one shared builder).
@@ -29,10 +30,15 @@ WORLD_EXPLAINER_LOSS = LossWeights(ce=1.0, area=4.0, smooth=0.01)
 SPLIT_SEEDS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 MIN_SIZE = 32
 
-# (generator, class name, side S) -> (image (S, S, 3) float32, unclipped; the object's coverage
-# (S, S) float32 in [0, 1]). The generator is seeded by (split, index); the image is clipped to
-# [0, 1] afterwards and the mask is where the coverage is at least 0.5.
-Draw = Callable[[np.random.Generator, str, int], tuple[np.ndarray, np.ndarray]]
+# (generator, class name, side S, split) -> (image (S, S, 3) float32, unclipped; the object's
+# coverage (S, S) float32 in [0, 1]), or, for a world of several objects per image, (image, the
+# labelled object's coverage, [(class name, coverage)] of the other objects). The generator is
+# seeded by (split, index); the image is clipped to [0, 1] afterwards and a mask is where the
+# coverage is at least 0.5. The split lets a world draw other files for held-out images.
+Draw = Callable[
+    [np.random.Generator, str, int, str],
+    tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, list[tuple[str, np.ndarray]]],
+]
 
 
 @dataclass(frozen=True)
@@ -40,12 +46,13 @@ class WorldSample:
     """One image of a generated world.
 
     pixels: (3, S, S) float32 in [0, 1]. label: index into the world's classes. mask: (S, S) bool,
-    True on the object.
+    True on the object. objects: every object of the image as (label, mask), the labelled one first.
     """
 
     pixels: torch.Tensor
     label: int
     mask: torch.Tensor
+    objects: tuple[tuple[int, torch.Tensor], ...] = ()
 
     def picture(self) -> np.ndarray:
         """The image as (S, S, 3) uint8, as its PNG file holds it (``pixels * 255``, rounded)."""
@@ -109,7 +116,11 @@ class World:
     name: its key (``--world``, file names). classes: the class names, in label order.
     image_size: the default side S. mean, std: channel statistics of its training images, which
     normalise its networks' inputs. draw: the image of one object (``Draw``). recipe: its
-    networks' recipe. module: where it is defined (the model cards name it).
+    networks' recipe (None: a world explained through a classifier trained elsewhere, such as an
+    ImageNet network). module: where it is defined (the model cards name it).
+    class_indices: each class's output index in the world's classifiers (None: its label).
+    split_labels: the labels drawn in each split (None: every label in every split), for a world
+    whose held-out images hold only some of its classes. max_objects: the most objects an image has.
     """
 
     name: str
@@ -118,9 +129,16 @@ class World:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     draw: Draw
-    recipe: WorldRecipe
+    recipe: WorldRecipe | None
     module: str = ""
     min_size: int = MIN_SIZE
+    class_indices: tuple[int, ...] | None = None
+    split_labels: Mapping[str, tuple[int, ...]] | None = None
+    max_objects: int = 1
+
+    def class_index(self, label: int) -> int:
+        """The classifier's output index of a label (``class_indices``, else the label itself)."""
+        return label if self.class_indices is None else self.class_indices[label]
 
     def sample(self, index: int, split: str = "test", size: int | None = None) -> WorldSample:
         """The ``index``-th image of a split, generated deterministically.
@@ -137,10 +155,14 @@ class World:
         if index < 0:
             raise ValueError(f"index must be >= 0, got {index}")
         rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-        label = index % len(self.classes)
-        image, coverage = self.draw(rng, self.classes[label], size)
+        labels = range(len(self.classes)) if self.split_labels is None else self.split_labels[split]
+        label = labels[index % len(labels)]
+        drawn = self.draw(rng, self.classes[label], size, split)
+        image, coverage, others = drawn[0], drawn[1], drawn[2] if len(drawn) > 2 else []
         pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
-        return WorldSample(pixels=pixels, label=label, mask=torch.from_numpy(coverage >= 0.5))
+        mask = torch.from_numpy(coverage >= 0.5)
+        objects = [(label, mask), *((self.classes.index(name), torch.from_numpy(other >= 0.5)) for name, other in others)]
+        return WorldSample(pixels=pixels, label=label, mask=mask, objects=tuple(objects))
 
     def side(self, size: int | None) -> int:
         """The image side S to draw: ``size``, or the world's ``image_size`` for None.

@@ -9,7 +9,7 @@ import importlib
 
 from ptame.metrics.ad_ic import ad_ic, keep_top
 from ptame.metrics.curves import DeletionInsertion, deletion_insertion
-from ptame.metrics.pointing import energy_pointing_game, pointing_game
+from ptame.metrics.pointing import energy_pointing_game, pointing_game, predicted_object_masks
 
 ROAD_MODULE = "ptame.metrics.remove_and_debias"
 ROAD_NAMES = ("RoadCurves", "road", "road_auc")
@@ -22,6 +22,7 @@ __all__ = [
     "energy_pointing_game",
     "keep_top",
     "pointing_game",
+    "predicted_object_masks",
     "road",
     "road_auc",
 ]

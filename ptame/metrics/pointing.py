@@ -56,3 +56,23 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     inside = (maps * masks).flatten(1).sum(dim=1)
     total = maps.flatten(1).sum(dim=1)
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+
+
+def predicted_object_masks(
+    classes: torch.Tensor, object_classes: torch.Tensor, object_masks: torch.Tensor
+) -> torch.Tensor:
+    """The ground truth of each image's prediction, among the objects of the image.
+
+    Args:
+        classes: (B,) int64, the predicted classes.
+        object_classes: (B, N) int64, each object's class, -1 past the image's objects.
+        object_masks: (B, N, H, W) bool, each object's mask.
+
+    Returns:
+        (B, H, W) bool: the mask of the object of the predicted class (of them all, if several),
+        or of all the image's objects when none is of the predicted class.
+    """
+    present = object_classes >= 0
+    match = present & (object_classes == classes[:, None])
+    chosen = torch.where(match.any(dim=1, keepdim=True), match, present)
+    return (object_masks.bool() & chosen[:, :, None, None]).any(dim=1)

@@ -56,7 +56,7 @@ from train.evaluation import (
     evaluate_tally,
     folder_batches,
     merge_tallies,
-    world_batches,
+    world_object_batches,
 )
 from train.evaluation_report import (
     FirstImagesEstimate,
@@ -209,6 +209,7 @@ class Images:
     description: str
     differences: list[str]
     with_masks: bool
+    several_objects: bool = False
 
 
 def chosen_images(args: argparse.Namespace, model: LoadedModel, paths: list[Path] | None) -> Images:
@@ -218,10 +219,11 @@ def chosen_images(args: argparse.Namespace, model: LoadedModel, paths: list[Path
         world, count = get_world(args.data), args.images or WORLD_IMAGES
         return Images(
             names=[f"{args.split}/{index}" for index in range(count)],
-            batches=lambda indices: world_batches(world, args.split, count, size, args.batch_size, indices),
+            batches=lambda indices: world_object_batches(world, args.split, count, size, args.batch_size, indices),
             description=f"{world.name} world, split {args.split}, first {count} images at {size} px",
             differences=[f"the {world.name} world's {args.split} split, not ImageNet"],
             with_masks=True,
+            several_objects=world.max_objects > 1,
         )
     assert paths is not None
     chosen = paths[: args.images]
@@ -338,7 +340,9 @@ def write_report(
     """Write OUT/evaluation.csv, OUT/evaluation.md and OUT/evaluation-per-image.csv of all the images'
     tally, and print the table and where it went."""
     rows = tally.rows()
-    description = setup_description(settings, tally.accuracy(), images.with_masks, images.differences)
+    description = setup_description(
+        settings, tally.accuracy(), images.with_masks, images.differences, images.several_objects
+    )
     classifier = relative_to_cwd(entry.classifier)
     explainer = relative_to_cwd(entry.explainer) if model.has_explainer else "none"
     where = f"device {args.device}" + (f", {processes} processes" if processes > 1 else "")

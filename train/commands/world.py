@@ -1,7 +1,8 @@
 """Train a generated world's networks (classifier, auxiliary network, P-TAME explainer) into one folder.
 
 ``python -m train world --world NAME --out DIR`` trains the networks of any world of
-``ptame.datasets.WORLDS`` as its recipe says (``train.worlds``: the files it writes, and how);
+``ptame.datasets.WORLDS`` that has a recipe as its recipe says (the objects world has none: its
+classifier is a real ImageNet network) (``train.worlds``: the files it writes, and how);
 ``python -m train shapes`` and ``python -m train textures`` are the same for those two worlds.
 """
 
@@ -18,7 +19,10 @@ from train.worlds import train_world
 def add_arguments(parser: argparse.ArgumentParser, world: str | None = None) -> None:
     """Options of ``python -m train world`` (``world``: a world's own command, without --world)."""
     if world is None:
-        parser.add_argument("--world", choices=tuple(WORLDS), required=True, help="the generated world")
+        trained = tuple(name for name, world in WORLDS.items() if world.recipe is not None)
+        parser.add_argument(
+            "--world", choices=trained, required=True, help="the generated world (one whose networks ptame trains)"
+        )
     else:
         parser.set_defaults(world=world)
     parser.add_argument(
