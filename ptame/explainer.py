@@ -22,7 +22,8 @@ from ptame.loading.checkpoint import (
     write_head_weights,
 )
 from ptame.loading.hub import is_folder_source
-from ptame.loading.timm_sources import LOCAL_DIR_PREFIX, SourceFolder, create_network, locate_network
+from ptame.loading.network_names import LOCAL_DIR_PREFIX, SourceFolder, locate_network
+from ptame.loading.timm_sources import create_network
 from ptame.maps import normalize_maps
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
 
@@ -58,7 +59,8 @@ def build_auxiliary(
 
     Args:
         name: a timm model name ("resnet18.tv_in1k"), "hf-hub:org/name", or
-            "local-dir:PATH" (a relative PATH is taken from ``source``).
+            "local-dir:PATH" (a relative PATH is taken from ``source``), found by the one rule
+            of ``ptame.loading.network_names.locate_network``.
         feature_levels: timm ``out_indices`` (1..4 = ResNet layer1..layer4).
         pretrained: load the weights named by ``name`` (from safetensors only).
         source: where the name was written: the explainer checkpoint's folder (relative

@@ -3,9 +3,11 @@ explainer's networks, in one folder (as timm keeps its loaders together).
 
 - ``backbones``: the classifiers that can be explained (``create_backbone``, ``Backbone``,
   ``Preprocessing``): a name becomes a model, its preprocessing, its CAM target layer and labels.
-- ``timm_sources``: timm networks named by a config (a registry name, "hf-hub:ORG/NAME",
-  "local-dir:PATH"): found, checked, then built within a budget.
-- ``hf_transformers``: Hugging Face transformers image classifiers from a folder or a Hub repo.
+- ``network_names``: the one rule for where a network's name may lead (a timm registry name,
+  "hf-hub:ORG/NAME", "local-dir:PATH"; a Hub explainer's names stay in its repo or on the Hub).
+- ``timm_sources``: timm networks named by a config: checked, then built within a budget.
+- ``hf_transformers``: Hugging Face transformers image classifiers from a folder or a Hub repo
+  (never code from their files).
 - ``target_layers``: the layer Grad-CAM-style methods read, and how its output becomes a map.
 - ``budget``: building a network that an untrusted config describes, within a budget of bytes.
 - ``untrusted``: reading files that may come from anyone (JSON, safetensors headers) within bounds.

@@ -22,16 +22,9 @@ from torchvision.transforms import v2 as transforms
 
 from ptame.errors import CheckpointError, describe
 from ptame.loading.hf_transformers import is_transformers_config, load_transformers_classifier, transformers_folder
-from ptame.loading.hub import resolve_file
+from ptame.loading.network_names import CONFIG_NAME, NetworkFiles, SourceFolder, locate_network
 from ptame.loading.target_layers import find_target_layer
-from ptame.loading.timm_sources import (
-    CONFIG_NAME,
-    HF_HUB_PREFIX,
-    LOCAL_DIR_PREFIX,
-    SourceFolder,
-    create_network,
-    locate_network,
-)
+from ptame.loading.timm_sources import create_network
 from ptame.loading.untrusted import read_json_object
 from ptame.loss import LossWeights
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD, normalize
@@ -172,22 +165,11 @@ def _with_target_layer(
     )
 
 
-def _transformers_folder(name: str, local_files_only: bool) -> Path | None:
+def _transformers_folder(name: str, files: NetworkFiles) -> Path | None:
     """The local folder of an "hf-hub:" or "local-dir:" classifier if it is a transformers model, else None."""
-    if name.startswith(HF_HUB_PREFIX):
-        repo, _, revision = name[len(HF_HUB_PREFIX) :].partition("@")
-        config = resolve_file(repo, CONFIG_NAME, revision=revision or None, local_files_only=local_files_only)
-        source = (repo, revision or None)
-    elif name.startswith(LOCAL_DIR_PREFIX):
-        config = Path(name[len(LOCAL_DIR_PREFIX) :]).expanduser().resolve() / CONFIG_NAME
-        source = (None, None)
-        if not config.is_file():
-            return None  # locate_network says what is missing
-    else:
+    if files.folder is None or not is_transformers_config(read_json_object(files.folder / CONFIG_NAME)):
         return None
-    if not is_transformers_config(read_json_object(config)):
-        return None
-    return transformers_folder(config, *source, local_files_only)
+    return transformers_folder(files, f"the classifier {describe(name)}")
 
 
 def _transformers_backbone(name: str, folder: Path, target_layer: str | None) -> Backbone:
@@ -204,8 +186,9 @@ def _timm_backbone(
     preprocessing: Preprocessing | None = None,
     local_files_only: bool = False,
     target_layer: str | None = None,
+    files: NetworkFiles | None = None,
 ) -> Backbone:
-    files = locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
+    files = files or locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
     model = _frozen(create_network(files, f"the classifier {describe(name)}"))
     preprocessing = preprocessing or Preprocessing.from_timm(model)
     return _with_target_layer(name, model, preprocessing, _class_names(model, model.num_classes), target_layer)
@@ -366,14 +349,17 @@ def create_backbone(
         ValueError: a "MODULE:FUNCTION" that cannot be imported or returns something else.
         CheckpointError: a timm name, Hub repo or folder that cannot be used: unknown, missing
             files (weights are read from safetensors only), a config over the size its weights
-            hold (``ptame.loading.timm_sources``).
+            hold (``ptame.loading.timm_sources``), "hf-hub:" with anything but a Hub repo
+            ORG/NAME (``ptame.loading.network_names``), a transformers config that asks to run
+            code of its own (``ptame.loading.hf_transformers.refuse_code``).
     """
     paper = PAPER_BACKBONES.get(name)
     if paper is not None:
         return paper.build(pretrained, local_files_only, target_layer)
     if USER_FUNCTION.fullmatch(name):
         return _user_backbone(name, target_layer)
-    folder = _transformers_folder(name, local_files_only)
+    files = locate_network(name, pretrained, SourceFolder(Path.cwd(), local_files_only=local_files_only))
+    folder = _transformers_folder(name, files)
     if folder is not None:
         return _transformers_backbone(name, folder, target_layer)
-    return _timm_backbone(name, pretrained, local_files_only=local_files_only, target_layer=target_layer)
+    return _timm_backbone(name, pretrained, local_files_only=local_files_only, target_layer=target_layer, files=files)

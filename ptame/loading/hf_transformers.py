@@ -30,7 +30,7 @@ from ptame.loading.config_bounds import (
     input_side,
     mean_and_std,
 )
-from ptame.loading.hub import resolve_file
+from ptame.loading.network_names import NetworkFiles
 from ptame.loading.untrusted import read_json_object, read_safetensors_header
 from ptame.perturb import IMAGENET_MEAN, IMAGENET_STD
 
@@ -183,13 +183,14 @@ def load_transformers_classifier(folder: Path, what: str) -> TransformersClassif
     )
 
 
-def transformers_folder(config_path: Path, repo: str | None, revision: str | None, local_files_only: bool) -> Path:
-    """The folder of a transformers model whose config.json is at ``config_path``: for a Hub repo,
-    its weights and image processor config are fetched into the same snapshot first."""
-    if repo is not None:
-        resolve_file(repo, WEIGHTS_NAME, revision=revision, local_files_only=local_files_only)
-        try:
-            resolve_file(repo, PROCESSOR_NAME, revision=revision, local_files_only=local_files_only)
-        except CheckpointError:
-            pass  # no image processor config: the defaults
-    return config_path.parent
+def transformers_folder(files: NetworkFiles, what: str) -> Path:
+    """The folder of a located transformers model (``files.folder``): for a Hub repo, its weights
+    and image processor config are fetched into the same snapshot first.
+
+    Raises:
+        CheckpointError: no model.safetensors beside its config.json (names ``what``).
+    """
+    if files.companion(WEIGHTS_NAME) is None:
+        raise CheckpointError(f"{what} has no {WEIGHTS_NAME} (weights are read from safetensors only)")
+    files.companion(PROCESSOR_NAME)  # absent: the defaults
+    return files.folder

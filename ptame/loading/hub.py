@@ -15,6 +15,7 @@ from huggingface_hub.errors import (
 from ptame.errors import CheckpointError, describe, shorten
 
 HUB_TIMEOUT_S = 10.0  # per request to the Hub; an unreachable Hub fails after this, no hang
+UNREACHABLE = "the Hub cannot be reached (offline mode, no network, or a timeout)"
 
 
 def is_folder_source(source: str | Path) -> bool:
@@ -67,11 +68,44 @@ def resolve_file(
         except OSError as error:  # a path too long, a folder that cannot be listed
             raise CheckpointError(f"checkpoint folder {shorten(text, 200)} cannot be read: {error.strerror}") from error
         return path
-    where = f"Hub repo {shorten(text, 200)}" + (f" at revision {shorten(revision, 100)}" if revision else "")
+    return hub_file(
+        text,
+        filename,
+        revision=revision,
+        cache_dir=cache_dir,
+        force_download=force_download,
+        token=token,
+        local_files_only=local_files_only,
+    )
+
+
+def hub_file(
+    repo: str,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """Local path of ``filename`` in the Hub repo ``repo``, from the Hub or its local cache: never
+    a local folder, whatever exists on disk under that name.
+
+    Args: as ``resolve_file``'s, for a Hub repo id.
+
+    Returns:
+        Path to an existing file (in the Hugging Face cache).
+
+    Raises:
+        CheckpointError: what is missing and where it was looked for, in ptame's words (the Hub
+            client's own message, with its advice, is only the error's ``__cause__``).
+    """
+    where = f"Hub repo {shorten(repo, 200)}" + (f" at revision {shorten(revision, 100)}" if revision else "")
     try:
         return Path(
             hf_hub_download(
-                repo_id=text,
+                repo_id=repo,
                 filename=filename,
                 revision=revision,
                 cache_dir=cache_dir,
@@ -82,11 +116,13 @@ def resolve_file(
             )
         )
     except HFValidationError as error:
-        raise CheckpointError(f"{describe(text)} is neither an existing folder nor a valid Hub repo id: {error}") from error
+        raise CheckpointError(
+            f"{describe(repo)} is neither an existing folder nor a valid Hub repo id (ORG/NAME: letters, digits, "
+            "'-', '_', '.')"
+        ) from error
     except LocalEntryNotFoundError as error:
         raise CheckpointError(
-            f"{filename} of {where} is not in the local Hugging Face cache and the Hub cannot be "
-            f"reached (offline mode, no network, or a timeout): {error}"
+            f"{filename} of {where} is not in the local Hugging Face cache and {UNREACHABLE}"
         ) from error
     except RepositoryNotFoundError as error:
         raise CheckpointError(f"{where} does not exist or is private (pass a token)") from error
@@ -95,4 +131,5 @@ def resolve_file(
     except EntryNotFoundError as error:
         raise CheckpointError(f"{where} has no file {filename}") from error
     except HfHubHTTPError as error:
-        raise CheckpointError(f"downloading {filename} from {where} failed: {error}") from error
+        status = getattr(error.response, "status_code", None)
+        raise CheckpointError(f"downloading {filename} from {where} failed (HTTP status {status})") from error
