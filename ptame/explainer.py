@@ -130,6 +130,8 @@ class PTAME(
         head_channels: the channels per level that the head must have (``from_pretrained``
             passes its weights file's): the auxiliary network must give exactly these, checked
             before the head is built. None: whatever it gives. Not saved.
+        trained_images: K counts, the training images the classifier predicted as each class
+            (``ptame.class_coverage``; a class with 0 has the class-agnostic map). None: not recorded.
     """
 
     def __init__(
@@ -144,10 +146,14 @@ class PTAME(
         class_names: Sequence[str] | None = None,
         auxiliary_root: str | Path | SourceFolder | None = None,
         head_channels: Sequence[int] | None = None,
+        trained_images: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        if trained_images is not None and len(trained_images) != num_classes:
+            raise ValueError(f"{len(trained_images)} training image counts for {num_classes} classes")
+        self.trained_images = list(trained_images) if trained_images is not None else None
         if isinstance(auxiliary, nn.Module):
             self.auxiliary_name = _encode_module(auxiliary)
             self.auxiliary = auxiliary
@@ -191,6 +197,14 @@ class PTAME(
         with torch.no_grad():
             probe = torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE)
             return [f.shape[1] for f in self.auxiliary(probe)]
+
+    def set_trained_images(self, counts: Sequence[int]) -> None:
+        """Record K counts of training images per class (``trained_images``), saved in config.json."""
+        if len(counts) != self.num_classes:
+            raise ValueError(f"{len(counts)} training image counts for {self.num_classes} classes")
+        self.trained_images = list(counts)
+        if self._hub_mixin_config is not None:
+            self._hub_mixin_config["trained_images"] = self.trained_images
 
     @property
     def num_classes(self) -> int:

@@ -17,6 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "ptame.loss",
         "ptame.explainer",
         "ptame.training",
+        "ptame.class_coverage",
         "ptame.datasets",
         "ptame.efficientnet_lite0",
     ),

@@ -43,6 +43,7 @@ MAX_CLASSES = 100_000  # ImageNet-21k's 21,843 fit
 MAX_LEVELS = 8
 MAX_LEVEL_INDEX = 64  # timm out_indices: stages of a CNN, blocks of a transformer
 MAX_CLASS_NAME_CHARS = 200
+MAX_TRAINED_IMAGES = 10**12  # a class's training images (config.json's trained_images)
 MIN_AUXILIARY_SIZE, MAX_AUXILIARY_SIZE = 16, 2048  # pixels: the auxiliary network's input side
 MAX_HEAD_ELEMENTS = 200_000_000  # 800 MB of float32
 LEVEL_KEY = re.compile(r"levels\.(\d{1,4})\.")  # a head tensor's feature level
@@ -97,6 +98,13 @@ def _check_config_values(config: dict[str, object], path: Path) -> None:
         raise refuse("class_names", f"null or a list of strings of at most {MAX_CLASS_NAME_CHARS} characters")
     if names is not None and len(names) != config.get("num_classes", len(names)):
         raise refuse("class_names", f"null or one name per class ({config['num_classes']})")
+    counts = config.get("trained_images")
+    if counts is not None and not (
+        isinstance(counts, list)
+        and len(counts) == config.get("num_classes", 1000)
+        and all(_is_int(count) and 0 <= count <= MAX_TRAINED_IMAGES for count in counts)
+    ):
+        raise refuse("trained_images", f"null or one integer from 0 to {MAX_TRAINED_IMAGES} per class")
 
 
 def read_config(path: Path, allowed_keys: Collection[str]) -> dict[str, object]:
@@ -106,7 +114,8 @@ def read_config(path: Path, allowed_keys: Collection[str]) -> dict[str, object]:
     characters; feature_levels 1 to MAX_LEVELS distinct integers; auxiliary_mean / auxiliary_std
     null or 3 finite numbers (std > 0); pretrained_auxiliary a boolean; auxiliary_size null or
     an integer from MIN_AUXILIARY_SIZE to MAX_AUXILIARY_SIZE; class_names null or
-    strings of at most MAX_CLASS_NAME_CHARS characters. Nothing is built.
+    strings of at most MAX_CLASS_NAME_CHARS characters; trained_images null or one integer from 0
+    to MAX_TRAINED_IMAGES per class. Nothing is built.
 
     Raises:
         CheckpointError: too large, not JSON (or repeated keys, NaN, too deeply nested), not an

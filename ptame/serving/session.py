@@ -20,6 +20,7 @@ from threading import Lock
 import numpy as np
 import torch
 
+from ptame.class_coverage import untrained_class_note
 from ptame.errors import ExplainerMissing, MethodFailed, ModelUnavailable
 from ptame.methods import Method, explainer_method, get_method, reference_method
 from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
@@ -231,7 +232,7 @@ class ExplainSession:
 
         def update(explanations: dict[str, Explanation]) -> StreamUpdate:
             waiting = {key: expected[key] for key in pending}
-            notes = _notes(model, unavailable, explanations, domain)
+            notes = _notes(model, unavailable, explanations, domain, index, name)
             return StreamUpdate(analysis, index, explanations, list(pending), waiting, dict(unavailable), name, notes)
 
         while pending:
@@ -377,13 +378,22 @@ class ExplainSession:
 
 
 def _notes(
-    model: LoadedModel, unavailable: dict[str, str], explanations: dict[str, Explanation], domain: str | None
+    model: LoadedModel,
+    unavailable: dict[str, str],
+    explanations: dict[str, Explanation],
+    domain: str | None,
+    class_index: int,
+    class_name: str,
 ) -> list[str]:
     """A stream update's notes: why methods are unavailable (each message once), which maps are
-    blank, and the domain note (``ExplainSession.domain_note``) if there is one."""
+    blank, that P-TAME's map is the class-agnostic one of a class it never trained on
+    (``ptame.class_coverage``), and the domain note (``ExplainSession.domain_note``) if there is one."""
     notes = list(dict.fromkeys(unavailable.values()))
     layer = model.backbone.target_layer_name
     notes += [blank_map_note(key, layer) for key, done in explanations.items() if done.blank]
+    if model.has_explainer and any(get_method(key).uses_explainer for key in explanations):
+        untrained = untrained_class_note(model.explainer, class_index, class_name)
+        notes += [untrained] if untrained else []
     return [*notes, domain] if domain else notes
 
 

@@ -16,7 +16,10 @@ Every other classifier gets ptame's default recipe (train/recipes.py DEFAULT_REC
 weight decay 1e-4, loss ce 1, area 2, smooth 0.01, batch 32, one pass over the images and at
 least 800 steps, at the classifier's own input size. Every recipe value can be overridden.
 
-A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
+After training, the classifier's predictions over the training images are counted: the explainer
+records how many images each class had (config.json's trained_images), and a class it never
+trained on gets the class-agnostic map, which the app and ``ptame explain`` name as such
+(``ptame.class_coverage``). A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
 P-TAME is measured against Grad-CAM on it (AD/IC at 100/50/15%, deletion/insertion), and the
 verdict table is printed and written to OUT/verdict.md and the explainer's model card.
 
@@ -49,15 +52,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ptame.class_coverage import count_predictions, record_trained_images
 from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 from ptame.loading.backbones import Backbone, create_backbone
 from ptame.loading.files import atomic_write_text, replace_folder
-from ptame.training import TrainSettings, make_optimizer, make_scheduler, train_explainer
+from ptame.training import TrainSettings, make_optimizer, make_scheduler, train_explainer, unwrap
 from train.cards import model_card
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
 from train.distributed import Processes, start_processes, stop_processes
+from train.evaluation import folder_batches
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
 from train.runs import (
     BACKBONE_DISPLAY_NAMES,
@@ -81,6 +86,7 @@ from train.shards import (
 from train.verdict import measure_verdict, what_to_try, write_verdict
 
 MAX_HELD_OUT = 500  # default held-out images: 10% of the folder, at most this many
+COUNT_BATCH = 32  # images per batch when the predictions over the training images are counted
 CLASSIFIER_FOLDER = "classifier"  # a local classifier's copy in the run folder
 AUXILIARY_FOLDER = "auxiliary"  # a local auxiliary network's copy in the run folder
 
@@ -446,9 +452,27 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if run.stop_step < total_steps:
         print(f"stopped after step {run.stop_step}; continue with --resume", file=sys.stderr)
         return
+    record_classes(data.files, backbone, unwrap(explainer), processes)
     tries = what_to_try(recipe, total_steps, backbone.preprocessing.crop)
     with data.verdict_files() as verdict_files:
         finish(args, args.out, explainer.cpu(), backbone, verdict_files, description, processes, tries)
+
+
+def record_classes(files: list[Path], backbone: Backbone, explainer: PTAME, processes: Processes) -> None:
+    """Count the classifier's predictions over the training images and record them with the
+    explainer (``ptame.class_coverage``: its untrained classes get the class-agnostic row); a run on
+    shards records none (it would read them all again)."""
+    if not files:
+        print("training images per class not recorded: the run read shards", file=sys.stderr)
+        return
+    batches = (pixels.to(processes.device) for pixels, _, _ in folder_batches(files, backbone, COUNT_BATCH))
+    counts = count_predictions(backbone, batches, explainer.num_classes)
+    untrained = record_trained_images(explainer, counts)
+    print(
+        f"the classifier predicted {explainer.num_classes - untrained} of its {explainer.num_classes} classes on the "
+        f"training images; the {untrained} others get P-TAME's class-agnostic map, and the app says so",
+        file=sys.stderr,
+    )
 
 
 def checked_checkpoint(args: argparse.Namespace) -> Path:

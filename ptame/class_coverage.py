@@ -1,0 +1,83 @@
+"""Which classes a P-TAME explainer was trained on, and its class-agnostic map for the others.
+
+P-TAME learns one fuser row per class, and a row learns only from the training images whose
+prediction is that class: the row of a class the classifier never predicted on the training
+images stays at its start (zero, with the default recipe), and its map is constant. An explainer
+trained on a few hundred classes of an ImageNet classifier (the objects world) knows the others
+not at all. So ``python -m train explainer`` counts the classifier's predictions over the training
+images (``count_predictions``) and records them with the explainer (``record_trained_images``):
+config.json's ``trained_images`` (K counts), and every untrained class's row set to the mean of
+the trained rows. That row gives a class-agnostic map: where the explainer finds the evidence
+of the classes it knows, on average. The app and ``ptame explain`` say so in words whenever they
+show one (``untrained_class_note``), so a user never mistakes it for that class's explanation.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from ptame.explainer import PTAME
+
+
+def count_predictions(
+    classifier: object, batches: Iterable[torch.Tensor | Sequence[torch.Tensor]], num_classes: int
+) -> torch.Tensor:
+    """How many of the images the classifier predicts as each class.
+
+    Args:
+        classifier: has ``logits(pixels)``: (B, 3, H, W) in [0, 1] -> (B, K) (a ``ptame.Backbone``).
+        batches: pixel-space images (B, 3, H, W) in [0, 1], or tuples whose first item they are.
+        num_classes: K.
+
+    Returns:
+        (K,) int64 counts, summing to the number of images.
+    """
+    counts = torch.zeros(num_classes, dtype=torch.int64)
+    with torch.inference_mode():
+        for batch in batches:
+            pixels = batch if isinstance(batch, torch.Tensor) else batch[0]
+            predicted = classifier.logits(pixels).argmax(dim=1).cpu()
+            counts += torch.bincount(predicted, minlength=num_classes)
+    return counts
+
+
+def record_trained_images(explainer: PTAME, counts: torch.Tensor) -> int:
+    """Record how many training images each class had, and give the untrained classes the class-agnostic row.
+
+    Args:
+        explainer: the trained explainer; its fuser rows of the classes with 0 images are set to
+            the mean of the other rows (in place).
+        counts: (K,) non-negative integers, the training images predicted as each class.
+
+    Returns:
+        The number of classes that got the class-agnostic row.
+
+    Raises:
+        ValueError: ``counts`` is not K non-negative integers, or no class has an image.
+    """
+    counts = torch.as_tensor(counts)
+    if counts.shape != (explainer.num_classes,) or counts.is_floating_point() or (counts < 0).any():
+        raise ValueError(f"counts must be {explainer.num_classes} non-negative integers, got {tuple(counts.shape)}")
+    trained = counts > 0
+    if not trained.any():
+        raise ValueError("no class has a training image: there is nothing to explain with")
+    with torch.no_grad():
+        weight = explainer.head.fuser.weight  # (K, C, 1, 1)
+        weight[~trained] = weight[trained].mean(dim=0)
+    explainer.set_trained_images([int(count) for count in counts])
+    return int((~trained).sum())
+
+
+def untrained_class_note(explainer: PTAME, class_index: int, class_name: str) -> str | None:
+    """A sentence for a user shown P-TAME's map of a class it never trained on; None when it did,
+    or when the explainer does not say (one trained before the counts were recorded)."""
+    counts = explainer.trained_images
+    if counts is None or counts[class_index] > 0:
+        return None
+    known = sum(count > 0 for count in counts)
+    return (
+        f"P-TAME was never trained on {class_name!r}: this explainer saw the classifier predict only {known} of its "
+        f"{len(counts)} classes in training. The P-TAME map shown for it is the class-agnostic one (the mean of the "
+        f"{known} trained classes' maps: where their evidence is), not an explanation of {class_name!r}; Grad-CAM "
+        "and the other baselines explain any class."
+    )

@@ -1,0 +1,115 @@
+"""An explainer records how many training images each class had; the untrained classes get the
+class-agnostic row (the mean of the trained rows) and a sentence that says so."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptame import PTAME, CheckpointError
+from ptame.class_coverage import count_predictions, record_trained_images, untrained_class_note
+from ptame.cli import main as cli_main
+from ptame.serving.manifest import ModelEntry
+from ptame.serving.models import ModelRegistry
+from ptame.serving.session import ExplainSession
+from tests.conftest import shapes_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ThresholdClassifier:
+    """Three classes by the mean pixel m: class 0 below 0.3, class 2 above 0.7, class 1 between."""
+
+    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = pixels.mean(dim=(1, 2, 3))
+        return torch.stack([(0.3 - mean) * 10, torch.zeros_like(mean), (mean - 0.7) * 10], dim=1)
+
+
+def test_predictions_are_counted_per_class() -> None:
+    def images(*levels: float) -> torch.Tensor:
+        return torch.stack([torch.full((3, 4, 4), level) for level in levels])
+
+    batches = [images(0.1, 0.2, 0.5), (images(0.9, 0.15), None)]  # classes 0, 0, 1 | 2, 0; a tuple's first item
+    assert count_predictions(ThresholdClassifier(), batches, 4).tolist() == [3, 1, 1, 0]
+
+
+def test_untrained_classes_get_the_mean_of_the_trained_rows_and_it_survives_a_round_trip(
+    explainer: PTAME, tmp_path: Path
+) -> None:
+    counts = torch.tensor([4, 0, 2, 0, 1, 3, 5, 1, 2, 7])
+    before = explainer.head.fuser.weight.detach().clone()
+    assert record_trained_images(explainer, counts) == 2
+    trained_mean = before[[0, 2, 4, 5, 6, 7, 8, 9]].sum(dim=0) / 8
+    after = explainer.head.fuser.weight.detach()
+    assert torch.allclose(after[1], trained_mean) and torch.allclose(after[3], trained_mean)
+    assert torch.equal(after[[0, 2, 4]], before[[0, 2, 4]])
+    explainer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["trained_images"] == counts.tolist()
+    loaded = PTAME.from_pretrained(tmp_path)
+    assert loaded.trained_images == counts.tolist()
+    pixels = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixels)[0, 1], loaded(pixels)[0, 3])
+        assert not torch.allclose(loaded(pixels)[0, 0], loaded(pixels)[0, 1])
+
+
+def test_the_note_names_an_untrained_class_and_only_one(explainer: PTAME) -> None:
+    assert untrained_class_note(explainer, 1, "hen") is None  # counts not recorded: nothing to say
+    record_trained_images(explainer, torch.tensor([4, 0, 2, 0, 1, 3, 5, 1, 2, 7]))
+    note = untrained_class_note(explainer, 3, "hen")
+    assert note is not None and "never trained on 'hen'" in note and "8 of its 10 classes" in note
+    assert untrained_class_note(explainer, 2, "cock") is None
+
+
+@pytest.mark.parametrize("counts", [[1, 2], [-1] * 10, [True] * 10, [1.5] * 10, [10**13] * 10, "many"])
+def test_bad_counts_in_config_are_refused(explainer: PTAME, tmp_path: Path, counts: object) -> None:
+    explainer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "trained_images": counts}))
+    with pytest.raises(CheckpointError, match="trained_images must be null or one integer from 0 to"):
+        PTAME.from_pretrained(tmp_path)
+
+
+def test_counts_of_another_length_or_no_trained_class_are_refused(explainer: PTAME) -> None:
+    with pytest.raises(ValueError, match="10 non-negative integers"):
+        record_trained_images(explainer, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="no class has a training image"):
+        record_trained_images(explainer, torch.zeros(10, dtype=torch.int64))
+
+
+@pytest.fixture
+def shapes_with_counts(tmp_path: Path) -> object:
+    """The shapes demo copied, its explainer's config given training image counts (class 0: none)."""
+
+    def copy(counts: list[int]) -> Path:
+        folder = tmp_path / f"shapes-{'-'.join(map(str, counts))}"
+        shutil.copytree(ROOT / "checkpoints" / "shapes", folder)
+        config_path = folder / "explainer" / "config.json"
+        config = json.loads(config_path.read_text())
+        config_path.write_text(json.dumps({**config, "trained_images": counts}))
+        return folder
+
+    return copy
+
+
+def test_the_app_and_the_command_line_say_when_p_tames_class_was_never_trained(
+    shapes_with_counts: object, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Shapes test image 0 is a circle (class 0): with no training image of class 0, the session's
+    notes and ``ptame explain`` say so; with some, they do not; Grad-CAM alone never does."""
+    image = shapes_file(tmp_path, 0)
+    for counts, said in (([0, 5, 5, 5, 5, 5], True), ([1, 5, 5, 5, 5, 5], False)):
+        folder = shapes_with_counts(counts)
+        session = ExplainSession(ModelRegistry([ModelEntry.from_folder(folder)]))
+        key = session.registry.load(ModelEntry.from_folder(folder).key).entry.key
+        checked = session.read(str(image))
+        final = list(session.explain_stream(checked, key, None, ["ptame", "gradcam"]))[-1]
+        assert final.class_name == "circle"
+        assert any("never trained on 'circle'" in note for note in final.notes) is said
+        only_gradcam = list(session.explain_stream(checked, key, None, ["gradcam"]))[-1]
+        assert not any("never trained" in note for note in only_gradcam.notes)
+        out = tmp_path / f"out-{said}"
+        assert cli_main(["explain", str(image), "--model", str(folder), "--methods", "ptame", "--out", str(out)]) == 0
+        assert ("never trained on 'circle'" in capsys.readouterr().err) is said
