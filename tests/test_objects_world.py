@@ -18,9 +18,7 @@ from train.evaluation import WorldObjects
 SIZE = 96
 LEVELS = (30, 80, 130, 180, 230)  # stamp colours: a 5 x 5 x 5 grid
 STAMP_COLOURS = dict(zip(sorted(STAMPS), itertools.product(LEVELS, repeat=3), strict=False))
-BACKGROUND_COLOURS = dict(
-    zip(sorted(BACKGROUNDS), itertools.product((5, 55, 105, 155, 205), repeat=3), strict=False)
-)
+BACKGROUND_COLOURS = dict(zip(sorted(BACKGROUNDS), itertools.product((5, 55, 105, 155, 205), repeat=3), strict=False))
 
 
 @pytest.fixture
@@ -93,7 +91,11 @@ def test_each_objects_mask_is_where_its_own_stamp_shows_and_its_label_is_its_sta
 
 
 def test_samples_are_a_function_of_split_and_index(stand_ins):
-    first, again, other = OBJECTS.sample(5, "test", SIZE), OBJECTS.sample(5, "test", SIZE), OBJECTS.sample(5, "train", SIZE)
+    first, again, other = (
+        OBJECTS.sample(5, "test", SIZE),
+        OBJECTS.sample(5, "test", SIZE),
+        OBJECTS.sample(5, "train", SIZE),
+    )
     assert torch.equal(first.pixels, again.pixels)
     assert all(torch.equal(a[1], b[1]) for a, b in zip(first.objects, again.objects, strict=True))
     assert not torch.equal(first.pixels, other.pixels)
@@ -159,10 +161,16 @@ def test_the_real_stamps_are_recognised_by_efficientnet_lite0_as_the_table_says(
         canvas.alpha_composite(image, ((224 - image.width) // 2, (224 - image.height) // 2))
         pictures.append(torch.from_numpy(np.asarray(canvas.convert("RGB"), np.float32) / 255).permute(2, 0, 1))
     with torch.no_grad():
-        probabilities = torch.cat([classifier.logits(torch.stack(pictures[i : i + 32])).softmax(1) for i in range(0, len(pictures), 32)])
+        probabilities = torch.cat(
+            [classifier.logits(torch.stack(pictures[i : i + 32])).softmax(1) for i in range(0, len(pictures), 32)]
+        )
     chosen = torch.tensor([STAMPS[name][0] for name in names])
     confidence = probabilities[torch.arange(len(names)), chosen]
-    wrong = [name for name, value, top in zip(names, confidence, probabilities.argmax(1)) if value < 0.3 or top != STAMPS[name][0]]
+    wrong = [
+        name
+        for name, value, top in zip(names, confidence, probabilities.argmax(1))
+        if value < 0.3 or top != STAMPS[name][0]
+    ]
     assert len(wrong) <= 3, f"stamps the network does not recognise as the table says: {wrong}"
     sample = OBJECTS.sample(0, "test")
     assert sample.pixels.shape == (3, 224, 224) and len(sample.objects) >= 1

@@ -358,7 +358,10 @@ def draw_objects(
     label = OBJECT_CLASS_INDICES[OBJECT_CLASSES.index(name)]
     others = [index for index in stamps if index != label]
     count = int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_ODDS))
-    classes = [label, *(int(index) for index in rng.choice(others, size=min(count, len(others) + 1) - 1, replace=False))]
+    classes = [
+        label,
+        *(int(index) for index in rng.choice(others, size=min(count, len(others) + 1) - 1, replace=False)),
+    ]
     chosen = [stamps[index][rng.integers(len(stamps[index]))] for index in classes]
     order = rng.permutation(len(chosen))  # drawing order: later ones cover earlier ones
     image = _background_crop(rng, split, size)

@@ -161,7 +161,10 @@ class World:
         image, coverage, others = drawn[0], drawn[1], drawn[2] if len(drawn) > 2 else []
         pixels = torch.from_numpy(np.ascontiguousarray(np.clip(image, 0.0, 1.0).transpose(2, 0, 1)))
         mask = torch.from_numpy(coverage >= 0.5)
-        objects = [(label, mask), *((self.classes.index(name), torch.from_numpy(other >= 0.5)) for name, other in others)]
+        objects = [
+            (label, mask),
+            *((self.classes.index(name), torch.from_numpy(other >= 0.5)) for name, other in others),
+        ]
         return WorldSample(pixels=pixels, label=label, mask=mask, objects=tuple(objects))
 
     def side(self, size: int | None) -> int:

@@ -19,7 +19,9 @@ least 800 steps, at the classifier's own input size. Every recipe value can be o
 After training, the classifier's predictions over the training images are counted: the explainer
 records how many images each class had (config.json's trained_images), and a class it never
 trained on gets the class-agnostic map, which the app and ``ptame explain`` name as such
-(``ptame.class_coverage``). A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
+(``ptame.class_coverage``).
+
+A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
 P-TAME is measured against Grad-CAM on it (AD/IC at 100/50/15%, deletion/insertion), and the
 verdict table is printed and written to OUT/verdict.md and the explainer's model card.
 
