@@ -3,10 +3,12 @@ itself (one flat colour each, so that every pixel says which file it came from);
 reads the real Debian packages."""
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image, ImageDraw
 
@@ -176,3 +178,32 @@ def test_the_real_stamps_are_recognised_by_efficientnet_lite0_as_the_table_says(
     assert sample.pixels.shape == (3, 224, 224) and len(sample.objects) >= 1
     for name in BACKGROUNDS:
         assert objects.background(name).shape[2] == 3
+
+
+def test_train_explainer_takes_any_imagenet_classifier_on_the_objects_images_and_records_its_classes(
+    stand_ins, tmp_path
+):
+    """The command a user runs for their own ImageNet network, here a random 1000-class timm network on
+    objects images: the explainer records the predictions over its 8 training images (12 less 4 held out)."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import run_command, save_timm_checkpoint
+    from train.commands import explainer as command
+    from train.commands.images import write_images
+
+    torch.manual_seed(5)
+    network = timm.create_model("test_resnet", num_classes=1000)
+    network.pretrained_cfg = {**network.pretrained_cfg, "input_size": (3, 64, 64), "crop_pct": 1.0}
+    classifier = save_timm_checkpoint(network, tmp_path / "classifier")
+    auxiliary = save_timm_checkpoint(timm.create_model("test_resnet"), tmp_path / "auxiliary")
+    images = write_images(tmp_path / "images", "objects", "train", 12, progress=False)
+    run_command(command, [
+        "--classifier", f"local-dir:{classifier}", "--auxiliary", f"local-dir:{auxiliary}", "--data", str(tmp_path / "images"),
+        "--out", str(tmp_path / "run"), "--batch-size", "4", "--steps", "2", "--held-out", "4", "--workers", "0",
+        "--no-progress",
+    ])  # fmt: skip
+    counts = json.loads((tmp_path / "run" / "explainer" / "config.json").read_text())["trained_images"]
+    assert len(counts) == 1000 and sum(counts) == 8 and len(images) == 12
+    fuser = load_file(tmp_path / "run" / "explainer" / "model.safetensors")["fuser.weight"]
+    trained = torch.tensor(counts) > 0
+    assert torch.allclose(fuser[~trained], fuser[trained].mean(dim=0).expand_as(fuser[~trained]), atol=1e-6)
