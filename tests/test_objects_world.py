@@ -198,9 +198,9 @@ def test_train_explainer_takes_any_imagenet_classifier_on_the_objects_images_and
     auxiliary = save_timm_checkpoint(timm.create_model("test_resnet"), tmp_path / "auxiliary")
     images = write_images(tmp_path / "images", "objects", "train", 12, progress=False)
     run_command(command, [
-        "--classifier", f"local-dir:{classifier}", "--auxiliary", f"local-dir:{auxiliary}", "--data", str(tmp_path / "images"),
-        "--out", str(tmp_path / "run"), "--batch-size", "4", "--steps", "2", "--held-out", "4", "--workers", "0",
-        "--no-progress",
+        "--classifier", f"local-dir:{classifier}", "--auxiliary", f"local-dir:{auxiliary}",
+        "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run"),
+        "--batch-size", "4", "--steps", "2", "--held-out", "4", "--workers", "0", "--no-progress",
     ])  # fmt: skip
     counts = json.loads((tmp_path / "run" / "explainer" / "config.json").read_text())["trained_images"]
     assert len(counts) == 1000 and sum(counts) == 8 and len(images) == 12
