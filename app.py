@@ -94,8 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME",
         help="a classifier to offer beside the manifest's: a timm name, hf-hub:ORG/NAME or local-dir:PATH "
-        "(repeatable); without --explainer it gets the baselines only. Its model key is NAME with every "
-        "character other than letters, digits, _ and - made a - (local-dir:my/model -> local-dir-my-model)",
+        "(repeatable); without --explainer it gets the baselines only. Its model key is NAME with each run "
+        "of characters other than letters, digits, _ and - made one - (local-dir:my/model -> local-dir-my-model)",
     )
     parser.add_argument(
         "--explainer",
