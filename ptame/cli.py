@@ -171,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     missing = [method for method in args.methods if get_method(method).uses_explainer and not model.has_explainer]
     if missing and len(missing) == len(args.methods):
-        print(f"error: {explainer_missing_message(model)}", file=sys.stderr)
+        print(f"error: {explainer_missing_message(model, visitor=False)}", file=sys.stderr)
         return 2
     if missing:  # the stream skips them (each update's ``unavailable`` says why)
-        print(f"warning: {explainer_missing_message(model)}", file=sys.stderr)
+        print(f"warning: {explainer_missing_message(model, visitor=False)}", file=sys.stderr)
     if not paths:
         print("error: no image files found in the inputs", file=sys.stderr)
         return 2

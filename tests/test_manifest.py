@@ -241,8 +241,8 @@ def test_an_explainer_for_another_class_count_leaves_a_classifier_only_model(bun
     loaded = load_model(entry)
     assert loaded.explainer is None and not loaded.has_explainer
     assert len(loaded.backbone.class_names) == 7
-    assert re.search("the explainer of 'models' has 10 classes, its classifier .* has 7", loaded.explainer_problem)
-    with pytest.raises(CheckpointError, match="'models' has 10 classes, its classifier .* has 7"):
+    assert re.search("the explainer has 10 classes, its classifier .* has 7", loaded.explainer_problem)
+    with pytest.raises(CheckpointError, match="the explainer has 10 classes, its classifier .* has 7"):
         load_explainer(entry, "cpu", 7)
     assert load_explainer(entry, "cpu", 10).num_classes == 10
 
@@ -251,9 +251,8 @@ def test_a_missing_explainer_folder_leaves_a_classifier_only_model(bundle: Path)
     entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'classifier'}", str(bundle / "nowhere"))
     loaded = load_model(entry)
     assert loaded.explainer is None and not loaded.has_explainer and loaded.entry == entry
-    assert re.search(
-        f"explainer {re.escape(str(bundle / 'nowhere'))} of 'Demo model'.*does not exist", loaded.explainer_problem
-    )
+    assert re.search("cannot load the explainer …/nowhere: .*does not exist", loaded.explainer_problem)
+    assert str(bundle) not in loaded.explainer_problem  # a visitor reads it: no path of the server's disk
     with torch.no_grad():
         assert loaded.backbone.logits(torch.rand(1, 3, 64, 64)).shape == (1, 10)
 
@@ -262,14 +261,14 @@ def test_an_entry_without_explainer_loads_its_classifier_only(bundle: Path) -> N
     entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'classifier'}")
     loaded = load_model(entry)
     assert loaded.explainer is None
-    assert loaded.explainer_problem == "'Demo model' has no P-TAME explainer: no explainer is configured for it"
-    with pytest.raises(CheckpointError, match="'Demo model' .*no explainer is configured for it"):
+    assert loaded.explainer_problem == "no explainer is configured for it"
+    with pytest.raises(CheckpointError, match="no explainer is configured for it"):
         load_explainer(entry, "cpu", 10)
 
 
 def test_a_missing_classifier_still_fails_the_model(bundle: Path) -> None:
     entry = ModelEntry("demo", "Demo model", f"local-dir:{bundle / 'nowhere'}", str(bundle / "explainer"))
-    with pytest.raises(CheckpointError, match="cannot load the classifier local-dir:.*nowhere of 'Demo model'"):
+    with pytest.raises(CheckpointError, match="cannot load the classifier local-dir:.*nowhere: "):
         load_model(entry)
 
 
@@ -277,7 +276,7 @@ def test_a_missing_classifier_still_fails_the_model(bundle: Path) -> None:
 def test_offline_without_cached_weights_fails_fast_and_clearly(hub_offline: None, key: str) -> None:
     entry = next(entry for entry in load_manifest() if entry.key == key)
     start = time.perf_counter()
-    with pytest.raises(CheckpointError, match=re.escape(f"cannot load the classifier {key} of '{entry.display_name}'")):
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot load the classifier {key}: ")):
         load_model(entry)
     assert time.perf_counter() - start < 30
 
@@ -288,12 +287,8 @@ def test_cached_classifier_with_missing_hub_explainer_offline(hub_offline: None,
     entry = ModelEntry("demo", "Demo", f"local-dir:{folder}", "ptame/ptame-demo", "main")
     loaded = load_model(entry)
     assert loaded.explainer is None
-    assert re.search(
-        "explainer ptame/ptame-demo of 'Demo'.*not in the local Hugging Face cache", loaded.explainer_problem
-    )
-    with pytest.raises(
-        CheckpointError, match="explainer ptame/ptame-demo of 'Demo'.*not in the local Hugging Face cache"
-    ):
+    assert re.search("explainer ptame/ptame-demo: .*not in the local Hugging Face cache", loaded.explainer_problem)
+    with pytest.raises(CheckpointError, match="explainer ptame/ptame-demo: .*not in the local Hugging Face cache"):
         load_explainer(entry, "cpu", 10)
 
 
@@ -316,7 +311,7 @@ def test_unreachable_hub_reads_the_cache_only_per_call_never_process_wide(
 
     monkeypatch.setattr(ptame.loading.hub, "hf_hub_download", recording)
     entry = ModelEntry("r50", "ResNet-50", "resnet50", "ptame/ptame-resnet50", "main")
-    with pytest.raises(CheckpointError, match="the Hub is unreachable or offline mode is on"):
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache and the Hub cannot be reached"):
         load_model(entry)
     assert seen and all(only_local and not offline for only_local, offline in seen)
     assert hub_constants.HF_HUB_OFFLINE is False

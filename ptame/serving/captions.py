@@ -6,6 +6,7 @@ import math
 from ptame.methods import explainer_method, get_method
 from ptame.serving.loader import LoadedModel
 from ptame.serving.manifest import ModelEntry
+from ptame.serving.reasons import visitor_text
 from ptame.serving.results import Gallery
 
 
@@ -47,16 +48,21 @@ def blank_map_note(method: str, target_layer: str) -> str:
     )
 
 
-def explainer_missing_message(model: LoadedModel) -> str:
-    """Plain text (no Markdown) on why a model has no P-TAME map, and the commands that give it one."""
+def explainer_missing_message(model: LoadedModel, visitor: bool = True) -> str:
+    """Plain text (no Markdown) on why a model has no P-TAME map, and the commands that give it one.
+
+    visitor: an app's visitor reads it, so a path of the server's disk is cut to its last part
+    (``ptame.serving.reasons.visitor_text``); False: the operator's own command line, whole.
+    """
     entry = model.entry
     problem = model.explainer_problem or "it is not loaded"
-    return (
+    message = (
         f"No {explainer_method().name} map for {entry.display_name}: {problem.rstrip('.')}. "
         f"Train one for this classifier with `python -m train explainer --classifier {entry.classifier} "
         f"--data IMAGE_FOLDER --out runs/{entry.key}` (any folder of its kind of images; labels are not read), "
         f"then start the app with `--classifier {entry.classifier} --explainer runs/{entry.key}/explainer`."
     )
+    return visitor_text(message) if visitor else message
 
 
 def domain_note(entry: ModelEntry, image_size: tuple[int, int]) -> str | None:

@@ -1,10 +1,11 @@
 """Loading a manifest entry's models: its classifier and, if it can, its P-TAME explainer.
 
 ``load_model`` loads an entry (``ptame.serving.manifest.ModelEntry``): a classifier that fails is
-a ``CheckpointError`` naming the model (the model is unavailable); an explainer that fails leaves
-a classifier-only model (the baselines still work), with the reason. With ``HF_HUB_OFFLINE=1``, or
-when a probe finds the Hub unreachable, only local folders and caches are read, so every failure
-covers an unreachable Hub with nothing cached.
+a ``CheckpointError`` saying why (the model is unavailable); an explainer that fails leaves a
+classifier-only model (the baselines still work), with the reason a visitor may read
+(``ptame.serving.reasons``: no server path) while the log keeps the details. With
+``HF_HUB_OFFLINE=1``, or when a probe finds the Hub unreachable, only local folders and caches are
+read, so every failure covers an unreachable Hub with nothing cached.
 """
 
 import logging
@@ -22,8 +23,10 @@ from ptame.errors import CheckpointError, shorten
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 from ptame.loading.backbones import USER_FUNCTION, Backbone, create_backbone
 from ptame.loading.checkpoint import CONFIG_NAME
+from ptame.loading.hub import UNREACHABLE
 from ptame.loading.untrusted import read_json_object
 from ptame.serving.manifest import ModelEntry
+from ptame.serving.reasons import failure_reason
 
 HUB_PROBE_TIMEOUT_S = 3.0  # connecting to the Hub longer than this counts as unreachable
 logger = logging.getLogger(__name__)
@@ -34,7 +37,9 @@ class LoadedModel:
     """A manifest entry with its classifier and its explainer, both in eval mode on one device.
 
     explainer: None when it could not be loaded (or none is configured): then only the methods
-    without ``uses_explainer`` work, and ``explainer_problem`` says why.
+    without ``uses_explainer`` work, and ``explainer_problem`` says why, as a clause that follows
+    "no P-TAME explainer:" ("no explainer is configured for it", "cannot load the explainer
+    ORG/NAME: ..."), with no path of the server's disk.
     """
 
     entry: ModelEntry
@@ -92,23 +97,25 @@ def _check_torchvision_cache(entry: ModelEntry) -> None:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
     if not cached.is_file():
         raise CheckpointError(
-            f"cannot load the classifier {entry.classifier} of {entry.display_name!r}: the Hub is unreachable "
-            f"or offline mode is on, and torchvision's ViT-B/16 weights are not cached at {cached}"
+            f"cannot load the classifier {entry.classifier}: the Hub is unreachable or offline mode is on, and "
+            f"torchvision's ViT-B/16 weights are not in torch's cache ({cached})"
         )
 
 
 def _offline_note(error: BaseException, offline: bool) -> str:
-    """What to add to a loading error when a file was missing from the local cache while offline."""
+    """What to add to a loading error when a file was missing from the local cache while offline
+    (nothing when its message says so already)."""
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, LocalEntryNotFoundError):
-            return "the Hub is unreachable or offline mode is on; " if offline else ""
+            said = UNREACHABLE in str(error)
+            return "the Hub is unreachable or offline mode is on; " if offline and not said else ""
         cause = cause.__cause__
     return ""
 
 
 def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
-    """The entry's classifier on the CPU; CheckpointError naming the model on any failure.
+    """The entry's classifier on the CPU; CheckpointError saying why on any failure.
     Offline, only local folders and caches are read (for this call: nothing process-wide changes)."""
     if offline:
         _check_torchvision_cache(entry)
@@ -118,9 +125,8 @@ def _load_classifier(entry: ModelEntry, offline: bool) -> Backbone:
         )
     except Exception as error:  # noqa: BLE001 - timm, torchvision and huggingface_hub raise many types
         reason = _offline_note(error, offline)
-        raise CheckpointError(
-            f"cannot load the classifier {shorten(entry.classifier, 200)} of {entry.display_name!r}: {reason}{error}"
-        ) from error
+        named = "" if repr(entry.classifier) in str(error) else f" {shorten(entry.classifier, 200)}"  # said once
+        raise CheckpointError(f"cannot load the classifier{named}: {reason}{error}") from error
 
 
 def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
@@ -134,26 +140,24 @@ def _load_explainer(entry: ModelEntry, device: str, num_classes: int, offline: b
     except Exception as error:  # noqa: BLE001 - whatever the explainer raises, the classifier keeps serving
         logger.exception("the explainer of %s failed with an unexpected error", entry.display_name)
         raise CheckpointError(
-            f"cannot load the explainer of {entry.display_name!r}: {type(error).__name__}: {error}"
+            f"cannot load the explainer {shorten(str(entry.explainer), 200)}: {type(error).__name__}: {error}"
         ) from error
 
 
 def _load_explainer_raising(entry: ModelEntry, device: str, num_classes: int, offline: bool) -> PTAME:
     if entry.explainer is None:
-        raise CheckpointError(f"{entry.display_name!r} has no P-TAME explainer: no explainer is configured for it")
+        raise CheckpointError("no explainer is configured for it")
     try:
         explainer = PTAME.from_pretrained(
             entry.explainer, revision=entry.explainer_revision, local_files_only=offline
         )
     except CheckpointError as error:
         reason = _offline_note(error, offline)
-        raise CheckpointError(
-            f"cannot load the explainer {shorten(entry.explainer, 200)} of {entry.display_name!r}: {reason}{error}"
-        ) from error
+        raise CheckpointError(f"cannot load the explainer {shorten(entry.explainer, 200)}: {reason}{error}") from error
     if explainer.num_classes != num_classes:
         raise CheckpointError(
-            f"the explainer of {entry.display_name!r} has {explainer.num_classes} classes, "
-            f"its classifier {entry.classifier} has {num_classes}"
+            f"the explainer has {explainer.num_classes} classes, its classifier {shorten(entry.classifier, 200)} "
+            f"has {num_classes}"
         )
     return explainer.to(device).eval()
 
@@ -165,9 +169,9 @@ def load_explainer(entry: ModelEntry, device: str, num_classes: int) -> PTAME:
     ``load_model``).
 
     Raises:
-        CheckpointError: naming the model and why: no explainer is configured for it,
-            unreachable and not cached, missing or damaged files, or made for another number
-            of classes; whatever else loading it raised (MemoryError, OverflowError...).
+        CheckpointError: why, as a clause that follows "no P-TAME explainer:": none is
+            configured for it, unreachable and not cached, missing or damaged files, or made for
+            another number of classes; whatever else loading it raised (MemoryError, ...).
     """
     return _load_explainer(entry, device, num_classes, _offline(_explainer_uses_hub(entry)))
 
@@ -186,17 +190,17 @@ def load_model(entry: ModelEntry, device: str = "cpu") -> LoadedModel:
     Returns:
         The classifier (frozen, eval mode) and the explainer (eval mode) on ``device``; where the
         explainer cannot be loaded (see ``load_explainer``), explainer None and
-        ``explainer_problem`` the CheckpointError's message.
+        ``explainer_problem`` the CheckpointError's message as a visitor may read it (logged whole).
 
     Raises:
         CheckpointError: the classifier cannot be loaded (unreachable and not cached, missing or
-            damaged files), naming the model and why.
+            damaged files), saying why.
     """
     offline = _offline(_classifier_uses_hub(entry) or _explainer_uses_hub(entry))
     backbone = _load_classifier(entry, offline).to(device)
     try:
         explainer = _load_explainer(entry, device, len(backbone.class_names), offline)
     except CheckpointError as error:
-        logger.warning("the explainer of %s cannot be loaded: %s", entry.display_name, error.details)
-        return LoadedModel(entry=entry, backbone=backbone, explainer=None, explainer_problem=str(error))
+        problem = failure_reason(error, f"no P-TAME explainer for {entry.display_name} (explainer: {entry.explainer})")
+        return LoadedModel(entry=entry, backbone=backbone, explainer=None, explainer_problem=problem)
     return LoadedModel(entry=entry, backbone=backbone, explainer=explainer)

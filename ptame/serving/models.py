@@ -8,7 +8,6 @@ so that P-TAME appears without a restart once it can be loaded. Listeners (``add
 hear of every change of a model's status, so that a server can show the states as they are.
 """
 
-import logging
 import math
 import os
 import threading
@@ -18,22 +17,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ptame.errors import CheckpointError, ModelUnavailable, PtameError, shorten
+from ptame.errors import CheckpointError, ModelUnavailable
 from ptame.explainer import PTAME
 from ptame.serving.loader import LoadedModel, load_explainer, load_model
 from ptame.serving.manifest import DEFAULT_MANIFEST, ModelEntry, load_manifest
+from ptame.serving.reasons import failure_reason
 
 State = Literal["waiting", "loading", "ready", "unavailable"]
 LOAD_ERRORS = (CheckpointError, OSError, ValueError, RuntimeError)  # what a loader's failure may raise
-logger = logging.getLogger(__name__)
-
-
-def failure_reason(error: Exception, what: str) -> str:
-    """The short reason a loader failed, as the app shows it (at most ``ptame.errors.MAX_MESSAGE_CHARS``);
-    the whole message is logged."""
-    details = error.details if isinstance(error, PtameError) else shorten(str(error), 20_000)
-    logger.warning("%s: %s", what, details or type(error).__name__)
-    return shorten(str(error)) or type(error).__name__
 
 
 @dataclass(frozen=True)
