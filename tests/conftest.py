@@ -29,9 +29,11 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import argparse
 import ipaddress
+import re
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +151,21 @@ def seed_hf_cache(cache: Path, repo_id: str, source: Path, revisions: tuple[str,
     for revision in revisions:
         (repo / "refs" / revision).write_text(FAKE_COMMIT)
     return cache
+
+
+def peak_rss_mb(work: Callable[[], object]) -> tuple[float, float]:
+    """(seconds, peak resident MB above the resident size before) of ``work()``, errors ignored."""
+
+    def status(field: str) -> float:
+        return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
+
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current size
+    before, start = status("VmRSS"), time.perf_counter()
+    try:
+        work()
+    except Exception:  # noqa: BLE001 - the caller checks the error
+        pass
+    return time.perf_counter() - start, status("VmHWM") - before
 
 
 def random_shapes_demo(folder: Path) -> Path:

@@ -9,6 +9,7 @@ a few steps against it and explains; the app's model loader loads it.
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -269,6 +270,89 @@ def test_p_tame_trains_against_it_and_the_apps_loader_loads_it(family: tuple[str
     assert len(records) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
     maps = explainer.eval().explain(batches[0][:2], torch.tensor([1, 4]))
     assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
+
+
+# Real-size transformers classifiers (issue 35): transformers 5 builds on the meta device, then assigns
+# each loaded tensor with setattr; a budget that counted it beside the tensor it replaces refused every
+# model over about a million parameters, which the tiny families above never reach.
+REAL_SIZE = {
+    "hf-vit-5m": Family(
+        lambda: transformers.ViTForImageClassification(
+            transformers.ViTConfig(image_size=SIZE, patch_size=16, hidden_size=256, num_hidden_layers=7,
+                                   num_attention_heads=4, intermediate_size=1024, num_labels=CLASSES)
+        ),
+        "vit.layers.-1.layernorm_before",
+        tokens(1, 4),
+        "transformers",
+    ),
+    "hf-convnext-5m": Family(
+        lambda: transformers.ConvNextForImageClassification(
+            transformers.ConvNextConfig(hidden_sizes=[48, 96, 192, 384], depths=[2, 2, 8, 2], num_labels=CLASSES)
+        ),
+        "convnext.encoder.stages.-1",
+        None,
+        "transformers",
+    ),
+}  # fmt: skip
+
+
+def parameters_of(folder: Path) -> int:
+    """The elements of a saved model's weights file, read with safetensors (not with ptame)."""
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as handle:
+        return sum(math.prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+
+
+def assert_non_blank_grad_cams(backbone: Backbone, classes: list[int]) -> None:
+    size = backbone.preprocessing.crop
+    pixels = torch.rand(len(classes), 3, size, size, generator=torch.Generator().manual_seed(3))
+    maps = grad_cam(backbone, pixels, torch.tensor(classes))
+    assert maps.shape == (len(classes), size, size) and torch.isfinite(maps).all()
+    for one in maps:
+        assert float(one.max() - one.min()) > 0.5, "a blank Grad-CAM map"
+
+
+@pytest.mark.parametrize("name", list(REAL_SIZE))
+def test_a_real_size_transformers_classifier_loads_from_its_folder_and_gets_grad_cam_maps(
+    name: str, tmp_path: Path
+) -> None:
+    folder = saved(name, REAL_SIZE[name], tmp_path / name)
+    assert parameters_of(folder) >= 5_000_000
+    backbone = equal_to_pytorch_grad_cam((name, REAL_SIZE[name], folder), [grad_cam], images=2)
+    assert_non_blank_grad_cams(backbone, [0, 3])
+
+
+@pytest.mark.slow
+def test_a_convnext_tiny_of_28_m_parameters_with_a_legacy_preprocessor_loads_and_gets_grad_cam_maps(
+    tmp_path: Path,
+) -> None:
+    """ConvNeXt-T's architecture (28 M parameters) beside a preprocessor_config.json of the legacy form:
+    "size" one int (the shortest edge) and crop_pct, so the image is resized to 256 and cropped to 224."""
+    torch.manual_seed(0)
+    model = transformers.ConvNextForImageClassification(
+        transformers.ConvNextConfig(hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3], num_labels=CLASSES)
+    ).eval()
+    folder = tmp_path / "convnext-tiny"
+    model.save_pretrained(folder)
+    processor = {"size": 224, "crop_pct": 0.875, "resample": 3, "image_mean": [0.485, 0.456, 0.406],
+                 "image_std": [0.229, 0.224, 0.225]}  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert parameters_of(folder) >= 25_000_000
+    backbone = create_backbone(f"local-dir:{folder}")
+    assert (backbone.preprocessing.resize, backbone.preprocessing.crop) == (256, 224)
+    assert backbone.preprocessing.interpolation == "bicubic"
+    assert backbone.target_layer_name == "convnext.encoder.stages.-1"
+    pixels = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.logits(pixels), model(normalize_as(pixels, processor)).logits)
+    assert_non_blank_grad_cams(backbone, [1, 4])
+
+
+def normalize_as(pixels: torch.Tensor, processor: dict) -> torch.Tensor:
+    mean = torch.tensor(processor["image_mean"])[:, None, None]
+    std = torch.tensor(processor["image_std"])[:, None, None]
+    return (pixels - mean) / std
 
 
 def test_a_swin_read_as_channels_first_would_be_caught() -> None:

@@ -29,7 +29,7 @@ from ptame.errors import MAX_MESSAGE_CHARS
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry, build_registry
 from ptame.serving.session import ExplainSession
-from tests.conftest import random_shapes_demo, seed_hf_cache, shapes_file
+from tests.conftest import peak_rss_mb, random_shapes_demo, seed_hf_cache, shapes_file
 
 LIMIT_S = 20.0  # per load, on a busy 2-core machine; a good explainer loads in well under a second
 LIMIT_MB = 300  # peak resident memory above the process's before the load
@@ -295,21 +295,6 @@ def hub_files(good: Path, folder: Path) -> Layout:
         folder / "auxiliary" / "config.json",
         folder / "auxiliary" / "model.safetensors",
     )
-
-
-def peak_rss_mb(work: Callable[[], object]) -> tuple[float, float]:
-    """(seconds, peak resident MB above the resident size before) of ``work()``, errors ignored."""
-
-    def status(field: str) -> float:
-        return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())[1]) / 1024
-
-    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current size
-    before, start = status("VmRSS"), time.perf_counter()
-    try:
-        work()
-    except Exception:  # noqa: BLE001 - the caller checks the error
-        pass
-    return time.perf_counter() - start, status("VmHWM") - before
 
 
 def assert_refused(load: Callable[[], object], pattern: str) -> None:

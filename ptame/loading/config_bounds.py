@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-from ptame.errors import CheckpointError, describe
+from ptame.errors import CheckpointError, describe, shorten
 
 MAX_CLASSES = 100_000  # ImageNet-21k's 21,843 fit
 MAX_CONFIG_INT = 100_000  # any integer of a config: widths, depths, class counts, sides
@@ -61,18 +61,18 @@ def check_config_sizes(config: dict[str, object], where: Path) -> None:
     """
     for path, value in _values(config, "config"):
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_CONFIG_INT:
-            raise CheckpointError(f"{where}: {describe(path, 120)} = {describe(value)} is over {MAX_CONFIG_INT:,}")
+            raise CheckpointError(f"{where}: {shorten(path, 120)} = {describe(value)} is over {MAX_CONFIG_INT:,}")
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= MAX_CONFIG_FLOAT):
-            raise CheckpointError(f"{where}: {describe(path, 120)} = {describe(value)} is over {MAX_CONFIG_FLOAT:g}")
+            raise CheckpointError(f"{where}: {shorten(path, 120)} = {describe(value)} is over {MAX_CONFIG_FLOAT:g}")
         if isinstance(value, list) and value and all(_is_number(item) for item in value):
             total = sum(abs(item) for item in value if isinstance(item, int))
             if len(value) > MAX_NUMBER_LIST or total > MAX_CONFIG_INT:
                 raise CheckpointError(
-                    f"{where}: {describe(path, 120)} is a list of {len(value):,} numbers summing to {total:,}; "
+                    f"{where}: {shorten(path, 120)} is a list of {len(value):,} numbers summing to {total:,}; "
                     f"at most {MAX_NUMBER_LIST} numbers summing to {MAX_CONFIG_INT:,}"
                 )
         if isinstance(value, list | dict) and len(value) > MAX_CLASSES:
-            raise CheckpointError(f"{where}: {describe(path, 120)} has {len(value):,} entries, over {MAX_CLASSES:,}")
+            raise CheckpointError(f"{where}: {shorten(path, 120)} has {len(value):,} entries, over {MAX_CLASSES:,}")
 
 
 def check_class_count(value: object, key: str, where: Path) -> None:
