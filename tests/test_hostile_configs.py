@@ -160,7 +160,11 @@ CLASSIFIER_CASES: list[tuple[str, Make, str]] = [
         ),
         "crop_pct must be a number from 0.5 to 1",
     ),
-    ("hf-legacy-crop-pct-zero", transformers_classifier(hf_convnext, nothing, {"size": SIZE, "crop_pct": 0}), "crop_pct"),
+    (
+        "hf-legacy-crop-pct-zero",
+        transformers_classifier(hf_convnext, nothing, {"size": SIZE, "crop_pct": 0}),
+        "crop_pct",
+    ),
     (
         "hf-size-dict-huge",
         transformers_classifier(hf_convnext, nothing, {"size": {"shortest_edge": 9000}}),
@@ -175,9 +179,7 @@ CLASSIFIER_CASES: list[tuple[str, Make, str]] = [
         # the largest accepted input, 1024 pixels, in patches of 8: 16,384 tokens, whose attention
         # scores alone are GBs; the weights (2 MB) pay for no such activations
         "hf-vit-16k-tokens",
-        transformers_classifier(
-            lambda: hf_vit(1024, 8, heads=8), nothing, {"size": {"height": 1024, "width": 1024}}
-        ),
+        transformers_classifier(lambda: hf_vit(1024, 8, heads=8), nothing, {"size": {"height": 1024, "width": 1024}}),
         "bytes of activations for one image",
     ),
     (
@@ -318,7 +320,11 @@ def test_the_apps_loader_keeps_the_classifier_whatever_the_explainer_raises(
         ({"size": 72, "crop_pct": 0.9}, 80, 72),  # legacy: one int is the shortest edge, resized to 72 / 0.9
         ({"size": 72}, 72, 72),
         ({"size": {"shortest_edge": 80}, "crop_pct": 0.8}, 100, 80),
-        ({"size": {"height": 72, "width": 72}, "do_center_crop": True, "crop_size": {"height": 64, "width": 64}}, 72, 64),
+        (
+            {"size": {"height": 72, "width": 72}, "do_center_crop": True, "crop_size": {"height": 64, "width": 64}},
+            72,
+            64,
+        ),
     ],
 )
 def test_an_image_processors_size_in_every_form_gives_its_preprocessing(
