@@ -18,8 +18,8 @@ What the markdown says to this test, on the line just above a block:
 A ```text block whose introducing line says "prints" and ends with ":" is what the block before it prints:
 the block's standard output must be that text (``...`` stands for any text, trailing spaces aside).
 
-The fast tests check that every block is run or marked with a reason and that ``import ptame``
-works from outside the repository; running the blocks (a few minutes) is slow.
+The fast tests check that every block is run or marked with a reason and that the installed
+``ptame`` is found from outside the repository; running the blocks (a few minutes) is slow.
 """
 
 import os
@@ -209,8 +209,9 @@ def test_every_block_is_run_or_marked_with_a_reason() -> None:
         )
 
 
-def test_ptame_imports_from_outside_the_repository(outside: Path) -> None:
-    done = run_in(outside, "python", "import ptame\nprint(ptame.__file__)\n")
+def test_ptame_is_found_from_outside_the_repository(outside: Path) -> None:
+    # find_spec locates the package without importing it (and torch): the slow test imports it.
+    done = run_in(outside, "python", "import importlib.util\nprint(importlib.util.find_spec('ptame').origin)\n")
     assert done.returncode == 0, (
         "ptame is not installed in this environment: the README's install is"
         f" `.venv/bin/pip install -r requirements.txt -e .`\n{done.stderr[-2000:]}"
