@@ -12,9 +12,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ptame import CheckpointError, create_backbone
+from ptame import PTAME, CheckpointError, create_backbone
 from ptame.loading.budget import BudgetExceeded, build_within_budget
-from tests.conftest import save_timm_checkpoint
+from tests.conftest import random_shapes_demo, save_timm_checkpoint
 
 MB = 2**20
 
@@ -90,4 +90,19 @@ def test_a_transformers_folder_asking_for_a_wide_network_is_refused_before_alloc
     edit_config(tmp_path / "vit" / "config.json", {"hidden_size": 64, "intermediate_size": 100_000})
     with RealTensors() as real, pytest.raises(CheckpointError, match="asks for more than"):
         create_backbone(f"local-dir:{tmp_path / 'vit'}")
+    assert real.largest < 1 * MB
+
+
+def test_an_explainers_auxiliary_network_asking_for_a_wide_network_is_refused_before_allocating_it(
+    tmp_path: Path,
+) -> None:
+    """The shapes demo's explainer folders; the auxiliary network's config (resnet10t, 128 channels in its last
+    stage, 1.3 MB of weights) then asks for 2048, whose 3x3 convolution alone is 2048 x 2048 x 9 x 4 bytes = 144 MB.
+    What is allocated for real is the explainer's own small head, nothing of the refused network."""
+    good = random_shapes_demo(tmp_path / "good")
+    config = good / "auxiliary" / "config.json"
+    channels = json.loads(config.read_text())["model_args"]["channels"]
+    edit_config(config, {"model_args": {"channels": [*channels[:3], 2048]}})
+    with RealTensors() as real, pytest.raises(CheckpointError, match="asks for more than"):
+        PTAME.from_pretrained(good / "explainer")
     assert real.largest < 1 * MB
