@@ -234,6 +234,8 @@ def test_clicking_the_cat_photo_explains_it_with_efficientnet(served_app: str, b
     EfficientNet-Lite0 and shows its maps: Grad-CAM's, and P-TAME's once the manifest gives it an
     explainer. The selected model's label fits the menu at 1280 pixels."""
     models = wait_until_every_model_settled(served_app)
+    efficientnet = next(model for model in models if model["key"] == EFFICIENTNET)
+    assert efficientnet["p_tame"] == efficientnet_has_explainer(), efficientnet["reason"]
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     page.goto(served_app, wait_until="networkidle")
     page.get_by_label("Model").click()
