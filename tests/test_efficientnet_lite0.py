@@ -356,22 +356,34 @@ def manifest_entry():
     return entry
 
 
-def test_the_manifest_offers_it_classifier_only_without_the_hub(
+def test_the_manifest_offers_it_with_its_p_tame_explainer_without_the_hub(
     converted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The committed explainer (checkpoints/efficientnet_lite0, trained on the objects world) loads
+    offline; the cat photo gets a non-blank P-TAME map, and since no training image was a cat, the
+    session's notes say that map is the class-agnostic one."""
     entry = manifest_entry()
     assert (entry.display_name, entry.classifier) == ("EfficientNet-Lite0 (ImageNet, offline)", lite0.SPEC)
-    assert entry.explainer is None and entry.domain == "photos of the 1000 ImageNet classes"
-    assert not _classifier_uses_hub(entry)
+    assert entry.explainer == str(ROOT / "checkpoints" / "efficientnet_lite0" / "explainer")
+    assert entry.domain == "photos of the 1000 ImageNet classes" and not _classifier_uses_hub(entry)
     shutil.copytree(converted, tmp_path / "efficientnet_lite0-0.1.0")  # as an earlier start left the cache
     monkeypatch.setenv("PTAME_CACHE", str(tmp_path))
     loaded = load_model(entry)
-    assert not loaded.has_explainer and "no explainer is configured" in loaded.explainer_problem
-    assert loaded.backbone.name == lite0.SPEC and len(loaded.backbone.class_names) == 1000
+    assert loaded.has_explainer and loaded.backbone.name == lite0.SPEC and len(loaded.backbone.class_names) == 1000
+    counts = loaded.explainer.trained_images
+    assert len(counts) == 1000 and sum(count > 0 for count in counts) >= 75
+    names = loaded.backbone.class_names
+    assert all(counts[names.index(name)] == 0 for name in CATS)
     assert top5(loaded.backbone, photo_pixels(COFFEE, loaded.backbone))[0][0] == "espresso"
     registry = ModelRegistry([entry], loader=lambda entry, device: loaded)
     registry.load(entry.key)
-    assert ExplainSession(registry).photo_model() == "efficientnet_lite0"
+    session = ExplainSession(registry)
+    assert session.photo_model() == "efficientnet_lite0"
+    final = list(session.explain_stream(session.read(str(CAT)), entry.key, None, ["ptame", "gradcam"]))[-1]
+    assert final.class_name in CATS
+    ptame_map = final.explanations["ptame"].saliency
+    assert float(ptame_map.max() - ptame_map.min()) > 0.5  # not blank
+    assert any(f"never trained on {final.class_name!r}" in note for note in final.notes)
 
 
 def test_without_the_package_the_app_lists_it_unavailable_with_the_pip_command(package_missing: None) -> None:
