@@ -135,6 +135,15 @@ def randomise_head(explainer: PTAME) -> PTAME:
     return explainer
 
 
+def with_class_agnostic_rows(fuser: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """A trained fuser weight (K, C, 1, 1) as ``python -m train explainer`` saves it: the rows of the
+    classes with no training image (``counts``, config.json's trained_images) set to the mean of the others."""
+    trained = torch.tensor(counts) > 0
+    expected = fuser.clone()
+    expected[~trained] = fuser[trained].mean(dim=0)
+    return expected
+
+
 def save_timm_checkpoint(model: torch.nn.Module, folder: Path) -> Path:
     """Save a timm model as config.json + model.safetensors (the format timm loads from)."""
     save_for_hf(model, str(folder), safe_serialization=True)

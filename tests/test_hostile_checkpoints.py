@@ -224,7 +224,7 @@ CASES: list[tuple[str, Change, str]] = [
     (
         "auxiliary-100000-blocks",
         lambda f, o: edit_config(f.auxiliary_config, model_args={"layers": [100_000, 1, 1, 1], "num_classes": 6}),
-        "asks for more than",
+        "model_args.layers is a list of 4 numbers summing to 100,003",  # refused by its bounds, before any budget
     ),
     ("auxiliary-secret", lambda f, o: edit_config(f.auxiliary_config, architecture="SECRET"), "not a timm model"),
     ("auxiliary-nested", lambda f, o: f.auxiliary_config.write_text(nested(100_000)), "nested too deeply"),

@@ -14,7 +14,7 @@ from ptame import PTAME
 from ptame.bench.app import free_port
 from ptame.head import FeatureLevel
 from ptame.training import TrainSettings, make_optimizer
-from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny
+from tests.conftest import TINY_RUN, make_image_tree, run_command, train_tiny, with_class_agnostic_rows
 from train import recipes
 from train.checkpointing import read_checkpoint_info
 from train.commands import explainer, imagenet
@@ -75,6 +75,7 @@ def test_a_full_run_writes_explainer_log_checkpoint_and_config(finished_run: Pat
     explainer = PTAME.from_pretrained(finished_run / "explainer")
     assert explainer.num_classes == 1000 and explainer.auxiliary_name == "test_resnet"
     trained = load_file(str(finished_run / CHECKPOINT_NAME))
+    trained["head.fuser.weight"] = with_class_agnostic_rows(trained["head.fuser.weight"], explainer.trained_images)
     for key, value in explainer.head.state_dict().items():
         assert torch.equal(value, trained[f"head.{key}"])
     untrained = PTAME(num_classes=1000, auxiliary="test_resnet", pretrained_auxiliary=False)
