@@ -155,10 +155,11 @@ def test_the_real_stamps_are_recognised_by_efficientnet_lite0_as_the_table_says(
     classifier = backbone()
     names = sorted(STAMPS)
     pictures = []
-    for name in names:
-        pixels = objects.stamp(name)
-        image = Image.fromarray(pixels, "RGBA")
-        image.thumbnail((190, 190))
+    for name in names:  # as the table was made: the stamp file, its longer side resized to 190 px (bicubic)
+        with Image.open(objects.stamps_folder() / name) as stamp:
+            image = stamp.convert("RGBA")
+        scale = 190 / max(image.size)
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
         canvas = Image.new("RGBA", (224, 224), (128, 128, 128, 255))
         canvas.alpha_composite(image, ((224 - image.width) // 2, (224 - image.height) // 2))
         pictures.append(torch.from_numpy(np.asarray(canvas.convert("RGB"), np.float32) / 255).permute(2, 0, 1))
