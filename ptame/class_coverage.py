@@ -1,53 +1,30 @@
 """Which classes a P-TAME explainer was trained on, and its class-agnostic map for the others.
 
 P-TAME learns one fuser row per class, and a row learns only from the training images whose
-prediction is that class: the row of a class the classifier never predicted on the training
-images stays at its start (zero, with the default recipe), and its map is constant. An explainer
-trained on a few hundred classes of an ImageNet classifier (the objects world) knows the others
-not at all. So ``python -m train explainer`` counts the classifier's predictions over the training
-images (``count_predictions``) and records them with the explainer (``record_trained_images``):
-config.json's ``trained_images`` (K counts), and every untrained class's row set to the mean of
-the trained rows. That row gives a class-agnostic map: where the explainer finds the evidence
-of the classes it knows, on average. The app and ``ptame explain`` say so in words whenever they
-show one (``untrained_class_note``), so a user never mistakes it for that class's explanation.
+prediction (on the augmented image the loss sees) is that class: the row of a class that was never
+a training target stays at its start (zero, with the default recipe), and its map is constant. An
+explainer trained on a few hundred classes of an ImageNet classifier (the objects world) knows the
+others not at all. So training counts its targets (``ptame.training.train_explainer``'s
+``target_counts``) and ``python -m train explainer`` records them with the explainer
+(``record_trained_images``): config.json's ``trained_images`` (K counts), and every untrained
+class's row set to the mean of the trained rows. That row gives a class-agnostic map: where the
+explainer finds the evidence of the classes it knows, on average. The app and ``ptame explain``
+say so in words whenever they show one (``untrained_class_note``), so a user never mistakes it
+for that class's explanation.
 """
-
-from collections.abc import Iterable, Sequence
 
 import torch
 
 from ptame.explainer import PTAME
 
 
-def count_predictions(
-    classifier: object, batches: Iterable[torch.Tensor | Sequence[torch.Tensor]], num_classes: int
-) -> torch.Tensor:
-    """How many of the images the classifier predicts as each class.
-
-    Args:
-        classifier: has ``logits(pixels)``: (B, 3, H, W) in [0, 1] -> (B, K) (a ``ptame.Backbone``).
-        batches: pixel-space images (B, 3, H, W) in [0, 1], or tuples whose first item they are.
-        num_classes: K.
-
-    Returns:
-        (K,) int64 counts, summing to the number of images.
-    """
-    counts = torch.zeros(num_classes, dtype=torch.int64)
-    with torch.inference_mode():
-        for batch in batches:
-            pixels = batch if isinstance(batch, torch.Tensor) else batch[0]
-            predicted = classifier.logits(pixels).argmax(dim=1).cpu()
-            counts += torch.bincount(predicted, minlength=num_classes)
-    return counts
-
-
 def record_trained_images(explainer: PTAME, counts: torch.Tensor) -> int:
-    """Record how many training images each class had, and give the untrained classes the class-agnostic row.
+    """Record how many training images trained each class, and give the untrained classes the class-agnostic row.
 
     Args:
         explainer: the trained explainer; its fuser rows of the classes with 0 images are set to
             the mean of the other rows (in place).
-        counts: (K,) non-negative integers, the training images predicted as each class.
+        counts: (K,) non-negative integers, the training images that trained each class (its targets).
 
     Returns:
         The number of classes that got the class-agnostic row.

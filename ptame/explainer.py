@@ -130,7 +130,7 @@ class PTAME(
         head_channels: the channels per level that the head must have (``from_pretrained``
             passes its weights file's): the auxiliary network must give exactly these, checked
             before the head is built. None: whatever it gives. Not saved.
-        trained_images: K counts, the training images the classifier predicted as each class
+        trained_images: K counts, the training images whose prediction (a training target) was each class
             (``ptame.class_coverage``; a class with 0 has the class-agnostic map). None: not recorded.
     """
 

@@ -102,6 +102,7 @@ def training_step_loss(
     std: Sequence[float],
     weights: LossWeights,
     gather_targets: TargetGatherer | None = None,
+    target_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of one batch, differentiable w.r.t. the explainer's head.
 
@@ -121,6 +122,8 @@ def training_step_loss(
             (``all_gather_targets`` when several processes share a batch); None: B = b. Each
             image gets the maps of all B targets, so the mean of the processes' losses (what
             DistributedDataParallel's gradient averaging optimises) is the global batch's loss.
+        target_counts: (K,) int64 or None; each class's count of the global batch's targets is
+            added to it in place: the images whose loss trained that class's fuser row.
 
     Returns:
         (loss, terms): scalar loss; detached unweighted terms ``ce``, ``area``, ``smooth``.
@@ -128,6 +131,8 @@ def training_step_loss(
     with torch.no_grad():
         targets = classifier(normalize(pixels, mean, std)).argmax(dim=1)
     batch_targets = targets if gather_targets is None else gather_targets(targets)
+    if target_counts is not None:
+        target_counts += torch.bincount(batch_targets, minlength=target_counts.numel()).to(target_counts.device)
     unique, inverse = torch.unique(batch_targets, return_inverse=True)
     unique_maps = torch.sigmoid(explainer(pixels, unique))
     target_maps = unique_maps[:, inverse]
@@ -166,6 +171,7 @@ def train_explainer(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     after_step: Callable[[int], None] | None = None,
+    target_counts: torch.Tensor | None = None,
 ) -> list[dict[str, float]]:
     """Train the explainer's head for one pass over ``batches`` (or until step ``total_steps``).
 
@@ -196,6 +202,10 @@ def train_explainer(
             required when ``start_step`` > 0); default ``make_optimizer`` / ``make_scheduler``.
         after_step: called with the step number after every optimiser step (e.g. to write
             checkpoints).
+        target_counts: (K,) int64 or None; every step adds its global batch's targets per class
+            (the same on every process): how many training images trained each class's fuser
+            row (``ptame.class_coverage.record_trained_images``). A resumed run passes the
+            checkpoint's counts.
 
     Returns:
         One record per logged interval: step, loss, ce, area, smooth (means over the interval
@@ -215,7 +225,7 @@ def train_explainer(
     frozen = _freeze(classifier, device, run.memory_format)
     try:
         for step, batch in enumerate(itertools.islice(batches, total_steps - start_step), start=start_step + 1):
-            run.step(batch, mean, std, log)
+            run.step(batch, mean, std, log, target_counts)
             bar.update(1)
             if step % settings.log_every == 0 or step == total_steps:
                 log.record(step)
@@ -326,8 +336,9 @@ class _Run:
         mean: Sequence[float],
         std: Sequence[float],
         log: _IntervalLog,
+        target_counts: torch.Tensor | None,
     ) -> None:
-        """One optimiser step on ``batch``, counted in ``log``."""
+        """One optimiser step on ``batch``, counted in ``log`` (its targets in ``target_counts``)."""
         pixels = _images(batch).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with self.autocast:
             loss, terms = training_step_loss(
@@ -338,6 +349,7 @@ class _Run:
                 std,
                 self.loss,
                 all_gather_targets if self.distributed else None,
+                target_counts,
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -8,31 +8,45 @@ from pathlib import Path
 import pytest
 import torch
 
-from ptame import PTAME, CheckpointError
-from ptame.class_coverage import count_predictions, record_trained_images, untrained_class_note
+from ptame import PTAME, CheckpointError, TrainSettings
+from ptame.class_coverage import record_trained_images, untrained_class_note
 from ptame.cli import main as cli_main
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
 from ptame.serving.session import ExplainSession
+from ptame.training import train_explainer
 from tests.conftest import shapes_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class ThresholdClassifier:
-    """Three classes by the mean pixel m: class 0 below 0.3, class 2 above 0.7, class 1 between."""
+def mean_level_classifier(pixels: torch.Tensor) -> torch.Tensor:
+    """10 logits from the mean pixel m (pixel space: the tests pass mean 0, std 1): class 0 below
+    0.3, class 2 above 0.7, class 1 between; classes 3 to 9 never."""
+    mean = pixels.mean(dim=(1, 2, 3))
+    logits = torch.full((pixels.shape[0], 10), -10.0)
+    logits[:, 0], logits[:, 1], logits[:, 2] = (0.3 - mean) * 10, 0.0, (mean - 0.7) * 10
+    return logits
 
-    def logits(self, pixels: torch.Tensor) -> torch.Tensor:
-        mean = pixels.mean(dim=(1, 2, 3))
-        return torch.stack([(0.3 - mean) * 10, torch.zeros_like(mean), (mean - 0.7) * 10], dim=1)
 
+def test_training_counts_its_targets_and_the_classes_never_targeted_keep_their_zero_rows(explainer: PTAME) -> None:
+    """The counts are the loss's targets, step by step (an image seen twice counts twice), and a
+    class counted 0 is exactly one whose row never left the zero start (the default recipe's)."""
+    generator = torch.Generator().manual_seed(0)
 
-def test_predictions_are_counted_per_class() -> None:
     def images(*levels: float) -> torch.Tensor:
-        return torch.stack([torch.full((3, 4, 4), level) for level in levels])
+        return torch.stack([level - 0.05 + 0.1 * torch.rand(3, 64, 64, generator=generator) for level in levels])
 
-    batches = [images(0.1, 0.2, 0.5), (images(0.9, 0.15), None)]  # classes 0, 0, 1 | 2, 0; a tuple's first item
-    assert count_predictions(ThresholdClassifier(), batches, 4).tolist() == [3, 1, 1, 0]
+    first = images(0.1, 0.5, 0.9, 0.2)  # classes 0 1 2 0
+    batches = [first, (images(0.15, 0.95, 0.5, 0.05), None), first]  # 0 2 1 0 (a tuple's first item); 0 1 2 0
+    counts = torch.zeros(10, dtype=torch.int64)
+    settings = TrainSettings(lr=1e-2)
+    train_explainer(
+        mean_level_classifier, explainer, batches, (0, 0, 0), (1, 1, 1), settings, progress=False, target_counts=counts
+    )
+    assert counts.tolist() == [6, 3, 3, 0, 0, 0, 0, 0, 0, 0]
+    rows = explainer.head.fuser.weight.detach().flatten(1)
+    assert (rows[:3] != 0).any(dim=1).all() and (rows[3:] == 0).all()
 
 
 def test_untrained_classes_get_the_mean_of_the_trained_rows_and_it_survives_a_round_trip(

@@ -201,10 +201,12 @@ def test_train_explainer_takes_any_imagenet_classifier_on_the_objects_images_and
     run_command(command, [
         "--classifier", f"local-dir:{classifier}", "--auxiliary", f"local-dir:{auxiliary}",
         "--data", str(tmp_path / "images"), "--out", str(tmp_path / "run"),
-        "--batch-size", "4", "--steps", "2", "--held-out", "4", "--workers", "0", "--no-progress",
+        "--batch-size", "4", "--steps", "3", "--held-out", "4", "--workers", "0", "--no-progress",
     ])  # fmt: skip
     counts = json.loads((tmp_path / "run" / "explainer" / "config.json").read_text())["trained_images"]
-    assert len(counts) == 1000 and sum(counts) == 8 and len(images) == 12
-    fuser = load_file(tmp_path / "run" / "explainer" / "model.safetensors")["fuser.weight"]
+    # 3 steps of 4 over 8 training images: every step's targets are counted, the repeated ones too
+    assert len(counts) == 1000 and sum(counts) == 12 and len(images) == 12
+    fuser = load_file(tmp_path / "run" / "explainer" / "model.safetensors")["fuser.weight"].flatten(1)
     trained = torch.tensor(counts) > 0
     assert torch.allclose(fuser[~trained], fuser[trained].mean(dim=0).expand_as(fuser[~trained]), atol=1e-6)
+    assert (fuser[trained] != 0).any(dim=1).all()  # a counted class's row left the zero start: it was trained

@@ -1,7 +1,8 @@
 """Training checkpoints: one safetensors file holding everything a run needs to go on.
 
-Tensors: the head's weights (``head.*``), the optimiser's state (``optimizer.<param>.<name>``)
-and the random number generators' states (``rng.*``). The safetensors metadata holds, as JSON,
+Tensors: the head's weights (``head.*``), the optimiser's state (``optimizer.<param>.<name>``),
+the random number generators' states (``rng.*``) and how many training images trained each
+class so far (``target_counts``, ``ptame.training.train_explainer``'s). The safetensors metadata holds, as JSON,
 the step, the optimiser's parameter groups, the schedule's state and the run's description.
 Nothing is pickled. Files are written atomically (``ptame.loading.files.atomic_write_bytes``: a synced
 temporary file renamed over the old one), so a run killed while writing leaves the previous
@@ -25,10 +26,12 @@ FORMAT = "ptame-training-v1"
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """What a checkpoint says about its run: the steps done and the run's description."""
+    """What a checkpoint says about its run: the steps done and the run's description, and
+    (``load_checkpoint`` only) the (K,) int64 target counts of those steps."""
 
     step: int
     run: dict[str, object]
+    target_counts: torch.Tensor | None = None
 
 
 def save_checkpoint(
@@ -38,6 +41,7 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     run: dict[str, object],
+    target_counts: torch.Tensor,
 ) -> None:
     """Write a training checkpoint atomically.
 
@@ -47,6 +51,7 @@ def save_checkpoint(
         optimizer, scheduler: their states after ``step`` steps.
         step: optimiser steps done.
         run: JSON-ready description of the run (recipe, data, total steps), checked on resume.
+        target_counts: (K,) int64, each class's training targets in those steps.
     """
     tensors = {f"head.{key}": value.detach().cpu().contiguous() for key, value in explainer.head.state_dict().items()}
     optimizer_state = optimizer.state_dict()
@@ -55,6 +60,7 @@ def save_checkpoint(
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"optimizer state {name} of parameter {index} is not a tensor: {value!r}")
             tensors[f"optimizer.{index}.{name}"] = value.detach().cpu().contiguous()
+    tensors["target_counts"] = target_counts.detach().cpu().to(torch.int64).contiguous()
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -104,10 +110,11 @@ def load_checkpoint(
     ``make_scheduler`` with the same total steps) before their states are loaded.
 
     Returns:
-        The checkpoint's step and run description.
+        The checkpoint's step, run description and target counts.
 
     Raises:
-        CheckpointError: unreadable file, or state that does not fit the explainer/optimiser.
+        CheckpointError: unreadable file, or state that does not fit the explainer/optimiser
+            (its target counts included: one per class).
     """
     state = _read_state(Path(path))
     tensors = load_file(str(path))
@@ -126,8 +133,14 @@ def load_checkpoint(
         optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
     except (RuntimeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{path} does not fit this explainer or optimiser: {error}") from error
+    target_counts = tensors.get("target_counts")
+    if target_counts is None or target_counts.shape != (explainer.num_classes,) or target_counts.is_floating_point():
+        raise CheckpointError(
+            f"{path} has no count of training images for each of the {explainer.num_classes} classes (written by an "
+            "older ptame?): start the run again without --resume"
+        )
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return CheckpointInfo(step=int(state["step"]), run=state["run"])
+    return CheckpointInfo(step=int(state["step"]), run=state["run"], target_counts=target_counts)

@@ -16,10 +16,10 @@ Every other classifier gets ptame's default recipe (train/recipes.py DEFAULT_REC
 weight decay 1e-4, loss ce 1, area 2, smooth 0.01, batch 32, one pass over the images and at
 least 800 steps, at the classifier's own input size. Every recipe value can be overridden.
 
-After training, the classifier's predictions over the training images are counted: the explainer
-records how many images each class had (config.json's trained_images), and a class it never
-trained on gets the class-agnostic map, which the app and ``ptame explain`` name as such
-(``ptame.class_coverage``).
+Training counts the targets it trains on (the classifier's predictions on each augmented batch,
+checkpointed with the run): the explainer records how many training images trained each class's
+row (config.json's trained_images), and a class it never trained on gets the class-agnostic map,
+which the app and ``ptame explain`` name as such (``ptame.class_coverage``).
 
 A held-out share of the images (--held-out, default 10% up to 500) is not trained on: at the end
 P-TAME is measured against Grad-CAM on it (AD/IC at 100/50/15%, deletion/insertion), and the
@@ -54,7 +54,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ptame.class_coverage import count_predictions, record_trained_images
+from ptame.class_coverage import record_trained_images
 from ptame.errors import CheckpointError
 from ptame.explainer import LOCAL_DIR_PREFIX, PTAME
 from ptame.loading.backbones import Backbone, create_backbone
@@ -64,7 +64,6 @@ from train.cards import model_card
 from train.checkpointing import load_checkpoint, read_checkpoint_info, save_checkpoint
 from train.data import TrainImages, TrainingOrder, TrainTransform, image_files
 from train.distributed import Processes, start_processes, stop_processes
-from train.evaluation import folder_batches
 from train.recipes import LOSS_FLAGS, RECIPE_FLAGS, Recipe, recipe_for
 from train.runs import (
     BACKBONE_DISPLAY_NAMES,
@@ -88,7 +87,6 @@ from train.shards import (
 from train.verdict import measure_verdict, what_to_try, write_verdict
 
 MAX_HELD_OUT = 500  # default held-out images: 10% of the folder, at most this many
-COUNT_BATCH = 32  # images per batch when the predictions over the training images are counted
 CLASSIFIER_FOLDER = "classifier"  # a local classifier's copy in the run folder
 AUXILIARY_FOLDER = "auxiliary"  # a local auxiliary network's copy in the run folder
 
@@ -454,25 +452,19 @@ def train(args: argparse.Namespace, processes: Processes, command: str, default_
     if run.stop_step < total_steps:
         print(f"stopped after step {run.stop_step}; continue with --resume", file=sys.stderr)
         return
-    record_classes(data.files, backbone, unwrap(explainer), processes)
+    record_classes(unwrap(explainer), run.target_counts)
     tries = what_to_try(recipe, total_steps, backbone.preprocessing.crop)
     with data.verdict_files() as verdict_files:
         finish(args, args.out, explainer.cpu(), backbone, verdict_files, description, processes, tries)
 
 
-def record_classes(files: list[Path], backbone: Backbone, explainer: PTAME, processes: Processes) -> None:
-    """Count the classifier's predictions over the training images and record them with the
-    explainer (``ptame.class_coverage``: its untrained classes get the class-agnostic row); a run on
-    shards records none (it would read them all again)."""
-    if not files:
-        print("training images per class not recorded: the run read shards", file=sys.stderr)
-        return
-    batches = (pixels.to(processes.device) for pixels, _, _ in folder_batches(files, backbone, COUNT_BATCH))
-    counts = count_predictions(backbone, batches, explainer.num_classes)
-    untrained = record_trained_images(explainer, counts)
+def record_classes(explainer: PTAME, target_counts: torch.Tensor) -> None:
+    """Record how many training images trained each class's row (the run's target counts) with the
+    explainer (``ptame.class_coverage``: its untrained classes get the class-agnostic row)."""
+    untrained = record_trained_images(explainer, target_counts.cpu())
     print(
-        f"the classifier predicted {explainer.num_classes - untrained} of its {explainer.num_classes} classes on the "
-        f"training images; the {untrained} others get P-TAME's class-agnostic map, and the app says so",
+        f"the classifier's predictions trained {explainer.num_classes - untrained} of its {explainer.num_classes} "
+        f"classes; the {untrained} others get P-TAME's class-agnostic map, and the app says so",
         file=sys.stderr,
     )
 
@@ -531,6 +523,7 @@ class Resumed:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     start_step: int
     stop_step: int
+    target_counts: torch.Tensor  # (K,) int64: each class's training targets so far
 
 
 def resume(
@@ -545,15 +538,15 @@ def resume(
     configuration must be the checkpoint's); the run stops after --stop-after or at ``total_steps``."""
     optimizer = make_optimizer(explainer, settings)
     scheduler = make_scheduler(optimizer, settings, total_steps)
-    start_step = 0
+    start_step, target_counts = 0, torch.zeros(explainer.num_classes, dtype=torch.int64)
     if args.resume:
         info = load_checkpoint(checkpoint, explainer, optimizer, scheduler)
         check_resumable(info.run, description, checkpoint)
-        start_step = info.step
+        start_step, target_counts = info.step, info.target_counts
     stop_step = total_steps if args.stop_after is None else min(args.stop_after, total_steps)
     if stop_step < start_step:
         raise SystemExit(f"--stop-after {args.stop_after} is before the checkpoint's step {start_step}")
-    return Resumed(optimizer, scheduler, start_step, stop_step)
+    return Resumed(optimizer, scheduler, start_step, stop_step, target_counts.to(explainer.head.fuser.weight.device))
 
 
 def train_loop(
@@ -585,7 +578,15 @@ def train_loop(
 
     def checkpoint_if_due(step: int) -> None:
         if processes.is_main and (step % args.checkpoint_every == 0 or step == run.stop_step):
-            save_checkpoint(args.out / CHECKPOINT_NAME, explainer, run.optimizer, run.scheduler, step, description)
+            save_checkpoint(
+                args.out / CHECKPOINT_NAME,
+                explainer,
+                run.optimizer,
+                run.scheduler,
+                step,
+                description,
+                run.target_counts,
+            )
 
     preprocessing = backbone.preprocessing
     train_explainer(
@@ -603,6 +604,7 @@ def train_loop(
         optimizer=run.optimizer,
         scheduler=run.scheduler,
         after_step=checkpoint_if_due,
+        target_counts=run.target_counts,
     )
 
 
