@@ -386,6 +386,18 @@ def test_the_manifest_offers_it_with_its_p_tame_explainer_without_the_hub(
     assert any(f"never trained on {final.class_name!r}" in note for note in final.notes) is untrained
 
 
+def test_the_committed_explainer_calls_trained_exactly_the_classes_whose_rows_were_trained() -> None:
+    """Its recipe starts the fuser at zero, so a row no training target reached is still zero and its
+    map is constant (blank): every class counted as trained has a row that left zero, and every other
+    class has the mean of the trained rows (the class-agnostic map, which the app names as such)."""
+    folder = ROOT / "checkpoints" / "efficientnet_lite0" / "explainer"
+    counts = torch.tensor(json.loads((folder / "config.json").read_text())["trained_images"])
+    rows = load_file(folder / "model.safetensors")["fuser.weight"].flatten(1)
+    trained = counts > 0
+    assert (rows[trained] != 0).any(dim=1).all(), "a class counted as trained has a never-trained (zero) row"
+    assert torch.allclose(rows[~trained], rows[trained].mean(dim=0).expand_as(rows[~trained]), atol=1e-6)
+
+
 def test_without_the_package_the_app_lists_it_unavailable_with_the_pip_command(package_missing: None) -> None:
     import app
 
