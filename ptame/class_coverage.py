@@ -9,8 +9,8 @@ others not at all. So training counts its targets (``ptame.training.train_explai
 (``record_trained_images``): config.json's ``trained_images`` (K counts), and every untrained
 class's row set to the mean of the trained rows. That row gives a class-agnostic map: where the
 explainer finds the evidence of the classes it knows, on average. The app and ``ptame explain``
-say so in words whenever they show one (``untrained_class_note``), so a user never mistakes it
-for that class's explanation.
+say so in words whenever they show one (``class_coverage_note``), so a user never mistakes it
+for that class's explanation; they also say when a class had few training images.
 """
 
 import torch
@@ -45,12 +45,37 @@ def record_trained_images(explainer: PTAME, counts: torch.Tensor) -> int:
     return int((~trained).sum())
 
 
-def untrained_class_note(explainer: PTAME, class_index: int, class_name: str) -> str | None:
-    """A sentence for a user shown P-TAME's map of a class it never trained on; None when it did,
-    or when the explainer does not say (one trained before the counts were recorded)."""
+# Fewer training images than this and a class's map is called rarely trained: on the objects world's
+# held-out composites, the maps of such classes pointed at their object far less often than the
+# others' (docs/objects-world.md, Classes it never or rarely trained on).
+FEW_TRAINING_IMAGES = 100
+
+
+def class_coverage_note(explainer: PTAME, class_index: int, class_name: str) -> str | None:
+    """A sentence for a user shown P-TAME's map of a class it never or rarely trained on.
+
+    Args:
+        explainer: the explainer whose map is shown.
+        class_index: the class of the map, in [0, K).
+        class_name: its display name.
+
+    Returns:
+        For a class with no training image: that the map is the class-agnostic one. For one with
+        fewer than ``FEW_TRAINING_IMAGES``: how many it had, and that its map is less reliable.
+        None for the others, and when the explainer does not say (one trained before the counts
+        were recorded).
+    """
     counts = explainer.trained_images
-    if counts is None or counts[class_index] > 0:
+    if counts is None or counts[class_index] >= FEW_TRAINING_IMAGES:
         return None
+    count = counts[class_index]
+    if count > 0:
+        images = "image" if count == 1 else "images"
+        return (
+            f"P-TAME trained on only {count} {images} of {class_name!r} (fewer than {FEW_TRAINING_IMAGES}): "
+            "the maps of classes it saw this rarely are less reliable than those of the classes it saw often "
+            "(they point at their object less often); Grad-CAM and the other baselines do not depend on training."
+        )
     known = sum(count > 0 for count in counts)
     return (
         f"P-TAME was never trained on {class_name!r}: this explainer saw the classifier predict only {known} of its "

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ptame.class_coverage import untrained_class_note
+from ptame.class_coverage import class_coverage_note
 from ptame.errors import CheckpointError, ImageInputError, MethodFailed, ModelUnavailable
 from ptame.interop.plugins import MethodModuleError, register_method_modules
 from ptame.methods import default_method_keys, get_method, method_keys
@@ -198,9 +198,9 @@ def run(args: argparse.Namespace) -> int:
                 note = blank_map_note(explanation.method, model.backbone.target_layer_name)
                 tqdm.write(f"warning: {path}: {note}", file=sys.stderr)
         if model.has_explainer and any(get_method(e.method).uses_explainer for e in explanations):
-            untrained = untrained_class_note(model.explainer, index, names[index])
-            if untrained:
-                tqdm.write(f"warning: {path}: {untrained}", file=sys.stderr)
+            coverage = class_coverage_note(model.explainer, index, names[index])
+            if coverage:
+                tqdm.write(f"warning: {path}: {coverage}", file=sys.stderr)
         title = f"{names[index]} · {analysis.probabilities[index]:.1%}"
         save_png(args.out / f"{stem}.png", figure(analysis.picture, explanations, title, args.opacity, args.colormap))
         save_maps(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ptame import PTAME, CheckpointError, TrainSettings
-from ptame.class_coverage import record_trained_images, untrained_class_note
+from ptame.class_coverage import class_coverage_note, record_trained_images
 from ptame.cli import main as cli_main
 from ptame.serving.manifest import ModelEntry
 from ptame.serving.models import ModelRegistry
@@ -70,11 +70,22 @@ def test_untrained_classes_get_the_mean_of_the_trained_rows_and_it_survives_a_ro
 
 
 def test_the_note_names_an_untrained_class_and_only_one(explainer: PTAME) -> None:
-    assert untrained_class_note(explainer, 1, "hen") is None  # counts not recorded: nothing to say
-    record_trained_images(explainer, torch.tensor([4, 0, 2, 0, 1, 3, 5, 1, 2, 7]))
-    note = untrained_class_note(explainer, 3, "hen")
+    assert class_coverage_note(explainer, 1, "hen") is None  # counts not recorded: nothing to say
+    record_trained_images(explainer, torch.tensor([400, 0, 200, 0, 100, 300, 500, 100, 200, 700]))
+    note = class_coverage_note(explainer, 3, "hen")
     assert note is not None and "never trained on 'hen'" in note and "8 of its 10 classes" in note
-    assert untrained_class_note(explainer, 2, "cock") is None
+    assert class_coverage_note(explainer, 2, "cock") is None
+
+
+def test_a_class_with_fewer_than_100_training_images_is_called_rarely_trained_and_one_with_100_is_not(
+    explainer: PTAME,
+) -> None:
+    record_trained_images(explainer, torch.tensor([99, 1, 100, 0, 5, 300, 500, 100, 200, 700]))
+    note = class_coverage_note(explainer, 0, "hen")
+    assert note is not None and "only 99 images of 'hen'" in note and "less reliable" in note
+    assert "only 1 image of 'cock'" in (class_coverage_note(explainer, 1, "cock") or "")
+    assert class_coverage_note(explainer, 2, "ostrich") is None
+    assert "never trained on 'goldfish'" in (class_coverage_note(explainer, 3, "goldfish") or "")
 
 
 @pytest.mark.parametrize("counts", [[1, 2], [-1] * 10, [True] * 10, [1.5] * 10, [10**13] * 10, "many"])

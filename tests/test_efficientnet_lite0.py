@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from ptame import PTAME
 from ptame import efficientnet_lite0 as lite0
+from ptame.class_coverage import FEW_TRAINING_IMAGES
 from ptame.errors import CheckpointError, ModelUnavailable
 from ptame.loading.backbones import Backbone, create_backbone, imagenet_class_names
 from ptame.methods import METHODS
@@ -361,7 +362,8 @@ def test_the_manifest_offers_it_with_its_p_tame_explainer_without_the_hub(
 ) -> None:
     """The committed explainer (checkpoints/efficientnet_lite0, trained on the objects world) loads
     offline; the cat photo gets a non-blank P-TAME map, and the session's notes call it the
-    class-agnostic one exactly when its class had no training image."""
+    class-agnostic one exactly when its class had no training image, and rarely trained exactly when
+    it had fewer than FEW_TRAINING_IMAGES."""
     entry = manifest_entry()
     assert (entry.display_name, entry.classifier) == ("EfficientNet-Lite0 (ImageNet, offline)", lite0.SPEC)
     assert entry.explainer == str(ROOT / "checkpoints" / "efficientnet_lite0" / "explainer")
@@ -382,8 +384,10 @@ def test_the_manifest_offers_it_with_its_p_tame_explainer_without_the_hub(
     assert final.class_name in CATS
     ptame_map = final.explanations["ptame"].saliency
     assert float(ptame_map.max() - ptame_map.min()) > 0.5  # not blank
-    untrained = counts[names.index(final.class_name)] == 0
-    assert any(f"never trained on {final.class_name!r}" in note for note in final.notes) is untrained
+    count = counts[names.index(final.class_name)]
+    assert any(f"never trained on {final.class_name!r}" in note for note in final.notes) is (count == 0)
+    rarely = 0 < count < FEW_TRAINING_IMAGES
+    assert any(f"only {count} image" in note and repr(final.class_name) in note for note in final.notes) is rarely
 
 
 def test_the_committed_explainer_calls_trained_exactly_the_classes_whose_rows_were_trained() -> None:

@@ -20,7 +20,7 @@ from threading import Lock
 import numpy as np
 import torch
 
-from ptame.class_coverage import untrained_class_note
+from ptame.class_coverage import class_coverage_note
 from ptame.errors import ExplainerMissing, MethodFailed, ModelUnavailable
 from ptame.methods import Method, explainer_method, get_method, reference_method
 from ptame.methods.hooks import as_feature_grid, capture_target_layer, single_output
@@ -386,14 +386,15 @@ def _notes(
     class_name: str,
 ) -> list[str]:
     """A stream update's notes: why methods are unavailable (each message once), which maps are
-    blank, that P-TAME's map is the class-agnostic one of a class it never trained on
-    (``ptame.class_coverage``), and the domain note (``ExplainSession.domain_note``) if there is one."""
+    blank, that P-TAME's map is the class-agnostic one of a class it never trained on or one of a
+    class it rarely trained on (``ptame.class_coverage``), and the domain note
+    (``ExplainSession.domain_note``) if there is one."""
     notes = list(dict.fromkeys(unavailable.values()))
     layer = model.backbone.target_layer_name
     notes += [blank_map_note(key, layer) for key, done in explanations.items() if done.blank]
     if model.has_explainer and any(get_method(key).uses_explainer for key in explanations):
-        untrained = untrained_class_note(model.explainer, class_index, class_name)
-        notes += [untrained] if untrained else []
+        coverage = class_coverage_note(model.explainer, class_index, class_name)
+        notes += [coverage] if coverage else []
     return [*notes, domain] if domain else notes
 
 
