@@ -66,9 +66,9 @@ def class_coverage_note(explainer: PTAME, class_index: int, class_name: str) -> 
         were recorded).
     """
     counts = explainer.trained_images
-    if counts is None or counts[class_index] >= FEW_TRAINING_IMAGES:
+    count = None if counts is None else counts[class_index]
+    if count is None or count >= FEW_TRAINING_IMAGES:
         return None
-    count = counts[class_index]
     if count > 0:
         images = "image" if count == 1 else "images"
         return (
@@ -76,7 +76,7 @@ def class_coverage_note(explainer: PTAME, class_index: int, class_name: str) -> 
             "the maps of classes it saw this rarely are less reliable than those of the classes it saw often "
             "(they point at their object less often); Grad-CAM and the other baselines do not depend on training."
         )
-    known = sum(count > 0 for count in counts)
+    known = sum(trained > 0 for trained in counts)
     return (
         f"P-TAME was never trained on {class_name!r}: this explainer saw the classifier predict only {known} of its "
         f"{len(counts)} classes in training. The P-TAME map shown for it is the class-agnostic one (the mean of the "
